@@ -1,0 +1,166 @@
+"""Every error smtplug raises while working.
+
+All of them derive from :class:`SMTPError` and carry ``code`` (the SMTP reply
+code, or a Tcllib-style pseudo code for local failures: 400 for a lost
+connection or a timeout, as Tcllib reports them, 501 for input smtplug refuses)
+and ``diagnostic`` (text, with control characters escaped).
+
+Python's own ``TypeError`` for an unknown keyword argument is not wrapped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "AuthenticationError",
+    "ConnectError",
+    "ConnectionLostError",
+    "DeliveryUnknownError",
+    "InvalidInputError",
+    "PluginError",
+    "ProtocolError",
+    "ResponseError",
+    "SMTPError",
+    "ServerFailure",
+    "TLSError",
+]
+
+
+class SMTPError(Exception):
+    """Base class: ``code`` (int) and ``diagnostic`` (str)."""
+
+    default_code = 400
+
+    def __init__(self, diagnostic: str, code: int | None = None) -> None:
+        self.code: int = self.default_code if code is None else code
+        self.diagnostic: str = diagnostic
+        super().__init__(f"{self.code} {diagnostic}")
+
+    @property
+    def transient(self) -> bool:
+        """True for a temporary failure (4xx): trying again later may work."""
+        return 400 <= self.code < 500
+
+    @property
+    def permanent(self) -> bool:
+        """True for a permanent failure (5xx): the same request will fail again."""
+        return 500 <= self.code < 600
+
+
+class InvalidInputError(SMTPError, ValueError):
+    """Bad options, malformed addresses, CR/LF in a header or address.
+
+    Raised before any connection is opened, and by the command encoders before
+    a byte of the offending command is written.
+    """
+
+    default_code = 501
+
+
+class PluginError(SMTPError):
+    """A plugin is missing, blocked, misspelt a hook or registered a name twice."""
+
+    default_code = 500
+
+
+class ProtocolError(SMTPError):
+    """The server broke the protocol: malformed reply, limits exceeded,
+    unsolicited bytes."""
+
+    default_code = 500
+
+
+class ConnectionLostError(SMTPError):
+    """The connection closed, failed or a read timed out before the final "."
+    was sent: the message was not delivered."""
+
+    default_code = 400
+
+    def __init__(self, diagnostic: str, code: int | None = None, *, timed_out: bool = False):
+        super().__init__(diagnostic, code)
+        self.timed_out = timed_out
+
+
+class ResponseError(SMTPError):
+    """The server answered a command with a reply that means failure.
+
+    ``command`` is the command (redacted where it carries secrets) and
+    ``reply`` the server's whole reply text.
+    """
+
+    def __init__(
+        self,
+        diagnostic: str,
+        code: int | None = None,
+        *,
+        command: str = "",
+        enhanced: str | None = None,
+    ) -> None:
+        super().__init__(diagnostic, code)
+        self.command = command
+        self.enhanced = enhanced
+
+
+class AuthenticationError(SMTPError):
+    """Authentication failed, or could not be attempted safely."""
+
+    default_code = 535
+
+
+class TLSError(SMTPError):
+    """TLS could not be set up, or the server attacked the TLS upgrade."""
+
+    default_code = 454
+
+
+class DeliveryUnknownError(SMTPError):
+    """The connection was lost (or the wait ran out) after the final "." was
+    sent and before the server's reply: the server may or may not have taken
+    the message. Sending again may deliver it twice."""
+
+    default_code = 400
+
+
+class ServerFailure:
+    """Why one server of ``servers`` was given up, for :class:`ConnectError`."""
+
+    __slots__ = ("error", "port", "server")
+
+    def __init__(self, server: str, port: int, error: SMTPError) -> None:
+        self.server = server
+        self.port = port
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"ServerFailure({self.server!r}, {self.port}, {self.error!r})"
+
+    def __str__(self) -> str:
+        return f"{self.server}:{self.port}: {self.error.code} {self.error.diagnostic}"
+
+
+class ConnectError(SMTPError):
+    """A server could not be used: the connection was refused or failed, or
+    the greeting or EHLO/HELO was not accepted.
+
+    Raised by a transport for one server; raised by :func:`smtplug.sendmessage`
+    once every server failed, with ``failures`` saying why, server by server.
+    """
+
+    def __init__(
+        self,
+        diagnostic: str,
+        code: int | None = None,
+        *,
+        failures: Sequence[ServerFailure] = (),
+    ) -> None:
+        super().__init__(diagnostic, code)
+        self.failures: tuple[ServerFailure, ...] = tuple(failures)
+
+    @classmethod
+    def from_failures(cls, failures: Sequence[ServerFailure]) -> ConnectError:
+        """The error for "every server failed", naming each and its failure."""
+        if not failures:
+            return cls("no server to try", 400)
+        text = "no server could be used: " + "; ".join(str(f) for f in failures)
+        return cls(text, failures[-1].error.code, failures=failures)

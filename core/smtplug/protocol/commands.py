@@ -1,0 +1,229 @@
+"""SMTP command encoders: validated arguments in, exact wire bytes out.
+
+Theory of operation
+-------------------
+Each function returns the complete command line to write, ending in CRLF, or
+raises :class:`~smtplug.errors.InvalidInputError` *before* producing a single
+byte. Nothing here does I/O or keeps state.
+
+The validation is what makes command injection impossible: an argument can
+never contain CR, LF, NUL, any other C0 control character or DEL, so a
+caller-supplied string can never end a command early and smuggle in another
+(``"a@b>\\r\\nRCPT TO:<victim@c"``). Every line is also held to RFC 5321's
+512 octets including CRLF (section 4.5.3.1.4).
+
+Addresses (:func:`check_address`) may not contain ``<``, ``>`` or whitespace
+outside a quoted local part (``"john doe"@example.org``). Non-ASCII addresses
+are sent as UTF-8, and only when the caller passes ``smtputf8=True`` (which it
+does when the server advertised SMTPUTF8, RFC 6531). ESMTP parameters of MAIL
+and RCPT must be ``keyword[=value]`` per RFC 5321 section 4.1.2.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from smtplug.errors import InvalidInputError
+
+__all__ = [
+    "MAX_COMMAND_LINE",
+    "check_address",
+    "check_param",
+    "command",
+    "data",
+    "ehlo",
+    "helo",
+    "mail",
+    "noop",
+    "qued",
+    "quit",
+    "rcpt",
+    "rset",
+    "starttls",
+]
+
+MAX_COMMAND_LINE = 512
+"""Octets in a command line, CRLF included (RFC 5321 section 4.5.3.1.4)."""
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SPACE = re.compile(r"\s")
+_VERB = re.compile(r"[A-Za-z0-9]+\Z")
+# esmtp-param = esmtp-keyword ["=" esmtp-value]; value: %d33-60 / %d62-126
+_PARAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*(?:=[\x21-\x3c\x3e-\x7e]+)?\Z")
+_SHOW = 60
+
+
+def _show(value: str) -> str:
+    """``repr`` of a refused value (controls escaped), truncated."""
+    if len(value) > _SHOW:
+        return repr(value[:_SHOW]) + "..."
+    return repr(value)
+
+
+def _check_text(what: str, value: object) -> str:
+    """Refuse a non-string or a string with a control character."""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be a string, not {type(value).__name__}")
+    if _CONTROL.search(value) is not None:
+        raise InvalidInputError(
+            f"{what} contains a control character (CR, LF, NUL, ... or DEL): {_show(value)}"
+        )
+    return value
+
+
+def _check_word(what: str, value: object) -> str:
+    """A non-empty, whitespace-free ASCII argument (domain, SASL data, ...)."""
+    text = _check_text(what, value)
+    if not text:
+        raise InvalidInputError(f"{what} is empty")
+    if not text.isascii():
+        raise InvalidInputError(f"{what} must be ASCII: {_show(text)}")
+    if _SPACE.search(text) is not None:
+        raise InvalidInputError(f"{what} contains whitespace: {_show(text)}")
+    return text
+
+
+def _line(text: str) -> bytes:
+    """Encode a validated command (without CRLF), enforcing the line limit."""
+    wire = text.encode("utf-8") + b"\r\n"
+    if len(wire) > MAX_COMMAND_LINE:
+        raise InvalidInputError(
+            f"command line of {len(wire)} octets exceeds the {MAX_COMMAND_LINE} "
+            f"octets of RFC 5321: {_show(text)}"
+        )
+    return wire
+
+
+def _quote_end(address: str) -> int | None:
+    """Index of the quote closing the quoted string ``address`` starts with."""
+    i = 1
+    while i < len(address):
+        char = address[i]
+        if char == "\\":
+            i += 2
+        elif char == '"':
+            return i
+        else:
+            i += 1
+    return None
+
+
+def check_address(address: str, *, allow_empty: bool = False, smtputf8: bool = False) -> str:
+    """Validate a mailbox for MAIL FROM / RCPT TO and return it unchanged.
+
+    Refuses control characters, ``<``, ``>``, whitespace outside a quoted
+    local part, the empty address (unless ``allow_empty``: the null reverse
+    path) and non-ASCII text unless ``smtputf8``.
+    """
+    _check_text("address", address)
+    if not address:
+        if allow_empty:
+            return address
+        raise InvalidInputError("empty address")
+    if not address.isascii():
+        if not smtputf8:
+            raise InvalidInputError(
+                f"address {_show(address)} is not ASCII: sending it needs SMTPUTF8 "
+                "(the server must advertise it and the caller must pass smtputf8=True)"
+            )
+        try:
+            address.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInputError(f"address {_show(address)} is not valid Unicode") from None
+    if "<" in address or ">" in address:
+        raise InvalidInputError(f"address {_show(address)} contains '<' or '>'")
+    outside = address
+    if address.startswith('"'):
+        end = _quote_end(address)
+        if end is None:
+            raise InvalidInputError(f"address {_show(address)} has an unterminated quoted part")
+        outside = address[end + 1 :]
+    if _SPACE.search(outside) is not None:
+        raise InvalidInputError(f"address {_show(address)} contains whitespace")
+    return address
+
+
+def check_param(param: str) -> str:
+    """Validate one ESMTP parameter of MAIL or RCPT (``KEYWORD[=value]``)."""
+    _check_text("ESMTP parameter", param)
+    if _PARAM.match(param) is None:
+        raise InvalidInputError(
+            f"malformed ESMTP parameter {_show(param)}: expected keyword[=value], the value "
+            "printable US-ASCII without '=' or spaces"
+        )
+    return param
+
+
+def _path_command(
+    prefix: str, address: str, params: Sequence[str], *, allow_empty: bool, smtputf8: bool
+) -> bytes:
+    if isinstance(params, str):  # a lone string would be split into characters
+        raise InvalidInputError("ESMTP parameters must be a sequence of strings, not a string")
+    check_address(address, allow_empty=allow_empty, smtputf8=smtputf8)
+    checked = [check_param(param) for param in params]
+    return _line(" ".join([f"{prefix}<{address}>", *checked]))
+
+
+def ehlo(domain: str) -> bytes:
+    """``EHLO domain``: the client's name, non-empty ASCII without whitespace."""
+    return _line(f"EHLO {_check_word('EHLO domain', domain)}")
+
+
+def helo(domain: str) -> bytes:
+    """``HELO domain``, for servers that refuse EHLO."""
+    return _line(f"HELO {_check_word('HELO domain', domain)}")
+
+
+def mail(reverse_path: str, params: Sequence[str] = (), *, smtputf8: bool = False) -> bytes:
+    """``MAIL FROM:<reverse_path> [params]``; ``""`` is the null reverse path ``<>``."""
+    return _path_command("MAIL FROM:", reverse_path, params, allow_empty=True, smtputf8=smtputf8)
+
+
+def rcpt(forward_path: str, params: Sequence[str] = (), *, smtputf8: bool = False) -> bytes:
+    """``RCPT TO:<forward_path> [params]``; the address must not be empty."""
+    return _path_command("RCPT TO:", forward_path, params, allow_empty=False, smtputf8=smtputf8)
+
+
+def data() -> bytes:
+    """``DATA``."""
+    return b"DATA\r\n"
+
+
+def rset() -> bytes:
+    """``RSET``."""
+    return b"RSET\r\n"
+
+
+def quit() -> bytes:
+    """``QUIT``."""
+    return b"QUIT\r\n"
+
+
+def noop() -> bytes:
+    """``NOOP``."""
+    return b"NOOP\r\n"
+
+
+def starttls() -> bytes:
+    """``STARTTLS`` (RFC 3207)."""
+    return b"STARTTLS\r\n"
+
+
+def qued() -> bytes:
+    """``QUED``: Tcllib's ``-queue``, sent when the server advertises XQUE."""
+    return b"QUED\r\n"
+
+
+def command(verb: str, *args: str) -> bytes:
+    """Any command: ``verb`` (ASCII letters and digits) and arguments, space-separated.
+
+    Each argument must be non-empty ASCII without whitespace or control
+    characters (an empty SASL response is ``"="``, RFC 4954).
+    """
+    _check_text("command verb", verb)
+    if _VERB.match(verb) is None:
+        raise InvalidInputError(f"command verb must be ASCII letters and digits: {_show(verb)}")
+    for arg in args:
+        _check_word(f"{verb} argument", arg)
+    return _line(" ".join([verb, *args]))

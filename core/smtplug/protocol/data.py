@@ -1,0 +1,149 @@
+"""The DATA payload: line-ending normalisation, dot-stuffing and termination.
+
+Theory of operation
+-------------------
+After a 354 to DATA the client sends the message and ends it with a line
+holding a single dot: ``CRLF . CRLF`` (RFC 5321 section 4.1.1.4). Two
+transformations make sure no byte of the message can be mistaken for that
+terminator, by this server or by any server behind it:
+
+1. **Line endings.** Every CRLF, bare CR and bare LF becomes CRLF, so the wire
+   carries exactly one kind of line ending. This is what defeats SMTP
+   smuggling: a body holding ``LF . LF`` or ``CR . CR`` - which some server
+   might read as the end of data - is sent as an ordinary line ``..``.
+2. **Dot-stuffing.** A line starting with ``.`` gets one more (section 4.5.2),
+   so the only line on the wire that is a single dot is the terminator.
+
+:class:`DataEncoder` does both on a stream of chunks, carrying state across
+chunk boundaries: whether the output stands at the start of a line (so the next
+``.`` must be doubled) and whether the last chunk ended in a CR (held back
+until the next byte shows whether it was half of a CRLF). Each chunk is
+processed with a handful of ``bytes.replace`` calls, never a Python loop per
+byte. Any split of a body into chunks yields the same bytes as
+:func:`encode_data` on the whole body.
+
+:func:`decode_data` is the inverse, for tests and servers.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["DataEncoder", "decode_data", "encode_data", "normalise_line_endings"]
+
+_TERMINATOR = b".\r\n"
+_UNSTUFFED_DOT = re.compile(rb"(?:\A|\r\n)\.(?!\.)")
+
+
+def normalise_line_endings(body: bytes) -> bytes:
+    """Turn every CRLF, bare CR and bare LF into CRLF."""
+    if b"\r" not in body:
+        return body.replace(b"\n", b"\r\n")
+    return body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
+class DataEncoder:
+    """Feed body chunks, get wire bytes; :meth:`finish` returns the tail
+    including the end-of-data ``.\\r\\n``.
+
+    >>> encoder = DataEncoder()
+    >>> encoder.encode(b".hidden\\n") + encoder.encode(b"last") + encoder.finish()
+    b'..hidden\\r\\nlast\\r\\n.\\r\\n'
+    """
+
+    __slots__ = ("_at_line_start", "_bytes_in", "_bytes_out", "_finished", "_held_cr")
+
+    def __init__(self) -> None:
+        self._at_line_start = True  # the output so far ends a line (or is empty)
+        self._held_cr = False  # the input so far ends in a CR not yet written
+        self._finished = False
+        self._bytes_in = 0
+        self._bytes_out = 0
+
+    @property
+    def bytes_in(self) -> int:
+        """Octets of body given to :meth:`encode` so far."""
+        return self._bytes_in
+
+    @property
+    def bytes_out(self) -> int:
+        """Octets of wire data returned so far, terminator included once finished."""
+        return self._bytes_out
+
+    @property
+    def finished(self) -> bool:
+        """True once :meth:`finish` was called."""
+        return self._finished
+
+    def _check(self) -> None:
+        if self._finished:
+            raise ValueError("DataEncoder already finished")
+
+    def encode(self, chunk: bytes) -> bytes:
+        """Return the wire bytes for the next piece of the body.
+
+        A CR at the end of ``chunk`` is held back until the next call (or
+        :meth:`finish`) shows whether an LF follows it.
+        """
+        self._check()
+        self._bytes_in += len(chunk)
+        if self._held_cr:
+            chunk = b"\r" + chunk
+            self._held_cr = False
+        if chunk.endswith(b"\r"):
+            chunk = chunk[:-1]
+            self._held_cr = True
+        if not chunk:
+            return b""
+        out = normalise_line_endings(chunk)
+        if b"\n." in out:
+            out = out.replace(b"\r\n.", b"\r\n..")
+        if self._at_line_start and out.startswith(b"."):
+            out = b"." + out
+        self._at_line_start = out.endswith(b"\n")
+        self._bytes_out += len(out)
+        return out
+
+    def finish(self) -> bytes:
+        """Return the tail: a pending line end if needed, then ``.\\r\\n``."""
+        self._check()
+        self._finished = True
+        tail = _TERMINATOR if self._at_line_start and not self._held_cr else b"\r\n" + _TERMINATOR
+        self._held_cr = False
+        self._at_line_start = True
+        self._bytes_out += len(tail)
+        return tail
+
+
+def encode_data(body: bytes) -> bytes:
+    """The whole DATA payload for ``body``, terminator included."""
+    encoder = DataEncoder()
+    return encoder.encode(body) + encoder.finish()
+
+
+def decode_data(wire: bytes) -> bytes:
+    """Undo :func:`encode_data`: strip the terminator and the stuffed dots.
+
+    Returns the body with CRLF line endings, including the CRLF that precedes
+    the terminating dot (``b""`` for the empty body, sent as ``b".\\r\\n"``).
+    Raises :class:`ValueError` if the terminator is missing, anything follows
+    an earlier terminator, a line other than the terminator starts with a
+    single dot, or a bare CR or LF appears.
+    """
+    if wire == _TERMINATOR:
+        return b""
+    if not wire.endswith(b"\r\n" + _TERMINATOR):
+        raise ValueError("no end-of-data terminator (CRLF . CRLF) at the end")
+    body = wire[: -len(_TERMINATOR)]
+    crlf = body.count(b"\r\n")
+    if body.count(b"\r") != crlf or body.count(b"\n") != crlf:
+        raise ValueError("bare CR or LF in the data")
+    match = _UNSTUFFED_DOT.search(body)
+    if match is not None:
+        line_end = body.find(b"\r\n", match.end())
+        if line_end == match.end():
+            raise ValueError(f"data after an end-of-data terminator at offset {match.start()}")
+        raise ValueError(f"line starting with a single '.' at offset {match.start()}")
+    if body.startswith(b".."):
+        body = body[1:]
+    return body.replace(b"\r\n..", b"\r\n.")
