@@ -1,0 +1,361 @@
+"""From a message and Tcllib's options to an SMTP envelope and the bytes to send.
+
+Theory of operation. The message (an ``email.message.Message``, ``bytes`` or
+``str``) is turned into bytes once, then split into its header block and its
+body. The body is never touched here (the DATA encoder normalises line endings
+and dot-stuffs it on the way out). The header block is parsed into fields, and
+the transmitted header block is rebuilt from them:
+
+* fields named in the ``header`` option replace the message's own fields of
+  that name (repeated address fields are joined into one, comma-separated);
+* Bcc and Dcc (and their Resent- forms) are dropped;
+* From, Sender, Date and Message-ID are added where Tcllib adds them (with
+  the Resent- prefix when any ``header`` name starts with ``Resent-``).
+
+The envelope follows Tcllib's ``sendmessage``: the originator comes from the
+``originator`` option, else From (Resent-From), else the login name qualified
+with this host's name; recipients from the ``recipients`` option, else To, cc,
+Dcc and Bcc (or their Resent- forms). Address fields are read from the
+``header`` option first and, where it gives none of a field, from the message.
+Addresses are parsed with one strict parser (the standard library's RFC 5322
+parser, with any defect an error), and every address is checked with the same
+rules the MAIL/RCPT encoders apply, so bad input fails here, before any
+connection is opened.
+"""
+
+from __future__ import annotations
+
+import copy
+import email.message
+import email.policy
+import email.utils
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from smtplug.errors import InvalidInputError
+from smtplug.protocol.commands import check_address
+
+__all__ = ["DISALLOWED_HEADERS", "PreparedMessage", "parse_addresses", "prepare"]
+
+#: Names the ``header`` option refuses, as Tcllib does: they belong to the MIME part.
+DISALLOWED_HEADERS = frozenset(
+    {"content-type", "content-transfer-encoding", "content-md5", "mime-version"}
+)
+
+#: Address fields: repeated ``header`` values for these are joined into one field.
+_ADDRESS_FIELDS = frozenset(
+    f"{prefix}{name}"
+    for prefix in ("", "resent-")
+    for name in ("from", "sender", "to", "cc", "bcc", "dcc", "reply-to")
+)
+_NEVER_SENT = frozenset({"bcc", "dcc", "resent-bcc", "resent-dcc"})
+
+_FIELD_NAME = re.compile(rb"[!-9;-~]+")  # RFC 5322 ftext: printable US-ASCII but ":"
+_FIELD_LINE = re.compile(rb"([!-9;-~]+)[ \t]*:")
+_BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_MAX_LINE = 998
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedMessage:
+    """The envelope and the message bytes to transmit (before DATA encoding)."""
+
+    sender: str  # "" is the null reverse-path
+    recipients: tuple[str, ...]
+    data: bytes
+    resent: bool
+
+
+@dataclass(slots=True)
+class _Field:
+    name: str  # as written
+    lower: str
+    raw: bytes  # the whole field, folding and line ending included
+
+    @property
+    def value(self) -> str:
+        """The unfolded value, for address parsing."""
+        text = self.raw.split(b":", 1)[1].decode("utf-8", "surrogateescape")
+        return re.sub(r"\r?\n(?=[ \t])", "", text).strip("\r\n").strip()
+
+
+def _check_text(what: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be a str, not {type(value).__name__}")
+    if _BAD_VALUE_CHARS.search(value):
+        raise InvalidInputError(f"{what} contains a CR, LF, NUL or other control character")
+    return value
+
+
+def parse_addresses(what: str, value: str, *, hostname: str) -> list[str]:
+    """The addr-specs in an RFC 5322 address list, strictly.
+
+    Display names and comments are allowed; groups give their members. Any
+    defect the parser reports is an :class:`InvalidInputError` naming ``what``.
+    A bare local part (``alice``) is qualified with ``hostname``, as Tcllib's
+    address parser does.
+    """
+    _check_text(what, value)
+    # A bare local part: Tcllib's parser appends the host name; so do we, before
+    # the strict parser sees it (it would call it a defect).
+    items: list[str] = []
+    for part in _split_top_level(value):
+        stripped = part.strip()
+        if re.fullmatch(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+", stripped):
+            part = f"{stripped}@{hostname}"
+        items.append(part)
+    header = email.policy.default.header_factory("To", ", ".join(items))
+    defects = list(header.defects)
+    if defects:
+        raise InvalidInputError(f"malformed address in {what}: {value!r}: {defects[0]}")
+    addresses = [address.addr_spec for address in header.addresses]
+    for address in addresses:
+        if "@" not in address or address.startswith("@"):
+            raise InvalidInputError(f"malformed address in {what}: {address!r}")
+        try:
+            check_address(address)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"in {what}: {exc.diagnostic}") from None
+    return addresses
+
+
+def _split_top_level(value: str) -> list[str]:
+    """Split on commas outside quotes, angle brackets and comments."""
+    parts: list[str] = []
+    depth_angle = depth_comment = 0
+    quoted = escaped = False
+    start = 0
+    for index, char in enumerate(value):
+        if escaped:
+            escaped = False
+        elif char == "\\" and (quoted or depth_comment):
+            escaped = True
+        elif quoted:
+            quoted = char != '"'
+        elif char == '"':
+            quoted = True
+        elif char == "(":
+            depth_comment += 1
+        elif char == ")" and depth_comment:
+            depth_comment -= 1
+        elif depth_comment:
+            pass
+        elif char == "<":
+            depth_angle += 1
+        elif char == ">" and depth_angle:
+            depth_angle -= 1
+        elif char == "," and not depth_angle:
+            parts.append(value[start:index])
+            start = index + 1
+    parts.append(value[start:])
+    return [part for part in parts if part.strip()]
+
+
+def _single_mailbox(what: str, value: str, hostname: str) -> str:
+    addresses = parse_addresses(what, value, hostname=hostname)
+    if len(addresses) != 1:
+        raise InvalidInputError(
+            f"{what} must hold exactly one mailbox, not {len(addresses)}: {value!r}"
+        )
+    return addresses[0]
+
+
+def _message_bytes(message: email.message.Message | bytes | str) -> bytes:
+    if isinstance(message, bytes | bytearray | memoryview):
+        return bytes(message)
+    if isinstance(message, str):
+        try:
+            return message.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidInputError(f"message text is not encodable as UTF-8: {exc}") from exc
+    if isinstance(message, email.message.Message):
+        # The generator sets a boundary on a multipart part that lacks one:
+        # work on a copy then, so the caller's object is never modified.
+        if any(part.is_multipart() and not part.get_boundary() for part in message.walk()):
+            message = copy.deepcopy(message)
+        policy = message.policy.clone(linesep="\r\n")
+        try:
+            return message.as_bytes(policy=policy)
+        except Exception as exc:
+            raise InvalidInputError(f"the message cannot be serialised: {exc}") from exc
+    raise InvalidInputError(
+        f"message must be an email.message.Message, bytes or str, not {type(message).__name__}"
+    )
+
+
+def _split_message(data: bytes) -> tuple[list[_Field], bytes]:
+    """The header fields and the body (everything after the blank line)."""
+    fields: list[_Field] = []
+    pos = 0
+    length = len(data)
+    while pos < length:
+        end = data.find(b"\n", pos)
+        end = length if end < 0 else end + 1
+        line = data[pos:end]
+        if line in (b"\r\n", b"\n", b"\r"):
+            return fields, data[end:]
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].raw += line
+        else:
+            match = _FIELD_LINE.match(line)
+            if match is None:
+                # Not a header field: the body starts here, with no blank line.
+                return fields, data[pos:]
+            name = match.group(1).decode("ascii")
+            fields.append(_Field(name, name.lower(), line))
+        pos = end
+    return fields, b""
+
+
+def _render(name: str, value: str) -> bytes:
+    """One header field, folded and encoded as needed, CRLF-terminated."""
+    line = f"{name}: {value}\r\n"
+    if line.isascii() and len(line) <= _MAX_LINE + 2:
+        return line.encode("ascii")
+    policy = email.policy.SMTP
+    folded: str = policy.header_factory(name, value).fold(policy=policy)
+    return folded.encode("ascii")
+
+
+def _check_header_option(header: object) -> list[tuple[str, str]]:
+    if isinstance(header, str | bytes) or not isinstance(header, Iterable):
+        raise InvalidInputError("header must be a list of (name, value) pairs")
+    pairs: list[tuple[str, str]] = []
+    for item in header:
+        if not (isinstance(item, tuple | list) and len(item) == 2):
+            raise InvalidInputError(f"header expects a name and a value, not {item!r}")
+        name, value = item
+        if not isinstance(name, str) or not _FIELD_NAME.fullmatch(name.encode("utf-8")):
+            raise InvalidInputError(f"invalid header name {name!r}")
+        if name.lower() in DISALLOWED_HEADERS:
+            raise InvalidInputError(
+                "Content-Type, Content-Transfer-Encoding, Content-MD5, and MIME-Version "
+                "cannot be user-specified"
+            )
+        pairs.append((name, _check_text(f"header {name}", value)))
+    return pairs
+
+
+def prepare(
+    message: email.message.Message | bytes | str,
+    *,
+    originator: str | None,
+    recipients: str | Sequence[str] | None,
+    header: Sequence[tuple[str, str]],
+    login: Callable[[], str],
+    hostname: str,
+    date: str | None = None,
+    message_id: str | None = None,
+) -> PreparedMessage:
+    """Validate the options and derive the envelope and transmitted bytes.
+
+    ``login()`` and ``hostname`` give the fallback originator (``login@hostname``;
+    ``login`` is called only when that fallback is needed)
+    and qualify bare local parts; ``date`` and ``message_id`` are the values
+    to add where the message has none (computed when not given).
+    Raises :class:`InvalidInputError` for anything malformed.
+    """
+    pairs = _check_header_option(header)
+    if originator is not None:
+        _check_text("originator", originator)
+    data = _message_bytes(message)
+    fields, body = _split_message(data)
+
+    # The header option: lower-cased name -> (name as first written, values).
+    given: dict[str, tuple[str, list[str]]] = {}
+    for name, value in pairs:
+        given.setdefault(name.lower(), (name, []))[1].append(value)
+
+    resent = any(lower.startswith("resent-") for lower in given)
+    prefix_lower, prefix = ("resent-", "Resent-") if resent else ("", "")
+
+    def values(field: str) -> list[str]:
+        """A field's values: from the header option, else from the message."""
+        lower = prefix_lower + field.lower()
+        if lower in given:
+            return list(given[lower][1])
+        return [f.value for f in fields if f.lower == lower]
+
+    def present(field: str) -> bool:
+        lower = prefix_lower + field.lower()
+        return lower in given or any(f.lower == lower for f in fields)
+
+    added: list[tuple[str, str]] = []
+
+    # --- originator -------------------------------------------------------
+    if originator == "":
+        sender = ""  # the null reverse-path: no From or Sender is added
+    else:
+        from_values = values("From")
+        if originator is not None:
+            sender = _single_mailbox("originator", originator, hostname)
+            origin_text = originator
+        elif from_values:
+            origin_text = ", ".join(from_values)
+            sender = _single_mailbox(prefix + "From", origin_text, hostname)
+        else:
+            origin_text = f"{login()}@{hostname}"
+            sender = _single_mailbox("the login name", origin_text, hostname)
+        if not from_values:
+            added.append((prefix + "From", origin_text))
+            from_addresses = [sender]
+        else:
+            from_addresses = parse_addresses(
+                prefix + "From", ", ".join(from_values), hostname=hostname
+            )
+        if not present("Sender") and from_addresses != [sender]:
+            # RFC 5322: Sender names the mailbox that sent the message: the
+            # originator (Tcllib writes From's address here, which says nothing).
+            added.append((prefix + "Sender", sender))
+
+    # --- recipients -------------------------------------------------------
+    if recipients is not None:
+        if isinstance(recipients, str):
+            rcpt = parse_addresses("recipients", recipients, hostname=hostname)
+        elif isinstance(recipients, Iterable):
+            rcpt = []
+            for index, item in enumerate(recipients):
+                if not isinstance(item, str):
+                    raise InvalidInputError(
+                        f"recipients[{index}] must be a str, not {type(item).__name__}"
+                    )
+                rcpt.extend(parse_addresses(f"recipients[{index}]", item, hostname=hostname))
+        else:
+            raise InvalidInputError("recipients must be a str or a list of str")
+        if not rcpt:
+            raise InvalidInputError("recipients is empty")
+    else:
+        rcpt = []
+        for field in ("To", "cc", "Dcc", "Bcc"):
+            for value in values(field):
+                rcpt.extend(parse_addresses(prefix + field, value, hostname=hostname))
+        if not rcpt:
+            raise InvalidInputError(
+                f"no recipients: give recipients= or a {prefix}To, {prefix}cc, "
+                f"{prefix}Dcc or {prefix}Bcc field"
+            )
+
+    # --- Date, Message-ID ---------------------------------------------------
+    if not present("Date"):
+        added.append((prefix + "Date", date or email.utils.formatdate(localtime=True)))
+    if not present("Message-ID"):
+        added.append((prefix + "Message-ID", message_id or email.utils.make_msgid(domain=hostname)))
+
+    # --- the transmitted header block ---------------------------------------
+    out: list[bytes] = [
+        f.raw if f.raw.endswith(b"\n") else f.raw + b"\r\n"
+        for f in fields
+        if f.lower not in given and f.lower not in _NEVER_SENT
+    ]
+    for lower, (name, field_values) in given.items():
+        if lower in _NEVER_SENT:
+            continue
+        if lower in _ADDRESS_FIELDS:
+            out.append(_render(name, ", ".join(field_values)))
+        else:
+            out.extend(_render(name, value) for value in field_values)
+    out.extend(_render(name, value) for name, value in added)
+    out.append(b"\r\n")
+    out.append(body)
+    return PreparedMessage(sender, tuple(rcpt), b"".join(out), resent)
