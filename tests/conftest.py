@@ -1,0 +1,56 @@
+"""Shared fixtures: in-process recording SMTP servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from servers import RecordingServer
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[RecordingServer]:
+    """A started RecordingServer with the default configuration."""
+    with RecordingServer() as server:
+        yield server
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., RecordingServer]]:
+    """A factory: ``make_server(**config)`` returns a started RecordingServer.
+
+    Every server it made is stopped at teardown.
+    """
+    started: list[RecordingServer] = []
+
+    def make(**config: Any) -> RecordingServer:
+        server = RecordingServer(**config)
+        server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in reversed(started):
+        server.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Under SMTPLUG_REQUIRE_INTEROP=1 (set by .ci/run) an interop skip fails.
+
+    Interop tests skip on a machine without tclsh or Tcllib; CI installs them,
+    so a skip there means the real peer was never exercised, and that must
+    not pass.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    if (
+        report.skipped
+        and item.get_closest_marker("interop") is not None
+        and os.environ.get("SMTPLUG_REQUIRE_INTEROP") == "1"
+    ):
+        report.outcome = "failed"
+        report.longrepr = f"interop test skipped under SMTPLUG_REQUIRE_INTEROP=1: {report.longrepr}"

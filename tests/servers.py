@@ -1,0 +1,574 @@
+"""An in-process SMTP server that records exactly what a client sends.
+
+``RecordingServer`` runs aiosmtpd's ``SMTP`` protocol on its own event loop in
+a daemon thread, listening on 127.0.0.1 with a port the OS picks. For every
+connection it keeps a :class:`SessionRecord`:
+
+* ``wire``: every byte the client sent, as it came off the socket (captured in
+  ``data_received``, before aiosmtpd parses or un-dot-stuffs anything);
+* ``commands``: each command line as received, without its CRLF (message
+  content lines are not commands);
+* ``transactions``: one :class:`Transaction` per accepted ``MAIL`` command,
+  with the raw DATA bytes (``data_wire``, dot-stuffing and the final ".\\r\\n"
+  intact) and the decoded message (``content``);
+* ``helo_name``: the name given in the last HELO or EHLO command.
+
+Behaviour is configured with keyword arguments (all optional)::
+
+    RecordingServer(
+        extra_ehlo=["XQUE"],                        # more EHLO keywords
+        refuse_rcpt={"bad@example.org": (550, "5.1.1 No such user"),
+                     "@refused.example": (550, "5.7.1 Relay denied")},
+        greeting="421 4.3.2 Service not available",  # sent, then the server hangs up
+        ehlo_reply="502 5.5.1 EHLO not implemented",
+        helo_reply="554 no",
+        mail_reply="553 5.7.1 Sender rejected",
+        data_final_reply="554 5.7.1 rejected",
+        close_after_data=True,                       # hang up after the final "."
+    )
+
+``QUED`` and ``ONEX`` (Tcllib's XQUE/ONEX extensions) are answered "250 OK".
+The null reverse-path (``MAIL FROM:<>``), which aiosmtpd refuses on its own,
+is accepted and recorded as ``mail_from == ""``.
+
+Synchronisation: everything a client sent before it read a reply is recorded
+before that reply is written, so once the client has its last reply the
+records are complete. A client that sends commands without waiting for the
+replies (Tcllib's ``RSET``/``QUIT`` after an error) and hangs up should be
+followed by :meth:`RecordingServer.wait_idle`, which returns once every
+session seen so far has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, AnyStr
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+__all__ = [
+    "RecordingServer",
+    "SessionRecord",
+    "Transaction",
+    "refused_port",
+]
+
+HOST = "127.0.0.1"
+SERVER_NAME = "recorder.test"
+_DEFAULT_SIZE_LIMIT = 33554432
+_START_TIMEOUT = 10.0
+_STOP_TIMEOUT = 10.0
+
+
+@dataclass
+class Transaction:
+    """One mail transaction: an accepted MAIL, its RCPTs and (maybe) DATA."""
+
+    mail_from: str
+    mail_options: list[str] = field(default_factory=list)
+    rcpt_tos: list[str] = field(default_factory=list)  # accepted recipients only
+    rcpt_options: list[str] = field(default_factory=list)
+    refused_rcpts: list[tuple[str, int, str]] = field(default_factory=list)
+    data_wire: bytes = b""  # after the 354, up to and including ".\r\n"
+    content: bytes = b""  # as aiosmtpd decoded it: un-dot-stuffed, no terminator
+    data_reply: str | None = None  # the reply to the final ".", None if none was sent
+    reset: bool = False  # ended by RSET, a new HELO/EHLO or MAIL refusal state
+
+    @property
+    def delivered(self) -> bool:
+        """True when the message was received and accepted with a 2xx reply."""
+        return self.data_reply is not None and self.data_reply.startswith("2")
+
+
+@dataclass
+class SessionRecord:
+    """What one client connection sent."""
+
+    peer: Any = None
+    raw: bytearray = field(default_factory=bytearray, repr=False)
+    commands: list[str] = field(default_factory=list)
+    transactions: list[Transaction] = field(default_factory=list)
+    helo_name: str | None = None
+    ended: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+
+    @property
+    def wire(self) -> bytes:
+        """Every byte the client sent on this connection, as received."""
+        return bytes(self.raw)
+
+    @property
+    def current(self) -> Transaction | None:
+        """The open transaction (the last one, unless it has ended)."""
+        if self.transactions:
+            last = self.transactions[-1]
+            if not last.reset and last.data_reply is None and not last.data_wire:
+                return last
+        return None
+
+
+class _NullPath(str):
+    """The null reverse-path: equal to "" but truthy, for aiosmtpd's checks."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return True
+
+
+_NULL_PATH = _NullPath("")
+_MAIL_NULL = re.compile(r"FROM:\s*<>(.*)\Z", re.IGNORECASE | re.DOTALL)
+
+
+class _ReaderTap:
+    """Wraps the protocol's StreamReader to record command lines and DATA bytes."""
+
+    def __init__(self, reader: asyncio.StreamReader, protocol: _RecordingSMTP) -> None:
+        self._reader = reader
+        self._protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        line = await self._reader.readuntil(separator)
+        self._protocol._consumed(line)
+        return line
+
+    async def read(self, n: int = -1) -> bytes:
+        chunk = await self._reader.read(n)
+        self._protocol._consumed(chunk)
+        return chunk
+
+
+class _RecordingSMTP(SMTP):
+    """aiosmtpd's SMTP protocol, recording into a SessionRecord."""
+
+    def __init__(self, owner: RecordingServer, loop: asyncio.AbstractEventLoop) -> None:
+        self._owner = owner
+        self.record = SessionRecord()
+        self._in_data = False
+        self._data_buffer = bytearray()
+        size_limit = owner._size_limit
+        super().__init__(
+            _Handler(owner),
+            hostname=SERVER_NAME,
+            loop=loop,
+            data_size_limit=size_limit,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            timeout=60,
+        )
+        # aiosmtpd keeps these limits on the class and grows them on every
+        # EHLO; give each session its own copy so servers cannot disturb each other.
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
+
+    # -- raw capture --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.record.peer = transport.get_extra_info("peername")
+        self._owner._session_started(self)
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.record.raw += data
+        super().data_received(data)
+
+    def eof_received(self) -> bool | None:
+        # aiosmtpd cancels its command loop on EOF, which can drop lines the
+        # client sent just before hanging up; record those as commands here.
+        self._record_leftover()
+        return super().eof_received()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._record_leftover()
+        try:
+            super().connection_lost(error)
+        finally:
+            self.record.ended.set()
+            self._owner._session_ended(self)
+
+    def _cb_client_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        super()._cb_client_connected(reader, writer)
+        self._reader = _ReaderTap(reader, self)  # type: ignore[assignment]
+
+    def _consumed(self, chunk: bytes) -> None:
+        """Bytes the command loop has just read from the stream."""
+        if self._in_data:
+            self._data_buffer += chunk
+        elif chunk:
+            self.record.commands.append(chunk.rstrip(b"\r\n").decode("utf-8", "surrogateescape"))
+
+    def _record_leftover(self) -> None:
+        if self._in_data:
+            return
+        reader = getattr(self, "_reader", None)
+        buffer = getattr(reader, "_buffer", None)
+        if not buffer:
+            return
+        data = bytes(buffer)
+        buffer.clear()
+        for line in data.split(b"\n"):
+            if line.rstrip(b"\r"):
+                self.record.commands.append(line.rstrip(b"\r").decode("utf-8", "surrogateescape"))
+
+    # -- greeting -----------------------------------------------------------
+
+    async def _handle_client(self) -> None:
+        greeting = self._owner.greeting
+        if greeting is not None and not greeting.startswith("2"):
+            await self.push(greeting)
+            assert self.transport is not None
+            self.transport.close()
+            return
+        await super()._handle_client()
+
+    _greeted = False
+
+    async def push(self, status: AnyStr) -> None:
+        if not self._greeted:
+            self._greeted = True
+            if self._owner.greeting is not None:
+                await super().push(self._owner.greeting)
+                return
+        await super().push(status)
+
+    # -- commands -----------------------------------------------------------
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        match = _MAIL_NULL.match(arg.strip()) if arg else None
+        if match is None:
+            await super().smtp_MAIL(arg)
+            return
+        # aiosmtpd refuses "MAIL FROM:<>"; a real server must accept it.
+        if await self.check_helo_needed():
+            return
+        assert self.envelope is not None
+        if self.envelope.mail_from:
+            await self.push("503 Error: nested MAIL command")
+            return
+        options = match.group(1).upper().split()
+        status = await self._call_handler_hook("MAIL", _NULL_PATH, options)
+        await self.push(status)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._in_data = True
+        self._data_buffer = bytearray()
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._in_data = False
+
+    async def smtp_QUED(self, arg: str) -> None:
+        await self.push("250 OK")
+
+    async def smtp_ONEX(self, arg: str) -> None:
+        await self.push("250 OK")
+
+    def _data_wire(self) -> bytes:
+        return bytes(self._data_buffer)
+
+
+class _Handler:
+    """aiosmtpd handler hooks applying a RecordingServer's configuration."""
+
+    def __init__(self, owner: RecordingServer) -> None:
+        self._owner = owner
+
+    @staticmethod
+    def _end_open_transaction(record: SessionRecord) -> None:
+        current = record.current
+        if current is not None:
+            current.reset = True
+
+    async def handle_EHLO(
+        self,
+        server: _RecordingSMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        record = server.record
+        record.helo_name = hostname
+        self._end_open_transaction(record)
+        if self._owner.ehlo_reply is not None:
+            return [self._owner.ehlo_reply]
+        session.host_name = hostname
+        keywords = [line[4:] for line in responses[1:]]
+        for extra in self._owner.extra_ehlo:
+            name = extra.split()[0].upper() if extra.split() else extra
+            keywords = [k for k in keywords if (k.split() or [""])[0].upper() != name]
+            keywords.insert(len(keywords) - 1, extra)  # keep HELP last
+        lines = [responses[0][4:], *keywords]
+        return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
+
+    async def handle_HELO(
+        self, server: _RecordingSMTP, session: Session, envelope: Envelope, hostname: str
+    ) -> str:
+        record = server.record
+        record.helo_name = hostname
+        self._end_open_transaction(record)
+        if self._owner.helo_reply is not None:
+            return self._owner.helo_reply
+        session.host_name = hostname
+        return f"250 {SERVER_NAME}"
+
+    async def handle_MAIL(
+        self,
+        server: _RecordingSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        if self._owner.mail_reply is not None:
+            return self._owner.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        server.record.transactions.append(
+            Transaction(
+                mail_from="" if address == "" else str(address), mail_options=list(mail_options)
+            )
+        )
+        return "250 OK"
+
+    async def handle_RCPT(
+        self,
+        server: _RecordingSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        transaction = server.record.current
+        refusal = self._owner._refusal_for(address)
+        if refusal is not None:
+            code, text = refusal
+            if transaction is not None:
+                transaction.refused_rcpts.append((address, code, text))
+            return f"{code} {text}"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        if transaction is not None:
+            transaction.rcpt_tos.append(address)
+            transaction.rcpt_options.extend(rcpt_options)
+        return "250 OK"
+
+    async def handle_DATA(
+        self, server: _RecordingSMTP, session: Session, envelope: Envelope
+    ) -> str:
+        transaction = server.record.current
+        content = envelope.original_content or b""
+        reply: str = self._owner.data_final_reply or "250 OK"
+        if transaction is not None:
+            transaction.data_wire = server._data_wire()
+            transaction.content = bytes(content)
+        if self._owner.close_after_data:
+            # Hang up without a reply; connection_lost then cancels this coroutine.
+            assert server.transport is not None
+            server.transport.close()
+            await asyncio.get_running_loop().create_future()
+        if transaction is not None:
+            transaction.data_reply = reply
+        return reply
+
+    async def handle_RSET(
+        self, server: _RecordingSMTP, session: Session, envelope: Envelope
+    ) -> str:
+        self._end_open_transaction(server.record)
+        return "250 OK"
+
+
+class RecordingServer:
+    """An SMTP server on 127.0.0.1 (OS-assigned port) recording every session.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        *,
+        extra_ehlo: list[str] | None = None,
+        refuse_rcpt: dict[str, tuple[int, str]] | None = None,
+        greeting: str | None = None,
+        ehlo_reply: str | None = None,
+        helo_reply: str | None = None,
+        mail_reply: str | None = None,
+        data_final_reply: str | None = None,
+        close_after_data: bool = False,
+    ) -> None:
+        self.host = HOST
+        self.port = 0
+        self.extra_ehlo = list(extra_ehlo or [])
+        self.refuse_rcpt = {key.lower(): value for key, value in (refuse_rcpt or {}).items()}
+        self.greeting = greeting
+        self.ehlo_reply = ehlo_reply
+        self.helo_reply = helo_reply
+        self.mail_reply = mail_reply
+        self.data_final_reply = data_final_reply
+        self.close_after_data = close_after_data
+        self.sessions: list[SessionRecord] = []
+        self._size_limit = _DEFAULT_SIZE_LIMIT
+        for keyword in self.extra_ehlo:
+            words = keyword.split()
+            if len(words) == 2 and words[0].upper() == "SIZE" and words[1].isdigit():
+                self._size_limit = int(words[1])
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._protocols: set[_RecordingSMTP] = set()
+        self._lock = threading.Condition()
+        self._start_error: BaseException | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> RecordingServer:
+        """Start listening; returns self once the port is bound."""
+        if self._thread is not None:
+            raise RuntimeError("RecordingServer already started")
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self._loop = loop
+        self._thread = threading.Thread(
+            target=self._run, args=(loop, ready), name="RecordingServer", daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(_START_TIMEOUT):
+            raise TimeoutError("RecordingServer did not start")
+        if self._start_error is not None:
+            self._thread.join()
+            self._thread = None
+            raise self._start_error
+        return self
+
+    def _run(self, loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            try:
+                self._server = loop.run_until_complete(
+                    loop.create_server(lambda: _RecordingSMTP(self, loop), HOST, 0)
+                )
+                self.port = self._server.sockets[0].getsockname()[1]
+            except BaseException as exc:
+                self._start_error = exc
+                return
+            finally:
+                ready.set()
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    async def _shutdown(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for protocol in list(self._protocols):
+            transport = protocol.transport
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.abort()
+        current = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._server.wait_closed()
+        # Let the transports' connection_lost callbacks run.
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    def stop(self) -> None:
+        """Stop the server, dropping any connection still open. Idempotent."""
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None:
+            return
+        try:
+            if self._server is not None and not loop.is_closed():
+                future = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
+                future.result(_STOP_TIMEOUT)
+        finally:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(loop.stop)
+            thread.join(_STOP_TIMEOUT)
+            self._thread = None
+            self._loop = None
+            self._server = None
+
+    def __enter__(self) -> RecordingServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- records --------------------------------------------------------------
+
+    def _session_started(self, protocol: _RecordingSMTP) -> None:
+        with self._lock:
+            self._protocols.add(protocol)
+            self.sessions.append(protocol.record)
+            self._lock.notify_all()
+
+    def _session_ended(self, protocol: _RecordingSMTP) -> None:
+        with self._lock:
+            self._protocols.discard(protocol)
+            self._lock.notify_all()
+
+    def _refusal_for(self, address: str) -> tuple[int, str] | None:
+        lowered = address.lower()
+        if lowered in self.refuse_rcpt:
+            return self.refuse_rcpt[lowered]
+        _, at, domain = lowered.rpartition("@")
+        if at:
+            return self.refuse_rcpt.get("@" + domain)
+        return None
+
+    @property
+    def messages(self) -> list[Transaction]:
+        """Every delivered transaction (accepted after DATA), in order, across sessions."""
+        return [t for s in list(self.sessions) for t in list(s.transactions) if t.delivered]
+
+    @property
+    def last(self) -> Transaction:
+        """The last delivered transaction; AssertionError if there is none."""
+        messages = self.messages
+        if not messages:
+            raise AssertionError("the server has received no message")
+        return messages[-1]
+
+    @property
+    def commands(self) -> list[str]:
+        """The command lines of every session, concatenated."""
+        return [c for s in list(self.sessions) for c in list(s.commands)]
+
+    def wait_for_sessions(self, count: int, timeout: float = 5.0) -> None:
+        """Wait until at least ``count`` sessions have started."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: len(self.sessions) >= count, timeout):
+                raise TimeoutError(f"{len(self.sessions)} of {count} sessions started")
+
+    def wait_idle(self, timeout: float = 5.0) -> None:
+        """Wait until every session seen so far has ended (the client hung up)."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: not self._protocols, timeout):
+                raise TimeoutError(f"{len(self._protocols)} session(s) still open")
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A port on 127.0.0.1 where connections are refused, for the block's duration.
+
+    The port is bound (so nothing else can take it) but never listened on.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((HOST, 0))
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
