@@ -1,0 +1,46 @@
+"""smtplug: Tcllib's ``smtp::sendmessage`` re-created in Python, on pluggy plugins.
+
+>>> import smtplug
+>>> refused = smtplug.sendmessage(msg, recipients="someone@example.org")  # doctest: +SKIP
+"""
+
+from smtplug.api import SendResult, sendmessage
+from smtplug.errors import (
+    AuthenticationError,
+    ConnectError,
+    ConnectionLostError,
+    DeliveryUnknownError,
+    InvalidInputError,
+    PluginError,
+    ProtocolError,
+    ResponseError,
+    ServerFailure,
+    SMTPError,
+    TLSError,
+)
+from smtplug.hookspecs import hookimpl, hookspec
+from smtplug.interfaces import ConnectionInfo
+from smtplug.protocol import Reply
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "ConnectError",
+    "ConnectionInfo",
+    "ConnectionLostError",
+    "DeliveryUnknownError",
+    "InvalidInputError",
+    "PluginError",
+    "ProtocolError",
+    "Reply",
+    "ResponseError",
+    "SMTPError",
+    "SendResult",
+    "ServerFailure",
+    "TLSError",
+    "__version__",
+    "hookimpl",
+    "hookspec",
+    "sendmessage",
+]

@@ -1,0 +1,112 @@
+"""The synchronous driver: runs :mod:`smtplug.session` steps over a stream.
+
+It owns the stream and the reply parser of one connection, performs the
+:class:`~smtplug.session.Send` and :class:`~smtplug.session.Receive` actions a
+step yields, tells observers about every command and reply, and throws I/O
+errors into the step at the point they happened. Any error poisons the
+connection: a broken connection is closed and never used again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from typing import Any, TypeVar
+
+from smtplug.errors import ConnectionLostError, ProtocolError, ResponseError, SMTPError
+from smtplug.interfaces import ConnectionInfo, Stream
+from smtplug.protocol import Reply, ReplyParser
+from smtplug.session import Receive, Send
+
+__all__ = ["Connection"]
+
+T = TypeVar("T")
+
+_READ_SIZE = 65536
+
+
+class Connection:
+    """One open connection to one server, driven synchronously."""
+
+    def __init__(self, stream: Stream, info: ConnectionInfo, hook: Any) -> None:
+        self._stream = stream
+        self._parser = ReplyParser()
+        self._hook = hook
+        self.info = info
+        self.broken = False
+        self._closed = False
+
+    def event(self, text: str) -> None:
+        self._hook.smtplug_on_event(info=self.info, event=text)
+
+    def run(self, step: Generator[Send | Receive, Reply | None, T]) -> T:
+        """Run one session step to completion and return its result.
+
+        An :class:`SMTPError` from the step or the I/O below it marks the
+        connection broken before it propagates.
+        """
+        if self.broken:
+            raise ConnectionLostError(f"connection to {self.info.server} is no longer usable")
+        try:
+            action = next(step)
+            while True:
+                try:
+                    result = self._perform(action)
+                except SMTPError as exc:
+                    action = step.throw(exc)
+                else:
+                    action = step.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        except ResponseError as exc:
+            # A negative reply leaves the connection in a known state, except
+            # 421: the server is closing it.
+            if exc.code == 421:
+                self.broken = True
+            raise
+        except BaseException:
+            self.broken = True
+            raise
+
+    def _perform(self, action: Send | Receive) -> Reply | None:
+        if isinstance(action, Send):
+            if self._parser.has_pending():
+                # Bytes the server sent that answer nothing we asked: never pair
+                # them with the next command (RFC 5321 has no unsolicited replies).
+                raise ProtocolError(
+                    f"{self.info.server} sent data before the command {action.display!r}"
+                )
+            self._stream.write(action.data)
+            self._hook.smtplug_on_command(info=self.info, command=action.display)
+            return None
+        reply = self._read_reply(action.timeout, action.command)
+        self._hook.smtplug_on_reply(info=self.info, reply=reply)
+        return reply
+
+    def _read_reply(self, timeout: float | None, what: str) -> Reply:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            reply = self._parser.next_reply()
+            if reply is not None:
+                return reply
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise ConnectionLostError(
+                    f"no reply to {what} from {self.info.server} within {timeout} s",
+                    timed_out=True,
+                )
+            data = self._stream.read(_READ_SIZE, remaining)
+            if not data:
+                raise ConnectionLostError(
+                    f"{self.info.server} closed the connection while smtplug waited "
+                    f"for the reply to {what}"
+                )
+            self._parser.feed(data)
+
+    def close(self) -> None:
+        """Close the stream (idempotent); the connection is unusable afterwards."""
+        self.broken = True
+        if not self._closed:
+            self._closed = True
+            self._stream.close()
+            self.event("closed")

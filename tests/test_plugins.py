@@ -1,0 +1,128 @@
+"""Plugin discovery and the per-call registry."""
+
+from __future__ import annotations
+
+import pytest
+
+import smtplug
+from smtplug import InvalidInputError, PluginError
+from smtplug.interfaces import Transport
+from smtplug.plugins import build_registry, installed
+
+
+def test_builtin_plain_is_found_through_the_entry_point_group():
+    plugins = {p.name: p for p in installed()}
+    assert "plain" in plugins
+    assert plugins["plain"].value == "smtplug_plugins.plain"
+    assert plugins["plain"].distribution == "smtplug"
+    registry = build_registry()
+    assert isinstance(registry.transports["plain"], Transport)
+
+
+def test_block_removes_a_builtin_for_that_registry_only():
+    assert "plain" not in build_registry(block=["plain"]).transports
+    assert "plain" in build_registry().transports
+
+
+def test_blocking_an_unknown_name_is_an_error():
+    with pytest.raises(InvalidInputError, match="not installed"):
+        build_registry(block=["plian"])
+
+
+def test_misspelt_hook_fails_at_start_up():
+    class Typo:
+        @smtplug.hookimpl
+        def smtplug_register_transprots(self):
+            return []
+
+    with pytest.raises(PluginError, match="unknown hook"):
+        build_registry(extra=[Typo()])
+
+
+def test_two_plugins_registering_one_name_is_an_error():
+    class Dup:
+        name = "plain"
+
+        def connect(self, host, port, *, timeout, options):
+            raise AssertionError
+
+    class Plugin:
+        @smtplug.hookimpl
+        def smtplug_register_transports(self):
+            return [Dup()]
+
+    with pytest.raises(PluginError, match="two plugins register the transport 'plain'"):
+        build_registry(extra=[Plugin()])
+
+
+def test_nameless_registration_is_an_error():
+    class Plugin:
+        @smtplug.hookimpl
+        def smtplug_register_tls_policies(self):
+            return [object()]
+
+    with pytest.raises(PluginError, match="without a name"):
+        build_registry(extra=[Plugin()])
+
+
+def test_named_policy_plugin_is_usable_by_name(smtp_server):
+    decisions = []
+
+    class Never:
+        name = "never-plain"
+
+        def decide(self, code, diagnostic):
+            decisions.append(code)
+            return "secure"
+
+    class Plugin:
+        @smtplug.hookimpl
+        def smtplug_register_tls_policies(self):
+            return [Never()]
+
+    registry = build_registry(extra=[Plugin()])
+    assert "never-plain" in registry.tls_policies
+    # Unknown names are refused before connecting; known ones are accepted.
+    with pytest.raises(InvalidInputError, match="no TLS policy named"):
+        smtplug.sendmessage(
+            "To: b@example.org\n\nx\n",
+            originator="a@example.com",
+            servers="127.0.0.1",
+            ports=smtp_server.port,
+            tlspolicy="never-plain",
+        )
+    result = smtplug.sendmessage(
+        "To: b@example.org\n\nx\n",
+        originator="a@example.com",
+        servers="127.0.0.1",
+        ports=smtp_server.port,
+        tlspolicy="never-plain",
+        plugins=[Plugin()],
+    )
+    assert result.accepted and decisions == []  # the server offers no STARTTLS
+
+
+def test_sasl_names_are_indexed_upper_case():
+    class Mech:
+        name = "x-test"
+        strength = 1
+        exposes_password = True
+
+        def start(self, *, username, password, hostname):
+            raise AssertionError
+
+    class Plugin:
+        @smtplug.hookimpl
+        def smtplug_register_sasl_mechanisms(self):
+            return [Mech()]
+
+    assert "X-TEST" in build_registry(extra=[Plugin()]).sasl_mechanisms
+
+
+def test_cli_lists_plugins(capsys):
+    from smtplug.cli import main
+
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "plain  (smtplug_plugins.plain, from smtplug)" in out
+    assert "transports: plain" in out
