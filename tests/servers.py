@@ -25,6 +25,7 @@ Behaviour is configured with keyword arguments (all optional)::
         mail_reply="553 5.7.1 Sender rejected",
         data_final_reply="554 5.7.1 rejected",
         close_after_data=True,                       # hang up after the final "."
+        stall_after_data=True,                       # never answer the final "."
     )
 
 ``QUED`` and ``ONEX`` (Tcllib's XQUE/ONEX extensions) are answered "250 OK".
@@ -377,6 +378,9 @@ class _Handler:
             assert server.transport is not None
             server.transport.close()
             await asyncio.get_running_loop().create_future()
+        if self._owner.stall_after_data:
+            # Never answer; the client's wait runs out (stop() drops the connection).
+            await asyncio.get_running_loop().create_future()
         if transaction is not None:
             transaction.data_reply = reply
         return reply
@@ -405,6 +409,7 @@ class RecordingServer:
         mail_reply: str | None = None,
         data_final_reply: str | None = None,
         close_after_data: bool = False,
+        stall_after_data: bool = False,
     ) -> None:
         self.host = HOST
         self.port = 0
@@ -416,6 +421,7 @@ class RecordingServer:
         self.mail_reply = mail_reply
         self.data_final_reply = data_final_reply
         self.close_after_data = close_after_data
+        self.stall_after_data = stall_after_data
         self.sessions: list[SessionRecord] = []
         self._size_limit = _DEFAULT_SIZE_LIMIT
         for keyword in self.extra_ehlo:
@@ -558,6 +564,16 @@ class RecordingServer:
         with self._lock:
             if not self._lock.wait_for(lambda: not self._protocols, timeout):
                 raise TimeoutError(f"{len(self._protocols)} session(s) still open")
+
+
+@contextlib.contextmanager
+def silent_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that accepts connections (into the listen backlog)
+    but never says anything: no greeting, ever."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        sock.listen(8)
+        yield sock.getsockname()[1]
 
 
 @contextlib.contextmanager

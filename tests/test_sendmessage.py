@@ -11,7 +11,7 @@ from email.message import EmailMessage
 import pytest
 
 import smtplug
-from servers import refused_port
+from servers import refused_port, silent_port
 from smtplug import (
     ConnectError,
     DeliveryUnknownError,
@@ -312,6 +312,37 @@ def test_connection_lost_after_final_dot_is_delivery_unknown(make_server):
     with pytest.raises(DeliveryUnknownError) as info:
         send(server, message(From="a@example.com", To="b@example.org"))
     assert "may or may not" in info.value.diagnostic
+
+
+def test_maxsecs_bounds_the_wait_for_the_final_reply(make_server):
+    server = make_server(stall_after_data=True)
+    with pytest.raises(DeliveryUnknownError) as info:
+        send(server, message(From="a@example.com", To="b@example.org"), maxsecs=0.5)
+    assert "0.5 s" in info.value.diagnostic
+
+
+def test_timeout_bounds_the_greeting_and_fails_over(make_server):
+    good = make_server()
+    with silent_port() as mute:
+        result = smtplug.sendmessage(
+            message(From="a@example.com", To="b@example.org"),
+            servers=["127.0.0.1", "127.0.0.1"],
+            ports=[mute, good.port],
+            timeout=0.5,
+        )
+    assert result.accepted and result.port == good.port
+
+
+def test_timeout_everywhere_is_one_error_naming_the_wait(make_server):
+    with silent_port() as mute, pytest.raises(ConnectError) as info:
+        smtplug.sendmessage(
+            message(From="a@example.com", To="b@example.org"),
+            servers="127.0.0.1",
+            ports=mute,
+            timeout=0.3,
+        )
+    assert "no reply to the greeting" in str(info.value)
+    assert info.value.failures[0].error.timed_out  # type: ignore[attr-defined]
 
 
 def test_debug_transcript_on_stderr(smtp_server, capsys):

@@ -90,12 +90,18 @@ class Connection:
             if reply is not None:
                 return reply
             remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            try:
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError
+                data = self._stream.read(_READ_SIZE, remaining)
+            except (TimeoutError, ConnectionLostError) as exc:
+                if isinstance(exc, ConnectionLostError) and not exc.timed_out:
+                    raise
                 raise ConnectionLostError(
-                    f"no reply to {what} from {self.info.server} within {timeout} s",
+                    f"no reply to {what} from {self.info.server}:{self.info.port} "
+                    f"within {timeout:g} s",
                     timed_out=True,
-                )
-            data = self._stream.read(_READ_SIZE, remaining)
+                ) from exc
             if not data:
                 raise ConnectionLostError(
                     f"{self.info.server} closed the connection while smtplug waited "
