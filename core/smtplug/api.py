@@ -13,32 +13,26 @@ import email.message
 import getpass
 import logging
 import math
+import os
 import platform
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
 from smtplug import envelope, session
+from smtplug.connect import CallablePolicy, ConnectionPlan, TLSPolicyCallable, open_session
 from smtplug.driver import Connection
-from smtplug.errors import (
-    ConnectError,
-    InvalidInputError,
-    ResponseError,
-    ServerFailure,
-    SMTPError,
-    TLSError,
-)
+from smtplug.errors import InvalidInputError, ResponseError, SMTPError
 from smtplug.hookspecs import hookimpl
-from smtplug.interfaces import ConnectionInfo, TLSPolicy, Transport
+from smtplug.interfaces import ConnectionInfo, TLSBackend, TLSInfo, TLSOptions, TLSPolicy
 from smtplug.plugins import Registry, build_registry
-from smtplug.protocol import Capabilities, Reply, commands
+from smtplug.protocol import Reply, commands
 
 __all__ = ["SendResult", "TLSPolicyCallable", "sendmessage"]
 
 logger = logging.getLogger("smtplug")
 
-TLSPolicyCallable = Callable[[int, str], str]
 Message = email.message.Message | bytes | str
 
 
@@ -57,6 +51,7 @@ class SendResult(list[tuple[str, int, str]]):
     port: int | None
     reply: Reply | None
     recipients: tuple[str, ...]
+    tls: TLSInfo | None
 
     def __init__(
         self,
@@ -67,6 +62,7 @@ class SendResult(list[tuple[str, int, str]]):
         port: int | None = None,
         reply: Reply | None = None,
         recipients: Sequence[str] = (),
+        tls: TLSInfo | None = None,
     ) -> None:
         super().__init__(refused)
         self.accepted = accepted
@@ -74,6 +70,7 @@ class SendResult(list[tuple[str, int, str]]):
         self.port = port
         self.reply = reply
         self.recipients = tuple(recipients)  # the recipients the server accepted
+        self.tls = tls  # what TLS negotiated, None for a plain session
 
     def __repr__(self) -> str:
         return (
@@ -108,30 +105,6 @@ class _Transcript:
     def smtplug_on_reply(self, info: ConnectionInfo, reply: Reply) -> None:
         for line in str(reply).split("\n"):
             self._emit(info, f"<-- {line}")
-
-
-class _CallablePolicy:
-    name = "<callable>"
-
-    def __init__(self, function: TLSPolicyCallable) -> None:
-        self._function = function
-
-    def decide(self, code: int, diagnostic: str) -> Literal["secure", "insecure"]:
-        answer = self._function(code, diagnostic)
-        if answer not in ("secure", "insecure"):
-            # Tcllib treats anything but "insecure" as "secure"; so do we,
-            # which fails closed.
-            return "secure"
-        return answer  # type: ignore[return-value]
-
-
-class _TcllibDefaultPolicy:
-    """Tcllib with no ``-tlspolicy``: carry on without TLS."""
-
-    name = "<tcllib default>"
-
-    def decide(self, code: int, diagnostic: str) -> Literal["secure", "insecure"]:
-        return "insecure"
 
 
 def _flag(name: str, value: object) -> bool:
@@ -196,17 +169,38 @@ def _login() -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _Plan:
-    """Everything validated, before any connection is opened."""
+class _TLSArgs:
+    """The TLS options of one call, as given."""
 
-    targets: list[tuple[str, int]]
-    client: str
-    transport: Transport
-    policy: TLSPolicy
-    usetls: bool
-    timeouts: session.Timeouts
-    connect_timeout: float | None
-    transport_options: dict[str, Any]
+    tls_backend: object
+    cafile: object
+    capath: object
+    client_cert: object
+    client_key: object
+    tls_verify: object
+    tls_context: object
+
+
+def _tls_setup(registry: Registry, args: _TLSArgs) -> tuple[TLSBackend, TLSOptions]:
+    if not isinstance(args.tls_backend, str):
+        raise InvalidInputError("tls_backend must be the name of a TLS backend plugin")
+    backend = registry.tls_backends.get(args.tls_backend)
+    if backend is None:
+        raise InvalidInputError(
+            f"no TLS backend named {args.tls_backend!r} is installed "
+            f"(installed: {sorted(registry.tls_backends) or 'none'})"
+        )
+    paths: dict[str, str | None] = {}
+    for name in ("cafile", "capath", "client_cert", "client_key"):
+        value = getattr(args, name)
+        if value is not None and not isinstance(value, str | os.PathLike):
+            raise InvalidInputError(f"{name} must be a path, not {type(value).__name__}")
+        paths[name] = None if value is None else str(os.fspath(value))
+    options = TLSOptions(
+        verify=_flag("tls_verify", args.tls_verify), context=args.tls_context, **paths
+    )
+    backend.check(options)
+    return backend, options
 
 
 def _plan(
@@ -218,11 +212,12 @@ def _plan(
     usetls: bool,
     tlsimport: bool,
     tlspolicy: object,
+    tls: _TLSArgs,
     username: object,
     password: object,
     timeout: float | None,
     maxsecs: float | None,
-) -> _Plan:
+) -> ConnectionPlan:
     targets = _servers_and_ports(servers, ports)
     if client is None:
         # Tcllib: "localhost" when the server list is just localhost, else
@@ -237,6 +232,7 @@ def _plan(
     elif usetls and "starttls" in registry.transports:
         name = "starttls"
     else:
+        # usetls without a STARTTLS transport: the policy decides ("unavailable").
         name = "plain"
     transport = registry.transports.get(name)
     if transport is None:
@@ -245,11 +241,17 @@ def _plan(
             f"{why} the {name!r} transport plugin, which is not installed or is blocked "
             f"(installed transports: {sorted(registry.transports) or 'none'})"
         )
+    transport_options: dict[str, Any] = {}
+    if usetls or tlsimport:
+        backend, tls_options = _tls_setup(registry, tls)
+        transport_options = {"tls_backend": backend, "tls_options": tls_options}
+    else:
+        tls_options = TLSOptions()
 
     policy: TLSPolicy
     if tlspolicy is None:
-        policy = _TcllibDefaultPolicy()
-    elif isinstance(tlspolicy, str):
+        tlspolicy = "opportunistic"
+    if isinstance(tlspolicy, str):
         named = registry.tls_policies.get(tlspolicy)
         if named is None:
             raise InvalidInputError(
@@ -258,7 +260,7 @@ def _plan(
             )
         policy = named
     elif callable(tlspolicy):
-        policy = _CallablePolicy(tlspolicy)
+        policy = CallablePolicy(tlspolicy)
     else:
         raise InvalidInputError("tlspolicy must be None, a policy name or a callable")
 
@@ -279,63 +281,17 @@ def _plan(
             )
 
     timeouts = session.Timeouts.tcllib(timeout=timeout, maxsecs=maxsecs)
-    return _Plan(
-        targets=targets,
+    return ConnectionPlan(
+        targets=tuple(targets),
         client=client,
         transport=transport,
         policy=policy,
         usetls=usetls,
         timeouts=timeouts,
         connect_timeout=timeout if timeout is not None else timeouts.command,
-        transport_options={},
+        transport_options=transport_options,
+        tls_verify=tls_options.verify,
     )
-
-
-def _open(plan: _Plan, registry: Registry) -> tuple[Connection, Capabilities]:
-    """Try each server in turn until one greets with 220 and accepts EHLO/HELO."""
-    failures: list[ServerFailure] = []
-    hook = registry.hook
-    for server, port in plan.targets:
-        info = ConnectionInfo(server, port, plan.transport.name)
-        hook.smtplug_on_event(info=info, event=f"Trying {server}:{port}...")
-        try:
-            stream = plan.transport.connect(
-                server, port, timeout=plan.connect_timeout, options=plan.transport_options
-            )
-        except SMTPError as exc:
-            hook.smtplug_on_event(info=info, event=f"server failed: {exc}")
-            failures.append(ServerFailure(server, port, exc))
-            continue
-        connection = Connection(stream, info, hook)
-        try:
-            connection.run(session.greet(plan.timeouts))
-            capabilities = connection.run(session.hello(plan.client, plan.timeouts))
-            if plan.usetls and capabilities.starttls and not stream.tls:
-                _no_starttls(connection, plan.policy)
-        except SMTPError as exc:
-            connection.event(f"server failed: {exc}")
-            connection.close()
-            failures.append(ServerFailure(server, port, exc))
-            continue
-        return connection, capabilities
-    raise ConnectError.from_failures(failures)
-
-
-def _no_starttls(connection: Connection, policy: TLSPolicy) -> None:
-    """The server offers STARTTLS but this installation cannot do TLS.
-
-    Tcllib, without its tls package, carries on in plain text; smtplug asks
-    the TLS policy first (with a pseudo 454, "TLS not available"), so a caller
-    whose policy says "secure" never sends in the clear.
-    """
-    diagnostic = (
-        "STARTTLS offered but no TLS-capable transport plugin is installed "
-        "(the 'starttls' transport)"
-    )
-    decision = policy.decide(454, diagnostic)
-    connection.event(f"{diagnostic}: policy {policy.name} says {decision}")
-    if decision != "insecure":
-        raise TLSError(f"{diagnostic}; the TLS policy refused to continue without TLS", 454)
 
 
 def _finish(connection: Connection, timeouts: session.Timeouts) -> None:
@@ -360,6 +316,13 @@ def sendmessage(
     usetls: bool = True,
     tlsimport: bool = False,
     tlspolicy: str | TLSPolicyCallable | None = None,
+    tls_backend: str = "stdlib",
+    cafile: str | os.PathLike[str] | None = None,
+    capath: str | os.PathLike[str] | None = None,
+    client_cert: str | os.PathLike[str] | None = None,
+    client_key: str | os.PathLike[str] | None = None,
+    tls_verify: bool = True,
+    tls_context: object | None = None,
     username: str | None = None,
     password: str | None = None,
     debug: bool = False,
@@ -399,6 +362,7 @@ def sendmessage(
         usetls=usetls,
         tlsimport=tlsimport,
         tlspolicy=tlspolicy,
+        tls=_TLSArgs(tls_backend, cafile, capath, client_cert, client_key, tls_verify, tls_context),
         username=username,
         password=password,
         timeout=timeout_value,
@@ -413,7 +377,7 @@ def sendmessage(
         hostname=_hostname(),
     )
 
-    connection, capabilities = _open(plan, registry)
+    connection, capabilities = open_session(plan, registry.hook)
     try:
         if queue and capabilities.has("XQUE"):
             connection.run(session.queue(plan.timeouts))
@@ -441,4 +405,5 @@ def sendmessage(
         port=connection.info.port,
         reply=outcome.reply,
         recipients=outcome.accepted_recipients,
+        tls=connection.tls_info,
     )

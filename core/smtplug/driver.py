@@ -9,14 +9,15 @@ connection: a broken connection is closed and never used again.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Generator
 from typing import Any, TypeVar
 
-from smtplug.errors import ConnectionLostError, ProtocolError, ResponseError, SMTPError
-from smtplug.interfaces import ConnectionInfo, Stream
+from smtplug.errors import ConnectionLostError, ProtocolError, ResponseError, SMTPError, TLSError
+from smtplug.interfaces import ConnectionInfo, Stream, TLSInfo, TLSStream, UpgradableStream
 from smtplug.protocol import Reply, ReplyParser
-from smtplug.session import Receive, Send
+from smtplug.session import Action, Send, Upgrade
 
 __all__ = ["Connection"]
 
@@ -39,7 +40,12 @@ class Connection:
     def event(self, text: str) -> None:
         self._hook.smtplug_on_event(info=self.info, event=text)
 
-    def run(self, step: Generator[Send | Receive, Reply | None, T]) -> T:
+    @property
+    def tls_info(self) -> TLSInfo | None:
+        """What TLS negotiated, or None on a plain connection."""
+        return self._stream.tls_info if isinstance(self._stream, TLSStream) else None
+
+    def run(self, step: Generator[Action, Reply | None, T]) -> T:
         """Run one session step to completion and return its result.
 
         An :class:`SMTPError` from the step or the I/O below it marks the
@@ -68,7 +74,10 @@ class Connection:
             self.broken = True
             raise
 
-    def _perform(self, action: Send | Receive) -> Reply | None:
+    def _perform(self, action: Action) -> Reply | None:
+        if isinstance(action, Upgrade):
+            self._upgrade(action.timeout)
+            return None
         if isinstance(action, Send):
             if self._parser.has_pending():
                 # Bytes the server sent that answer nothing we asked: never pair
@@ -82,6 +91,23 @@ class Connection:
         reply = self._read_reply(action.timeout, action.command)
         self._hook.smtplug_on_reply(info=self.info, reply=reply)
         return reply
+
+    def _upgrade(self, timeout: float | None) -> None:
+        if self._parser.has_pending():
+            # RFC 3207 section 5 / CVE-2011-0411 and the 2021 STARTTLS study: bytes
+            # sent before the handshake would be read as if they came over TLS.
+            raise TLSError(
+                f"{self.info.server}:{self.info.port} sent data after its 220 reply to "
+                "STARTTLS, before the TLS handshake: a response injection attack; "
+                "the connection is abandoned",
+                attack=True,
+            )
+        stream = self._stream
+        if not isinstance(stream, UpgradableStream):
+            raise TLSError("this connection's transport cannot start TLS")
+        self._stream = stream.start_tls(timeout)
+        self._parser = ReplyParser()
+        self.info = dataclasses.replace(self.info, tls=True)
 
     def _read_reply(self, timeout: float | None, what: str) -> Reply:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -109,9 +109,27 @@ class AuthenticationError(SMTPError):
 
 
 class TLSError(SMTPError):
-    """TLS could not be set up, or the server attacked the TLS upgrade."""
+    """TLS could not be set up, or the server attacked the TLS upgrade.
+
+    ``certificate`` is True when the server's certificate chain or host name
+    failed verification; ``attack`` when the server (or someone on the path)
+    attacked the upgrade, e.g. by injecting replies before the handshake. No
+    policy downgrades an attack to plain text.
+    """
 
     default_code = 454
+
+    def __init__(
+        self,
+        diagnostic: str,
+        code: int | None = None,
+        *,
+        certificate: bool = False,
+        attack: bool = False,
+    ) -> None:
+        super().__init__(diagnostic, code)
+        self.certificate = certificate
+        self.attack = attack
 
 
 class DeliveryUnknownError(SMTPError):

@@ -12,6 +12,7 @@ boundary, so nothing above it ever sees an ``OSError``.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -22,8 +23,14 @@ __all__ = [
     "SASLMechanism",
     "Stream",
     "TLSBackend",
+    "TLSFailure",
+    "TLSFailureKind",
+    "TLSInfo",
+    "TLSOptions",
     "TLSPolicy",
+    "TLSStream",
     "Transport",
+    "UpgradableStream",
 ]
 
 
@@ -76,18 +83,89 @@ class Transport(Protocol):
     ) -> Stream: ...
 
 
+@dataclass(frozen=True, slots=True)
+class TLSOptions:
+    """The caller's TLS settings, the same for every backend.
+
+    ``verify`` False turns off certificate and host-name checks (the
+    ``tls_verify=False`` opt-out). ``context`` is a ready backend-specific
+    context (``ssl.SSLContext`` for ``stdlib``, ``OpenSSL.SSL.Context`` for
+    ``pyopenssl``) used as given, instead of building one from the other
+    options.
+    """
+
+    verify: bool = True
+    cafile: str | None = None
+    capath: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    context: object | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TLSInfo:
+    """What a TLS handshake negotiated, as the backend reports it.
+
+    ``channel_bindings`` maps RFC 5929/9266 binding types (``"tls-unique"``,
+    ``"tls-server-end-point"``, ``"tls-exporter"``) to their data, for those
+    the backend and the negotiated version can provide (SCRAM-PLUS uses them).
+    """
+
+    backend: str
+    version: str
+    cipher: str
+    peer_certificate: bytes | None  # DER
+    verified: bool
+    channel_bindings: Mapping[str, bytes]
+
+
+@runtime_checkable
+class TLSStream(Stream, Protocol):
+    """A stream encrypted by a TLS backend."""
+
+    @property
+    def tls_info(self) -> TLSInfo: ...
+
+
+@runtime_checkable
+class UpgradableStream(Stream, Protocol):
+    """A plain stream that can be secured in place (STARTTLS)."""
+
+    def start_tls(self, timeout: float | None) -> TLSStream:
+        """Run the TLS handshake over this connection and return the secured
+        stream; this stream must not be used afterwards. Raises
+        :class:`smtplug.errors.TLSError` (``certificate=True`` when the
+        peer's certificate failed verification)."""
+        ...
+
+
 @runtime_checkable
 class TLSBackend(Protocol):
-    """Secures a stream with TLS (``stdlib``, ``pyopenssl``).
+    """Secures a connected socket with TLS (``stdlib``, ``pyopenssl``).
 
-    ``wrap`` performs the handshake over ``stream`` and returns the encrypted
-    stream; it verifies the certificate chain and ``server_hostname`` unless
-    the caller opted out. Failures raise :class:`smtplug.errors.TLSError`.
+    ``check`` validates ``options`` for this backend (a ``context`` of the
+    wrong type, unreadable files) and raises
+    :class:`smtplug.errors.InvalidInputError`; it is called before any
+    connection is opened. ``wrap`` performs the handshake on ``sock`` within
+    ``timeout`` seconds: it sends SNI (none for an IP literal), refuses
+    protocols below TLS 1.2, and verifies the certificate chain and
+    ``server_hostname`` unless ``options.verify`` is False. It raises
+    :class:`smtplug.errors.TLSError` (``certificate=True`` for a failed
+    certificate check) and closes ``sock`` on failure.
     """
 
     name: str
 
-    def wrap(self, stream: Stream, server_hostname: str, options: Mapping[str, Any]) -> Stream: ...
+    def check(self, options: TLSOptions) -> None: ...
+
+    def wrap(
+        self,
+        sock: socket.socket,
+        *,
+        server_hostname: str,
+        options: TLSOptions,
+        timeout: float | None,
+    ) -> TLSStream: ...
 
 
 class SASLExchange(Protocol):
@@ -118,16 +196,41 @@ class SASLMechanism(Protocol):
     def start(self, *, username: str, password: str, hostname: str) -> SASLExchange: ...
 
 
+TLSFailureKind = Literal["absent", "unavailable", "refused", "handshake", "certificate"]
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFailure:
+    """Why TLS could not be set up with a server.
+
+    ``kind`` is one of:
+
+    * ``"absent"``: the server does not offer STARTTLS;
+    * ``"unavailable"``: it does, but this installation has no STARTTLS
+      transport (blocked or not installed);
+    * ``"refused"``: it answered STARTTLS with something other than 220;
+    * ``"handshake"``: the TLS handshake failed;
+    * ``"certificate"``: the server's certificate or host name did not verify.
+
+    ``code`` is the server's reply code, or 454 for local failures (RFC 3207's
+    "TLS not available"); ``diagnostic`` says what happened.
+    """
+
+    kind: TLSFailureKind
+    code: int
+    diagnostic: str
+
+
 @runtime_checkable
 class TLSPolicy(Protocol):
     """Decides what happens when TLS cannot be set up with a server.
 
-    ``decide`` is called with the SMTP code (or a pseudo code) and the
-    diagnostic, as Tcllib's ``-tlspolicy`` command is, and returns
-    ``"secure"`` (give up this server, try the next) or ``"insecure"``
-    (carry on without TLS).
+    ``decide`` returns ``"secure"`` (give this server up, try the next) or
+    ``"insecure"`` (carry on without TLS: on the same connection after a
+    refused STARTTLS, on a fresh plain connection to the same server after a
+    failed handshake).
     """
 
     name: str
 
-    def decide(self, code: int, diagnostic: str) -> Literal["secure", "insecure"]: ...
+    def decide(self, failure: TLSFailure) -> Literal["secure", "insecure"]: ...

@@ -61,7 +61,19 @@ class Receive:
     command: str  # what the reply answers, for error messages
 
 
-Action = Send | Receive
+@dataclass(frozen=True, slots=True)
+class Upgrade:
+    """Secure the connection with TLS now (after a 220 to STARTTLS).
+
+    The driver refuses if any byte from the server is still unread (response
+    injection), runs the handshake within ``timeout`` seconds and starts a
+    fresh reply parser on the encrypted stream.
+    """
+
+    timeout: float | None
+
+
+Action = Send | Receive | Upgrade
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +139,25 @@ def hello(client: str, timeouts: Timeouts) -> Generator[Action, Reply | None, Ca
     reply = yield Receive(timeouts.command, "HELO")
     assert reply is not None
     return Capabilities.from_helo(_expect(reply, "HELO", 250))
+
+
+def starttls(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
+    """STARTTLS; the caller reads the reply (220: go on with :func:`upgrade`;
+    anything else is a refusal for the TLS policy to judge), except a 421."""
+    yield _command(commands.starttls())
+    reply = yield Receive(timeouts.command, "STARTTLS")
+    assert reply is not None
+    if reply.code == 421:
+        _expect(reply, "STARTTLS", 220)
+    return reply
+
+
+def upgrade(timeouts: Timeouts) -> Generator[Action, Reply | None, None]:
+    """The TLS handshake after a 220 to STARTTLS (RFC 3207).
+
+    Every capability learnt before it is void: the caller sends EHLO again.
+    """
+    yield Upgrade(timeouts.command)
 
 
 def queue(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:

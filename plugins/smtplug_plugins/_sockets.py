@@ -1,0 +1,101 @@
+"""Sockets for the built-in transports (a shared module, not a plugin).
+
+Every ``OSError`` is mapped to :mod:`smtplug.errors` at this boundary;
+connections get TCP_NODELAY (a command and the message's final "." must not
+wait for a delayed ACK); each read has a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+
+from smtplug.errors import ConnectError, ConnectionLostError
+from smtplug.interfaces import TLSInfo
+
+__all__ = ["SocketStream", "open_socket"]
+
+
+class SocketStream:
+    """A :class:`smtplug.interfaces.Stream` over a connected socket."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        peer: str,
+        write_timeout: float | None,
+        tls_info: TLSInfo | None = None,
+    ) -> None:
+        self._sock: socket.socket | None = sock
+        self._peer = peer
+        self._write_timeout = write_timeout
+        self._tls_info = tls_info
+
+    @property
+    def tls(self) -> bool:
+        return self._tls_info is not None
+
+    @property
+    def tls_info(self) -> TLSInfo:
+        if self._tls_info is None:
+            raise AttributeError("tls_info: this stream is not encrypted")
+        return self._tls_info
+
+    @property
+    def peer(self) -> str:
+        return self._peer
+
+    def detach(self) -> socket.socket:
+        """Hand the socket over (to a TLS backend); this stream is then closed."""
+        sock = self._live()
+        self._sock = None
+        return sock
+
+    def _live(self) -> socket.socket:
+        if self._sock is None:
+            raise ConnectionLostError(f"connection to {self._peer} is closed")
+        return self._sock
+
+    def read(self, max_bytes: int, timeout: float | None) -> bytes:
+        sock = self._live()
+        try:
+            sock.settimeout(timeout)
+            return sock.recv(max_bytes)
+        except TimeoutError as exc:
+            raise ConnectionLostError(
+                f"read from {self._peer} timed out after {timeout} s", timed_out=True
+            ) from exc
+        except OSError as exc:
+            raise ConnectionLostError(f"read from {self._peer} failed: {exc}") from exc
+
+    def write(self, data: bytes) -> None:
+        sock = self._live()
+        try:
+            sock.settimeout(self._write_timeout)
+            sock.sendall(data)
+        except TimeoutError as exc:
+            raise ConnectionLostError(
+                f"write to {self._peer} timed out after {self._write_timeout} s", timed_out=True
+            ) from exc
+        except OSError as exc:
+            raise ConnectionLostError(f"write to {self._peer} failed: {exc}") from exc
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def open_socket(host: str, port: int, timeout: float | None) -> socket.socket:
+    """Connect over TCP (IPv4 or IPv6, as the name resolves) with TCP_NODELAY."""
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError as exc:
+        raise ConnectError(f"connecting to {host}:{port} timed out after {timeout} s") from exc
+    except OSError as exc:
+        raise ConnectError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+    # Not every socket family has TCP_NODELAY; without it Nagle is merely slower.
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock

@@ -1,0 +1,70 @@
+"""Helpers both TLS backends share (a shared module, not a plugin)."""
+
+from __future__ import annotations
+
+import os
+import ssl
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from smtplug.errors import InvalidInputError
+from smtplug.interfaces import TLSOptions
+
+__all__ = ["check_tls_files", "server_end_point"]
+
+
+def _check_file(what: str, path: object, *, directory: bool = False) -> None:
+    if path is None:
+        return
+    if not isinstance(path, str | os.PathLike):
+        raise InvalidInputError(f"{what} must be a path, not {type(path).__name__}")
+    ok = os.path.isdir(path) if directory else os.path.isfile(path)
+    if not ok:
+        kind = "directory" if directory else "file"
+        raise InvalidInputError(f"{what} {os.fspath(path)!s} is not a readable {kind}")
+
+
+def check_tls_files(options: TLSOptions) -> None:
+    """The checks both backends make on the file options, before connecting."""
+    _check_file("cafile", options.cafile)
+    _check_file("capath", options.capath, directory=True)
+    _check_file("client_cert", options.client_cert)
+    _check_file("client_key", options.client_key)
+    if options.client_key is not None and options.client_cert is None:
+        raise InvalidInputError("client_key given without client_cert")
+    # Load them once here, so a bad file fails before any connection is opened.
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if options.cafile is not None:
+        try:
+            probe.load_verify_locations(cafile=options.cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidInputError(f"cafile {options.cafile} cannot be loaded: {exc}") from exc
+    if options.client_cert is not None:
+        try:
+            probe.load_cert_chain(options.client_cert, options.client_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidInputError(
+                f"client certificate {options.client_cert} cannot be loaded "
+                f"(with key {options.client_key}): {exc}"
+            ) from exc
+
+
+def server_end_point(der: bytes) -> bytes | None:
+    """RFC 5929 ``tls-server-end-point`` channel binding for a DER certificate.
+
+    The certificate's hash under its signature's hash algorithm, with MD5 and
+    SHA-1 replaced by SHA-256; None when the algorithm is unknown (Ed25519).
+    """
+    try:
+        certificate = x509.load_der_x509_certificate(der)
+        algorithm = certificate.signature_hash_algorithm
+    except (ValueError, x509.UnsupportedGeneralNameType):
+        return None
+    if algorithm is None:
+        return None
+    if isinstance(algorithm, hashes.MD5 | hashes.SHA1):
+        algorithm = hashes.SHA256()
+    digest = hashes.Hash(algorithm)
+    digest.update(der)
+    return digest.finalize()

@@ -1,0 +1,43 @@
+"""The ``implicit-tls`` transport: TLS from the first byte (port 465, RFC 8314).
+
+Tcllib's ``-tlsimport``. The handshake runs right after the TCP connection
+is made, before the greeting; a failed handshake fails this server (the core
+moves on to the next).
+
+Transport options used: ``tls_backend`` (a :class:`~smtplug.interfaces.TLSBackend`)
+and ``tls_options`` (:class:`~smtplug.interfaces.TLSOptions`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from smtplug.hookspecs import hookimpl
+from smtplug.interfaces import Stream, TLSBackend, TLSOptions, Transport
+from smtplug_plugins._sockets import open_socket
+
+__all__ = ["ImplicitTLSTransport"]
+
+
+class ImplicitTLSTransport:
+    """TCP, then at once the TLS handshake."""
+
+    name = "implicit-tls"
+
+    def connect(
+        self, host: str, port: int, *, timeout: float | None, options: Mapping[str, Any]
+    ) -> Stream:
+        backend: TLSBackend = options["tls_backend"]
+        tls_options: TLSOptions = options["tls_options"]
+        return backend.wrap(
+            open_socket(host, port, timeout),
+            server_hostname=host,
+            options=tls_options,
+            timeout=timeout,
+        )
+
+
+@hookimpl
+def smtplug_register_transports() -> Sequence[Transport]:
+    return [ImplicitTLSTransport()]

@@ -1,0 +1,70 @@
+"""The ``starttls`` transport: TCP that can be secured in place (RFC 3207).
+
+The connection starts in plain text; when the server offers STARTTLS and
+answers it with 220, the core asks the stream to ``start_tls``, which hands
+the socket to the chosen TLS backend for the handshake.
+
+Transport options used: ``tls_backend`` (a :class:`~smtplug.interfaces.TLSBackend`)
+and ``tls_options`` (:class:`~smtplug.interfaces.TLSOptions`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from smtplug.hookspecs import hookimpl
+from smtplug.interfaces import Stream, TLSBackend, TLSOptions, TLSStream, Transport
+from smtplug_plugins._sockets import SocketStream, open_socket
+
+__all__ = ["StartTLSStream", "StartTLSTransport"]
+
+
+class StartTLSStream(SocketStream):
+    """A plain TCP stream that knows how to become a TLS stream."""
+
+    def __init__(
+        self,
+        sock: Any,
+        peer: str,
+        write_timeout: float | None,
+        *,
+        backend: TLSBackend,
+        tls_options: TLSOptions,
+        server_hostname: str,
+    ) -> None:
+        super().__init__(sock, peer, write_timeout)
+        self._backend = backend
+        self._tls_options = tls_options
+        self._server_hostname = server_hostname
+
+    def start_tls(self, timeout: float | None) -> TLSStream:
+        return self._backend.wrap(
+            self.detach(),
+            server_hostname=self._server_hostname,
+            options=self._tls_options,
+            timeout=timeout,
+        )
+
+
+class StartTLSTransport:
+    """Plain TCP first, TLS after STARTTLS."""
+
+    name = "starttls"
+
+    def connect(
+        self, host: str, port: int, *, timeout: float | None, options: Mapping[str, Any]
+    ) -> Stream:
+        return StartTLSStream(
+            open_socket(host, port, timeout),
+            f"{host}:{port}",
+            timeout,
+            backend=options["tls_backend"],
+            tls_options=options["tls_options"],
+            server_hostname=host,
+        )
+
+
+@hookimpl
+def smtplug_register_transports() -> Sequence[Transport]:
+    return [StartTLSTransport()]

@@ -1,0 +1,502 @@
+"""The ``pyopenssl`` TLS backend: :mod:`OpenSSL.SSL` plus :mod:`service_identity`.
+
+It behaves as the ``stdlib`` backend does:
+
+* the certificate chain is verified (``VERIFY_PEER``, against ``cafile`` /
+  ``capath`` or else the default store) and, since pyOpenSSL checks no host
+  names, the host name is checked after the handshake with
+  :mod:`service_identity` (an IP literal against the certificate's IP
+  addresses); any failure is a :class:`~smtplug.errors.TLSError` with
+  ``certificate=True`` naming what failed;
+* SNI carries the configured host name, none for an IP literal;
+* TLS 1.2 is the minimum;
+* a context given by the caller (an :class:`OpenSSL.SSL.Context`) is used as
+  it is: its own verify mode decides whether the chain is verified, and the
+  host name is checked whenever that mode includes ``VERIFY_PEER`` (as with
+  the stdlib backend, the other options, ``verify`` included, do not apply
+  to a caller's context).
+
+The socket is driven in non-blocking mode with explicit waits, so every
+handshake, read and write is bounded by its deadline however OpenSSL splits
+the work into ``WantRead``/``WantWrite`` steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import math
+import select
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import service_identity
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL, crypto
+from service_identity.pyopenssl import verify_hostname, verify_ip_address
+
+from smtplug.errors import ConnectionLostError, InvalidInputError, TLSError
+from smtplug.hookspecs import hookimpl
+from smtplug.interfaces import TLSBackend, TLSInfo, TLSOptions, TLSStream
+from smtplug_plugins._tls import check_tls_files, server_end_point
+
+__all__ = ["PyOpenSSLBackend", "PyOpenSSLStream"]
+
+# RFC 9266: the label and length of the tls-exporter channel binding.
+_EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
+_EXPORTER_LENGTH = 32
+
+# The largest slice handed to one SSL_write (its length argument is an int).
+_WRITE_CHUNK = 1 << 20
+
+# Texts for the X509_V_ERR_* codes a server certificate commonly fails with
+# (their values are fixed by OpenSSL's x509_vfy.h).
+_VERIFY_ERRORS: dict[int, str] = {
+    2: "unable to get issuer certificate",
+    4: "unable to decrypt certificate's signature",
+    6: "unable to decode issuer public key",
+    7: "certificate signature failure",
+    9: "certificate is not yet valid",
+    10: "certificate has expired",
+    13: "format error in certificate's notBefore field",
+    14: "format error in certificate's notAfter field",
+    18: "self-signed certificate",
+    19: "self-signed certificate in certificate chain",
+    20: "unable to get local issuer certificate (issuer not trusted)",
+    21: "unable to verify the first certificate",
+    22: "certificate chain too long",
+    23: "certificate revoked",
+    24: "invalid CA certificate",
+    25: "path length constraint exceeded",
+    26: "unsupported certificate purpose",
+    27: "certificate not trusted",
+    28: "certificate rejected",
+}
+
+
+def _wait(sock: socket.socket, *, writable: bool, deadline: float | None) -> bool:
+    """Wait until ``sock`` is readable (or writable); False once ``deadline``
+    (a :func:`time.monotonic` value, None for never) has passed."""
+    if deadline is None:
+        timeout: float | None = None
+    else:
+        timeout = deadline - time.monotonic()
+        if timeout <= 0:
+            return False
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT if writable else select.POLLIN)
+        # A hang-up or error also wakes poll: the next OpenSSL call reports it.
+        return bool(poller.poll(None if timeout is None else math.ceil(timeout * 1000)))
+    if writable:
+        _, ready, _ = select.select([], [sock], [], timeout)
+    else:
+        ready, _, _ = select.select([sock], [], [], timeout)
+    return bool(ready)
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _describe(exc: BaseException) -> str:
+    """A readable text for a pyOpenSSL error (its args are lists of tuples)."""
+    if isinstance(exc, SSL.SysCallError):
+        if exc.args and exc.args[0] == -1:
+            return "the connection was closed unexpectedly"
+        if len(exc.args) >= 2 and exc.args[1]:
+            return f"{exc.args[1]} (errno {exc.args[0]})"
+    if isinstance(exc, SSL.Error) and exc.args and isinstance(exc.args[0], list):
+        reasons = [str(item[-1]) for item in exc.args[0] if isinstance(item, tuple) and item]
+        if reasons:
+            return "; ".join(reasons)
+    return str(exc) or type(exc).__name__
+
+
+def _identities(conn: SSL.Connection) -> str:
+    """The DNS names and IP addresses the peer's certificate is valid for."""
+    try:
+        peer = conn.get_peer_certificate()
+        if peer is None:
+            return "no identity"
+        certificate = peer.to_cryptography()
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except (x509.ExtensionNotFound, ValueError):
+        return "no subjectAltName"
+    found = [
+        *names.value.get_values_for_type(x509.DNSName),
+        *(str(ip) for ip in names.value.get_values_for_type(x509.IPAddress)),
+    ]
+    return ", ".join(found) if found else "no DNS name or IP address"
+
+
+def _ip_literal(host: str) -> str | None:
+    """The address ``host`` spells (without an IPv6 zone), or None for a name."""
+    try:
+        return str(ipaddress.ip_address(host.split("%", 1)[0]))
+    except ValueError:
+        return None
+
+
+@dataclass
+class _VerifyRecord:
+    """The first failure OpenSSL reported while verifying the chain."""
+
+    error: int | None = None
+    depth: int = 0
+    subject: str = ""
+
+    def callback(
+        self, conn: SSL.Connection, cert: crypto.X509, error: int, depth: int, ok: int
+    ) -> bool:
+        """The verify callback: keeps OpenSSL's verdict, remembering a failure."""
+        if not ok and self.error is None:
+            self.error, self.depth = error, depth
+            with contextlib.suppress(Exception):
+                self.subject = cert.to_cryptography().subject.rfc4514_string()
+        return bool(ok)
+
+    def describe(self) -> str:
+        text = _VERIFY_ERRORS.get(self.error or 0, f"X509 verification error {self.error}")
+        where = "the server's certificate" if self.depth == 0 else f"chain depth {self.depth}"
+        subject = f" ({self.subject})" if self.subject else ""
+        return f"{text} at {where}{subject}"
+
+
+class PyOpenSSLStream:
+    """A :class:`smtplug.interfaces.TLSStream` over a pyOpenSSL connection.
+
+    Errors map as :class:`smtplug_plugins._sockets.SocketStream` maps them:
+    ``read`` returns ``b""`` on a clean or abrupt close and raises
+    :class:`~smtplug.errors.ConnectionLostError` (``timed_out=True`` after
+    ``timeout`` seconds without data); ``write`` sends every byte within the
+    write timeout or raises ``ConnectionLostError``; ``close`` sends a
+    best-effort close_notify, closes the socket, is idempotent and never
+    raises.
+    """
+
+    def __init__(
+        self,
+        conn: SSL.Connection,
+        sock: socket.socket,
+        peer: str,
+        write_timeout: float | None,
+        tls_info: TLSInfo,
+    ) -> None:
+        self._conn: SSL.Connection | None = conn
+        self._sock = sock
+        self._peer = peer
+        self._write_timeout = write_timeout
+        self._tls_info = tls_info
+        self._broken = False  # after a fatal error no close_notify may be sent
+
+    @property
+    def tls(self) -> bool:
+        return True
+
+    @property
+    def tls_info(self) -> TLSInfo:
+        return self._tls_info
+
+    @property
+    def peer(self) -> str:
+        return self._peer
+
+    def _live(self) -> SSL.Connection:
+        if self._conn is None:
+            raise ConnectionLostError(f"connection to {self._peer} is closed")
+        return self._conn
+
+    def read(self, max_bytes: int, timeout: float | None) -> bytes:
+        """At most ``max_bytes`` decrypted bytes; ``b""`` once the peer closed.
+
+        OpenSSL is asked first and the socket waited on only when it wants
+        more input, so data already decrypted and buffered (``pending()``) is
+        returned without waiting.
+        """
+        conn = self._live()
+        if max_bytes < 0:
+            raise ValueError("max_bytes must not be negative")
+        if max_bytes == 0:
+            return b""
+        deadline = _deadline(timeout)
+        while True:
+            try:
+                return conn.recv(max_bytes)
+            except SSL.WantReadError:
+                writable = False
+            except SSL.WantWriteError:
+                writable = True
+            except SSL.ZeroReturnError:
+                return b""
+            except SSL.SysCallError as exc:
+                self._broken = True
+                if exc.args and exc.args[0] == -1:  # EOF without close_notify
+                    return b""
+                raise ConnectionLostError(
+                    f"read from {self._peer} failed: {_describe(exc)}"
+                ) from exc
+            except SSL.Error as exc:
+                self._broken = True
+                raise ConnectionLostError(
+                    f"read from {self._peer} failed: {_describe(exc)}"
+                ) from exc
+            try:
+                ready = _wait(self._sock, writable=writable, deadline=deadline)
+            except (OSError, ValueError) as exc:
+                raise ConnectionLostError(f"read from {self._peer} failed: {exc}") from exc
+            if not ready:
+                raise ConnectionLostError(
+                    f"read from {self._peer} timed out after {timeout} s", timed_out=True
+                )
+
+    def write(self, data: bytes) -> None:
+        """Send all of ``data`` within the write timeout (as a whole)."""
+        conn = self._live()
+        view = memoryview(data).cast("B")
+        deadline = _deadline(self._write_timeout)
+        while view:
+            try:
+                # After WantWrite the same bytes are offered again, as OpenSSL
+                # requires; partial writes are enabled on pyOpenSSL contexts.
+                sent = conn.send(view[:_WRITE_CHUNK])
+            except SSL.WantWriteError:
+                writable = True
+            except SSL.WantReadError:
+                writable = False
+            except SSL.Error as exc:
+                self._broken = True
+                raise ConnectionLostError(
+                    f"write to {self._peer} failed: {_describe(exc)}"
+                ) from exc
+            else:
+                view = view[sent:]
+                continue
+            try:
+                ready = _wait(self._sock, writable=writable, deadline=deadline)
+            except (OSError, ValueError) as exc:
+                raise ConnectionLostError(f"write to {self._peer} failed: {exc}") from exc
+            if not ready:
+                raise ConnectionLostError(
+                    f"write to {self._peer} timed out after {self._write_timeout} s",
+                    timed_out=True,
+                )
+
+    def close(self) -> None:
+        """Send close_notify if possible (without waiting), close the socket."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if not self._broken:
+            with contextlib.suppress(Exception):
+                conn.shutdown()
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+
+class PyOpenSSLBackend:
+    """TLS through pyOpenSSL, with host names checked by service_identity."""
+
+    name = "pyopenssl"
+
+    def check(self, options: TLSOptions) -> None:
+        """Raise :class:`InvalidInputError` for a ``context`` that is not an
+        :class:`OpenSSL.SSL.Context` or a file option that is not readable."""
+        if options.context is not None and not isinstance(options.context, SSL.Context):
+            raise InvalidInputError(
+                "tls_context for the pyopenssl backend must be an OpenSSL.SSL.Context, "
+                f"not {type(options.context).__name__}"
+            )
+        check_tls_files(options)
+
+    def context(self, options: TLSOptions, record: _VerifyRecord) -> SSL.Context:
+        """A fresh client context the options describe, reporting chain
+        failures to ``record``. Raises :class:`TLSError` naming the file
+        OpenSSL cannot load."""
+        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        if options.verify:
+            context.set_verify(SSL.VERIFY_PEER, record.callback)
+            try:
+                if options.cafile is not None or options.capath is not None:
+                    context.load_verify_locations(options.cafile, options.capath)
+                else:
+                    context.set_default_verify_paths()
+            except (SSL.Error, OSError, ValueError) as exc:
+                raise TLSError(f"CA certificates cannot be loaded: {_describe(exc)}") from exc
+        else:
+            context.set_verify(SSL.VERIFY_NONE)
+        if options.client_cert is not None:
+            try:
+                context.use_certificate_chain_file(options.client_cert)
+                context.use_privatekey_file(options.client_key or options.client_cert)
+                context.check_privatekey()
+            except (SSL.Error, OSError, ValueError) as exc:
+                raise TLSError(f"client certificate cannot be loaded: {_describe(exc)}") from exc
+        return context
+
+    def wrap(
+        self,
+        sock: socket.socket,
+        *,
+        server_hostname: str,
+        options: TLSOptions,
+        timeout: float | None,
+    ) -> TLSStream:
+        """Handshake on ``sock`` within ``timeout`` seconds and verify the peer.
+
+        Raises :class:`TLSError` (``certificate=True`` for a chain or host-name
+        failure) and closes ``sock`` on any failure.
+        """
+        peer = server_hostname
+        try:
+            return self._wrap(sock, server_hostname, options, timeout)
+        except TLSError:
+            with contextlib.suppress(OSError):
+                sock.close()
+            raise
+        except (SSL.Error, OSError, ValueError) as exc:
+            with contextlib.suppress(OSError):
+                sock.close()
+            raise TLSError(f"TLS handshake with {peer} failed: {_describe(exc)}") from exc
+
+    def _wrap(
+        self,
+        sock: socket.socket,
+        server_hostname: str,
+        options: TLSOptions,
+        timeout: float | None,
+    ) -> PyOpenSSLStream:
+        peer = server_hostname
+        deadline = _deadline(timeout)
+        record = _VerifyRecord()
+        if isinstance(options.context, SSL.Context):
+            context = options.context
+            # Used as given, like the stdlib backend's: its verify mode (not
+            # options.verify) decides; pyOpenSSL cannot carry a host-name check.
+            check_host = bool(context.get_verify_mode() & SSL.VERIFY_PEER)
+        else:
+            context = self.context(options, record)
+            check_host = options.verify
+
+        if not server_hostname or server_hostname.startswith("."):
+            raise TLSError(f"invalid server host name {server_hostname!r} for TLS")
+        address = _ip_literal(server_hostname)
+        # A name goes on the wire (SNI) and is checked in its A-label form,
+        # as the ssl module does it.
+        name = server_hostname
+        if address is None:
+            name = server_hostname.encode("idna").decode("ascii")
+
+        sock.setblocking(False)
+        conn = SSL.Connection(context, sock)
+        conn.set_connect_state()
+        if address is None:
+            conn.set_tlsext_host_name(name.encode("ascii"))
+
+        while True:
+            try:
+                conn.do_handshake()
+                break
+            except SSL.WantReadError:
+                writable = False
+            except SSL.WantWriteError:
+                writable = True
+            except SSL.Error as exc:
+                if record.error is not None:
+                    raise TLSError(
+                        f"the certificate of {peer} did not verify: {record.describe()}",
+                        certificate=True,
+                    ) from exc
+                raise TLSError(f"TLS handshake with {peer} failed: {_describe(exc)}") from exc
+            if not _wait(sock, writable=writable, deadline=deadline):
+                raise TLSError(f"TLS handshake with {peer} timed out after {timeout} s")
+
+        verified = False
+        if check_host:
+            try:
+                self._verify_peer(conn, record, peer, name, address)
+            except TLSError:
+                with contextlib.suppress(Exception):
+                    conn.shutdown()  # a courtesy close_notify, without waiting
+                raise
+            verified = True
+
+        return PyOpenSSLStream(conn, sock, peer, timeout, self._info(conn, verified))
+
+    @staticmethod
+    def _verify_peer(
+        conn: SSL.Connection,
+        record: _VerifyRecord,
+        peer: str,
+        name: str,
+        address: str | None,
+    ) -> None:
+        """After the handshake: the chain verified, and the certificate is
+        valid for ``address`` (an IP literal) or else ``name``."""
+        # Under VERIFY_PEER the handshake itself fails on a chain error; the
+        # record and the verified chain are checked as further witnesses.
+        if record.error is not None or not conn.get_verified_chain():
+            reason = record.describe() if record.error is not None else "no verified chain"
+            raise TLSError(f"the certificate of {peer} did not verify: {reason}", certificate=True)
+        what = "IP address" if address is not None else "host name"
+        try:
+            if address is not None:
+                verify_ip_address(conn, address)
+            else:
+                verify_hostname(conn, name)
+        except service_identity.VerificationError as exc:
+            raise TLSError(
+                f"the certificate of {peer} does not match the {what} {peer!r}: "
+                f"it is for {_identities(conn)}",
+                certificate=True,
+            ) from exc
+        except (service_identity.CertificateError, ValueError) as exc:
+            raise TLSError(
+                f"the certificate of {peer} cannot be matched to the {what} {peer!r}: {exc}",
+                certificate=True,
+            ) from exc
+
+    def _info(self, conn: SSL.Connection, verified: bool) -> TLSInfo:
+        """What the handshake negotiated, with the channel bindings available:
+        ``tls-server-end-point`` always (when the certificate's hash is
+        known), ``tls-unique`` on TLS 1.2, ``tls-exporter`` on TLS 1.3."""
+        version = conn.get_protocol_version_name()
+        # (X509.to_cryptography rather than as_cryptography=, for pyOpenSSL 24.)
+        certificate = conn.get_peer_certificate()
+        der = (
+            None
+            if certificate is None
+            else certificate.to_cryptography().public_bytes(Encoding.DER)
+        )
+        bindings: dict[str, bytes] = {}
+        if der is not None:
+            end_point = server_end_point(der)
+            if end_point is not None:
+                bindings["tls-server-end-point"] = end_point
+        if version == "TLSv1.2":
+            # RFC 5929: the first Finished message of the handshake, which
+            # is the client's on a full handshake (sessions are not resumed).
+            finished = conn.get_finished()
+            if finished:
+                bindings["tls-unique"] = finished
+        elif version == "TLSv1.3":
+            bindings["tls-exporter"] = conn.export_keying_material(
+                _EXPORTER_LABEL, _EXPORTER_LENGTH, b""
+            )
+        return TLSInfo(
+            backend=self.name,
+            version=version,
+            cipher=conn.get_cipher_name() or "?",
+            peer_certificate=der,
+            verified=verified,
+            channel_bindings=bindings,
+        )
+
+
+@hookimpl
+def smtplug_register_tls_backends() -> Sequence[TLSBackend]:
+    return [PyOpenSSLBackend()]
