@@ -26,6 +26,12 @@ Behaviour is configured with keyword arguments (all optional)::
         data_final_reply="554 5.7.1 rejected",
         close_after_data=True,                       # hang up after the final "."
         stall_after_data=True,                       # never answer the final "."
+        tls_context=ssl_ctx,                         # offer STARTTLS with this context
+        require_starttls=True,                       # refuse mail before STARTTLS
+        implicit_tls=ssl_ctx,                        # TLS from the first byte
+        starttls_reply="454 4.7.0 TLS not available",  # answer STARTTLS with this
+        inject_after_starttls=b"250 injected\r\n",  # bytes right after the 220
+        plain_only_ehlo=["XQUE"],                    # keywords offered only before TLS
     )
 
 ``QUED`` and ``ONEX`` (Tcllib's XQUE/ONEX extensions) are answered "250 OK".
@@ -47,6 +53,7 @@ import collections
 import contextlib
 import re
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -97,6 +104,10 @@ class SessionRecord:
     commands: list[str] = field(default_factory=list)
     transactions: list[Transaction] = field(default_factory=list)
     helo_name: str | None = None
+    #: for each EHLO/HELO, whether the connection was encrypted at that moment
+    hello_tls: list[bool] = field(default_factory=list)
+    #: the client certificate (``getpeercert()`` form) seen over TLS, if any
+    client_cert: dict[str, Any] | None = None
     ended: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     @property
@@ -165,6 +176,8 @@ class _RecordingSMTP(SMTP):
             enable_SMTPUTF8=True,
             decode_data=False,
             timeout=60,
+            tls_context=owner.tls_context,
+            require_starttls=owner.require_starttls,
         )
         # aiosmtpd keeps these limits on the class and grows them on every
         # EHLO; give each session its own copy so servers cannot disturb each other.
@@ -220,6 +233,29 @@ class _RecordingSMTP(SMTP):
         for line in data.split(b"\n"):
             if line.rstrip(b"\r"):
                 self.record.commands.append(line.rstrip(b"\r").decode("utf-8", "surrogateescape"))
+
+    # -- TLS ----------------------------------------------------------------
+
+    def note_tls(self) -> None:
+        """Record whether this hello came over TLS, and any client certificate."""
+        assert self.transport is not None
+        ssl_object = self.transport.get_extra_info("ssl_object")
+        self.record.hello_tls.append(ssl_object is not None)
+        if ssl_object is not None:
+            self.record.client_cert = ssl_object.getpeercert() or None
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        owner = self._owner
+        if owner.starttls_reply is not None:
+            await self.push(owner.starttls_reply)
+            return
+        if owner.inject_after_starttls is not None:
+            # A man in the middle's trick: more bytes right behind the 220, in
+            # the same segment, for the client to mistake for TLS-protected replies.
+            assert self.transport is not None
+            self.transport.write(b"220 2.0.0 Ready to start TLS\r\n" + owner.inject_after_starttls)
+            return
+        await super().smtp_STARTTLS(arg)
 
     # -- greeting -----------------------------------------------------------
 
@@ -300,12 +336,16 @@ class _Handler:
     ) -> list[str]:
         record = server.record
         record.helo_name = hostname
+        server.note_tls()
         self._end_open_transaction(record)
         if self._owner.ehlo_reply is not None:
             return [self._owner.ehlo_reply]
         session.host_name = hostname
         keywords = [line[4:] for line in responses[1:]]
-        for extra in self._owner.extra_ehlo:
+        extras = list(self._owner.extra_ehlo)
+        if not server.record.hello_tls[-1]:
+            extras += self._owner.plain_only_ehlo
+        for extra in extras:
             name = extra.split()[0].upper() if extra.split() else extra
             keywords = [k for k in keywords if (k.split() or [""])[0].upper() != name]
             keywords.insert(len(keywords) - 1, extra)  # keep HELP last
@@ -317,6 +357,7 @@ class _Handler:
     ) -> str:
         record = server.record
         record.helo_name = hostname
+        server.note_tls()
         self._end_open_transaction(record)
         if self._owner.helo_reply is not None:
             return self._owner.helo_reply
@@ -410,6 +451,12 @@ class RecordingServer:
         data_final_reply: str | None = None,
         close_after_data: bool = False,
         stall_after_data: bool = False,
+        tls_context: ssl.SSLContext | None = None,
+        require_starttls: bool = False,
+        implicit_tls: ssl.SSLContext | None = None,
+        starttls_reply: str | None = None,
+        inject_after_starttls: bytes | None = None,
+        plain_only_ehlo: list[str] | None = None,
     ) -> None:
         self.host = HOST
         self.port = 0
@@ -422,6 +469,12 @@ class RecordingServer:
         self.data_final_reply = data_final_reply
         self.close_after_data = close_after_data
         self.stall_after_data = stall_after_data
+        self.tls_context = tls_context
+        self.require_starttls = require_starttls
+        self.implicit_tls = implicit_tls
+        self.starttls_reply = starttls_reply
+        self.inject_after_starttls = inject_after_starttls
+        self.plain_only_ehlo = list(plain_only_ehlo or [])
         self.sessions: list[SessionRecord] = []
         self._size_limit = _DEFAULT_SIZE_LIMIT
         for keyword in self.extra_ehlo:
@@ -461,7 +514,9 @@ class RecordingServer:
         try:
             try:
                 self._server = loop.run_until_complete(
-                    loop.create_server(lambda: _RecordingSMTP(self, loop), HOST, 0)
+                    loop.create_server(
+                        lambda: _RecordingSMTP(self, loop), HOST, 0, ssl=self.implicit_tls
+                    )
                 )
                 self.port = self._server.sockets[0].getsockname()[1]
             except BaseException as exc:

@@ -68,38 +68,40 @@ def test_nameless_registration_is_an_error():
 def test_named_policy_plugin_is_usable_by_name(smtp_server):
     decisions = []
 
-    class Never:
-        name = "never-plain"
+    class Lenient:
+        name = "lenient"
 
-        def decide(self, code, diagnostic):
-            decisions.append(code)
-            return "secure"
+        def decide(self, failure):
+            decisions.append(failure.kind)
+            return "insecure"
 
     class Plugin:
         @smtplug.hookimpl
         def smtplug_register_tls_policies(self):
-            return [Never()]
+            return [Lenient()]
 
     registry = build_registry(extra=[Plugin()])
-    assert "never-plain" in registry.tls_policies
-    # Unknown names are refused before connecting; known ones are accepted.
+    assert "lenient" in registry.tls_policies
+    # Unknown names are refused before connecting; known ones are used.
     with pytest.raises(InvalidInputError, match="no TLS policy named"):
         smtplug.sendmessage(
             "To: b@example.org\n\nx\n",
             originator="a@example.com",
             servers="127.0.0.1",
             ports=smtp_server.port,
-            tlspolicy="never-plain",
+            tlspolicy="lenient",
         )
+    assert smtp_server.sessions == []
     result = smtplug.sendmessage(
         "To: b@example.org\n\nx\n",
         originator="a@example.com",
         servers="127.0.0.1",
         ports=smtp_server.port,
-        tlspolicy="never-plain",
+        tlspolicy="lenient",
         plugins=[Plugin()],
     )
-    assert result.accepted and decisions == []  # the server offers no STARTTLS
+    # A named policy is asked even when the server offers no STARTTLS.
+    assert result.accepted and decisions == ["absent"]
 
 
 def test_sasl_names_are_indexed_upper_case():

@@ -379,7 +379,10 @@ def test_observer_plugin_for_one_call(smtp_server):
 def test_blocking_the_plain_transport(smtp_server):
     with pytest.raises(InvalidInputError, match="'plain' transport"):
         send(
-            smtp_server, message(From="a@example.com", To="b@example.org"), block_plugins=["plain"]
+            smtp_server,
+            message(From="a@example.com", To="b@example.org"),
+            usetls=False,
+            block_plugins=["plain"],
         )
     assert smtp_server.sessions == []
 
@@ -404,25 +407,9 @@ def test_extra_transport_plugin_replaces_a_blocked_builtin(smtp_server):
         message(From="a@example.com", To="b@example.org"),
         plugins=[Plugin()],
         block_plugins=["plain"],
+        usetls=False,
     )
     assert result.accepted and used == [("127.0.0.1", smtp_server.port)]
-
-
-def test_starttls_offered_without_tls_plugin_asks_the_policy(make_server):
-    server = make_server(extra_ehlo=["STARTTLS"])
-    calls = []
-
-    def policy(code, diagnostic):
-        calls.append((code, diagnostic))
-        return "secure"
-
-    with pytest.raises(ConnectError) as info:
-        send(server, message(From="a@example.com", To="b@example.org"), tlspolicy=policy)
-    assert calls and calls[0][0] == 454
-    assert "TLS" in str(info.value)
-    assert server.messages == []
-    # Tcllib's default (no policy): carry on without TLS.
-    assert send(server, message(From="a@example.com", To="b@example.org")).accepted
 
 
 # --- bad input: refused before any connection -------------------------------------------
@@ -448,7 +435,15 @@ BAD_OPTIONS = [
     {"timeout": 0},
     {"tlspolicy": 42},
     {"tlspolicy": "no-such-policy"},
-    {"tlsimport": True},
+    {"tls_backend": "no-such-backend"},
+    {"tls_backend": None},
+    {"cafile": "/nonexistent/ca.pem"},
+    {"capath": "/nonexistent/"},
+    {"client_key": __file__},
+    {"cafile": 42},
+    {"tls_context": "not a context"},
+    {"tls_verify": "no"},
+    {"tlsimport": True, "block_plugins": ["implicit-tls"]},
     {"username": "alice", "password": "secret"},
     {"password": "secret"},
     {"originator": "a@example.com\r\nRCPT TO:<x@y>"},
