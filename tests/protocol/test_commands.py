@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smtplug.errors import InvalidInputError
+from smtplug.errors import InvalidInputError, ProtocolError
 from smtplug.protocol import commands
 
 CONTROLS = [chr(c) for c in (*range(0x20), 0x7F)]
@@ -278,3 +278,38 @@ def test_any_input_yields_a_single_safe_line(address: str, params: list[str], ut
     assert b"\r" not in body and b"\n" not in body and b"\x00" not in body
     assert len(line) <= 512
     assert line.startswith(b"MAIL FROM:<" + address.encode() + b">")
+
+
+# -- AUTH (RFC 4954) ---------------------------------------------------------------
+
+
+def test_auth_encoders() -> None:
+    assert commands.auth("PLAIN", b"\0alice\0pw") == b"AUTH PLAIN AGFsaWNlAHB3\r\n"
+    assert commands.auth("LOGIN") == b"AUTH LOGIN\r\n"
+    assert commands.auth("EXTERNAL", b"") == b"AUTH EXTERNAL =\r\n"
+    assert commands.sasl_response(b"x") == b"eA==\r\n"
+    assert commands.sasl_response(b"") == b"\r\n"
+    assert commands.sasl_cancel() == b"*\r\n"
+
+
+def test_auth_lines_may_exceed_512_octets_up_to_12288() -> None:
+    token = b"t" * 3000  # an OAuth token: longer than a command line may be
+    assert len(commands.auth("XOAUTH2", token)) > commands.MAX_COMMAND_LINE
+    with pytest.raises(InvalidInputError, match="12288"):
+        commands.auth("XOAUTH2", b"t" * 10000)
+    with pytest.raises(InvalidInputError, match="12288"):
+        commands.sasl_response(b"t" * 10000)
+
+
+@pytest.mark.parametrize("name", ["plain", "PL AIN", "X\r\nRCPT", "A" * 21, ""])
+def test_auth_refuses_bad_mechanism_names(name: str) -> None:
+    with pytest.raises(InvalidInputError):
+        commands.auth(name)
+
+
+def test_decode_challenge_is_strict() -> None:
+    assert commands.decode_challenge("VXNlcm5hbWU6") == b"Username:"
+    assert commands.decode_challenge("") == b""
+    for bad in ("not base64!", "VXNlcm5hbWU", "VXNl\x00cm5h"):
+        with pytest.raises(ProtocolError):
+            commands.decode_challenge(bad)

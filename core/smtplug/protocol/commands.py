@@ -21,17 +21,21 @@ and RCPT must be ``keyword[=value]`` per RFC 5321 section 4.1.2.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Sequence
 
-from smtplug.errors import InvalidInputError
+from smtplug.errors import InvalidInputError, ProtocolError
 
 __all__ = [
+    "MAX_AUTH_LINE",
     "MAX_COMMAND_LINE",
+    "auth",
     "check_address",
     "check_param",
     "command",
     "data",
+    "decode_challenge",
     "ehlo",
     "helo",
     "mail",
@@ -40,6 +44,8 @@ __all__ = [
     "quit",
     "rcpt",
     "rset",
+    "sasl_cancel",
+    "sasl_response",
     "starttls",
 ]
 
@@ -52,6 +58,11 @@ _VERB = re.compile(r"[A-Za-z0-9]+\Z")
 # esmtp-param = esmtp-keyword ["=" esmtp-value]; value: %d33-60 / %d62-126
 _PARAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*(?:=[\x21-\x3c\x3e-\x7e]+)?\Z")
 _SHOW = 60
+_MECHANISM = re.compile(r"[A-Z0-9_-]{1,20}\Z")  # RFC 4422 sasl-mech
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}\Z")
+
+MAX_AUTH_LINE = 12288
+"""Octets in an AUTH command or SASL response line, CRLF included (RFC 4954 section 4)."""
 
 
 def _show(value: str) -> str:
@@ -84,13 +95,12 @@ def _check_word(what: str, value: object) -> str:
     return text
 
 
-def _line(text: str) -> bytes:
+def _line(text: str, limit: int = MAX_COMMAND_LINE) -> bytes:
     """Encode a validated command (without CRLF), enforcing the line limit."""
     wire = text.encode("utf-8") + b"\r\n"
-    if len(wire) > MAX_COMMAND_LINE:
+    if len(wire) > limit:
         raise InvalidInputError(
-            f"command line of {len(wire)} octets exceeds the {MAX_COMMAND_LINE} "
-            f"octets of RFC 5321: {_show(text)}"
+            f"command line of {len(wire)} octets exceeds the {limit} octets allowed: {_show(text)}"
         )
     return wire
 
@@ -227,3 +237,39 @@ def command(verb: str, *args: str) -> bytes:
     for arg in args:
         _check_word(f"{verb} argument", arg)
     return _line(" ".join([verb, *args]))
+
+
+def auth(mechanism: str, initial_response: bytes | None = None) -> bytes:
+    """``AUTH mechanism [initial-response]`` (RFC 4954).
+
+    ``initial_response`` is the raw bytes (base64-encoded here); ``b""`` is
+    sent as ``=``, None sends none. The line may be up to 12288 octets.
+    """
+    _check_text("SASL mechanism", mechanism)
+    if _MECHANISM.match(mechanism) is None:
+        raise InvalidInputError(f"invalid SASL mechanism name: {_show(mechanism)}")
+    if initial_response is None:
+        return _line(f"AUTH {mechanism}")
+    encoded = base64.b64encode(initial_response).decode("ascii") or "="
+    return _line(f"AUTH {mechanism} {encoded}", MAX_AUTH_LINE)
+
+
+def sasl_response(response: bytes) -> bytes:
+    """One answer to a 334 challenge: the bytes base64-encoded (empty for b"")."""
+    return _line(base64.b64encode(response).decode("ascii"), MAX_AUTH_LINE)
+
+
+def sasl_cancel() -> bytes:
+    """``*``: abandon the authentication exchange (RFC 4954 section 4)."""
+    return b"*\r\n"
+
+
+def decode_challenge(text: str) -> bytes:
+    """The bytes of a 334 challenge's text, strictly base64 (RFC 4954).
+
+    Raises :class:`ProtocolError` for anything else: the server broke RFC 4954.
+    """
+    stripped = text.strip()
+    if _BASE64.match(stripped) is None or len(stripped) % 4:
+        raise ProtocolError(f"SASL challenge is not base64: {_show(stripped)}")
+    return base64.b64decode(stripped, validate=True)
