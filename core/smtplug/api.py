@@ -9,23 +9,38 @@ transport plugins.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import email.message
+import functools
 import getpass
 import logging
 import math
 import os
 import platform
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from smtplug import envelope, session
-from smtplug.connect import CallablePolicy, ConnectionPlan, TLSPolicyCallable, open_session
+from smtplug.connect import (
+    AuthPlan,
+    CallablePolicy,
+    ConnectionPlan,
+    TLSPolicyCallable,
+    open_session,
+)
 from smtplug.driver import Connection
 from smtplug.errors import InvalidInputError, ResponseError, SMTPError
 from smtplug.hookspecs import hookimpl
-from smtplug.interfaces import ConnectionInfo, TLSBackend, TLSInfo, TLSOptions, TLSPolicy
+from smtplug.interfaces import (
+    ConnectionInfo,
+    SASLCredentials,
+    TLSBackend,
+    TLSInfo,
+    TLSOptions,
+    TLSPolicy,
+)
 from smtplug.plugins import Registry, build_registry
 from smtplug.protocol import Reply, commands
 
@@ -203,6 +218,84 @@ def _tls_setup(registry: Registry, args: _TLSArgs) -> tuple[TLSBackend, TLSOptio
     return backend, options
 
 
+@dataclass(frozen=True, slots=True)
+class _AuthArgs:
+    """The authentication options of one call, as given."""
+
+    username: object
+    password: object = dataclasses.field(repr=False)
+    oauth_token: object = dataclasses.field(repr=False)
+    authzid: object
+    mechanisms: object
+    insecure_cleartext_auth: object
+
+
+def _no_controls(what: str, value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidInputError(f"{what} contains a control character")
+    return value
+
+
+def _auth_plan(registry: Registry, args: _AuthArgs) -> AuthPlan | None:
+    cleartext = _flag("insecure_cleartext_auth", args.insecure_cleartext_auth)
+    username, password, token = args.username, args.password, args.oauth_token
+    if username is None:
+        if password is not None or token is not None:
+            raise InvalidInputError("password or oauth_token given without username")
+        if args.mechanisms is not None or args.authzid is not None:
+            raise InvalidInputError("mechanisms or authzid given without username")
+        return None
+    if not isinstance(username, str) or not username:
+        raise InvalidInputError("username must be a non-empty str")
+    _no_controls("username", username)
+    if password is not None:
+        if not isinstance(password, str):
+            raise InvalidInputError("password must be a str")
+        _no_controls("password", password)
+    token_source: Callable[[], str] | None
+    if token is None:
+        token_source = None
+    elif isinstance(token, str):
+        _no_controls("oauth_token", token)
+        token_source = functools.partial(str, token)
+    elif callable(token):
+        token_source = token
+    else:
+        raise InvalidInputError("oauth_token must be a str or a callable returning one")
+    if args.authzid is not None and not isinstance(args.authzid, str):
+        raise InvalidInputError("authzid must be a str")
+    order: tuple[str, ...] | None = None
+    if args.mechanisms is not None:
+        names = [name.upper() for name in _as_list("mechanisms", args.mechanisms, str)]
+        unknown = [name for name in names if name not in registry.sasl_mechanisms]
+        if unknown or not names:
+            raise InvalidInputError(
+                f"mechanisms names no installed SASL mechanism: {unknown or 'empty list'}; "
+                f"installed: {sorted(registry.sasl_mechanisms) or 'none'}"
+            )
+        order = tuple(dict.fromkeys(names))
+    if not registry.sasl_mechanisms:
+        raise InvalidInputError(
+            "username given but no SASL mechanism plugin is installed, so smtplug "
+            "cannot authenticate (and will not send unauthenticated instead)"
+        )
+    if password is None and token_source is None and not (order and set(order) & _NO_SECRET):
+        raise InvalidInputError(
+            "username given without password or oauth_token (EXTERNAL and ANONYMOUS, "
+            "which need neither, are used only when named in mechanisms=)"
+        )
+    credentials = SASLCredentials(
+        username=username,
+        password=password,
+        oauth_token=token_source,
+        authzid=args.authzid,
+    )
+    return AuthPlan(credentials, registry.sasl_mechanisms, order, cleartext)
+
+
+_NO_SECRET = frozenset({"EXTERNAL", "ANONYMOUS"})
+
+
 def _plan(
     registry: Registry,
     *,
@@ -213,8 +306,7 @@ def _plan(
     tlsimport: bool,
     tlspolicy: object,
     tls: _TLSArgs,
-    username: object,
-    password: object,
+    auth_args: _AuthArgs,
     timeout: float | None,
     maxsecs: float | None,
 ) -> ConnectionPlan:
@@ -264,21 +356,7 @@ def _plan(
     else:
         raise InvalidInputError("tlspolicy must be None, a policy name or a callable")
 
-    if username is not None and not isinstance(username, str):
-        raise InvalidInputError("username must be a str")
-    if password is not None and not isinstance(password, str):
-        raise InvalidInputError("password must be a str")
-    if password is not None and not username:
-        raise InvalidInputError("password given without username")
-    if username:
-        for what, value in (("username", username), ("password", password or "")):
-            if any(ord(c) < 32 or ord(c) == 127 for c in value):
-                raise InvalidInputError(f"{what} contains a control character")
-        if not registry.sasl_mechanisms:
-            raise InvalidInputError(
-                "username given but no SASL mechanism plugin is installed, so smtplug "
-                "cannot authenticate (and will not send unauthenticated instead)"
-            )
+    auth = _auth_plan(registry, auth_args)
 
     timeouts = session.Timeouts.tcllib(timeout=timeout, maxsecs=maxsecs)
     return ConnectionPlan(
@@ -291,6 +369,7 @@ def _plan(
         connect_timeout=timeout if timeout is not None else timeouts.command,
         transport_options=transport_options,
         tls_verify=tls_options.verify,
+        auth=auth,
     )
 
 
@@ -325,6 +404,10 @@ def sendmessage(
     tls_context: object | None = None,
     username: str | None = None,
     password: str | None = None,
+    oauth_token: str | Callable[[], str] | None = None,
+    authzid: str | None = None,
+    mechanisms: Sequence[str] | None = None,
+    insecure_cleartext_auth: bool = False,
     debug: bool = False,
     maxsecs: float = 120,
     timeout: float | None = None,
@@ -363,8 +446,9 @@ def sendmessage(
         tlsimport=tlsimport,
         tlspolicy=tlspolicy,
         tls=_TLSArgs(tls_backend, cafile, capath, client_cert, client_key, tls_verify, tls_context),
-        username=username,
-        password=password,
+        auth_args=_AuthArgs(
+            username, password, oauth_token, authzid, mechanisms, insecure_cleartext_auth
+        ),
         timeout=timeout_value,
         maxsecs=maxsecs_value,
     )

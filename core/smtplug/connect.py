@@ -18,19 +18,31 @@ says EHLO (HELO after a 5xx), and then settles TLS:
 Any :class:`~smtplug.errors.SMTPError` on the way fails that server; the next
 is tried. When none is left, :class:`~smtplug.errors.ConnectError` names each
 server and its failure.
+
+Then, when a username was given, AUTH (RFC 4954): the mechanisms both sides
+support, strongest first (or in the caller's ``mechanisms=`` order), each in
+turn until one succeeds, as Tcllib does; never in the clear to a host that is
+not loopback unless the caller opted in, and never a weaker mechanism after a
+failure on an unencrypted link. An authentication failure is raised as
+:class:`~smtplug.errors.AuthenticationError` naming every mechanism tried; it
+does not move on to the next server.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from smtplug import session
 from smtplug.driver import Connection
-from smtplug.errors import ConnectError, ServerFailure, SMTPError, TLSError
+from smtplug.errors import AuthenticationError, ConnectError, ServerFailure, SMTPError, TLSError
 from smtplug.interfaces import (
     ConnectionInfo,
+    SASLCredentials,
+    SASLMechanism,
     TLSFailure,
     TLSFailureKind,
     TLSPolicy,
@@ -39,7 +51,7 @@ from smtplug.interfaces import (
 )
 from smtplug.protocol import Capabilities
 
-__all__ = ["CallablePolicy", "ConnectionPlan", "open_session"]
+__all__ = ["AuthPlan", "CallablePolicy", "ConnectionPlan", "is_loopback", "open_session"]
 
 TLSPolicyCallable = Callable[[int, str], str]
 
@@ -69,6 +81,20 @@ class CallablePolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthPlan:
+    """How to authenticate, validated before any connection.
+
+    ``order`` is the caller's ``mechanisms=`` (restricts and orders), or None
+    for every registered mechanism the server offers, strongest first.
+    """
+
+    credentials: SASLCredentials
+    mechanisms: Mapping[str, SASLMechanism]
+    order: tuple[str, ...] | None = None
+    insecure_cleartext_auth: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionPlan:
     """Everything needed to open a session, validated before any connection."""
 
@@ -81,6 +107,7 @@ class ConnectionPlan:
     connect_timeout: float | None
     transport_options: Mapping[str, Any]
     tls_verify: bool = True
+    auth: AuthPlan | None = None
 
 
 def open_session(plan: ConnectionPlan, hook: Any) -> tuple[Connection, Capabilities]:
@@ -88,14 +115,121 @@ def open_session(plan: ConnectionPlan, hook: Any) -> tuple[Connection, Capabilit
     failures: list[ServerFailure] = []
     for server, port in plan.targets:
         try:
-            return _establish(plan, hook, server, port, starttls=True)
+            connection, capabilities = _establish(plan, hook, server, port, starttls=True)
         except SMTPError as exc:
             hook.smtplug_on_event(
                 info=ConnectionInfo(server, port, plan.transport.name),
                 event=f"server failed: {exc}",
             )
             failures.append(ServerFailure(server, port, exc))
+            continue
+        if plan.auth is not None:
+            # Authentication failures are not failed over: the credentials are
+            # the caller's, and Tcllib does not move on either.
+            try:
+                _authenticate(plan, plan.auth, connection, capabilities)
+            except BaseException:
+                connection.close()
+                raise
+        return connection, capabilities
     raise ConnectError.from_failures(failures)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback address literals (no DNS lookup)."""
+    if host.lower().rstrip(".") == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _candidates(auth: AuthPlan, offered: tuple[str, ...]) -> list[SASLMechanism]:
+    if auth.order is not None:
+        names = [name for name in auth.order if name in offered]
+    else:
+        # EXTERNAL and ANONYMOUS only when asked for by name.
+        names = [name for name in offered if name in auth.mechanisms and name not in _ON_REQUEST]
+        names.sort(key=lambda name: -auth.mechanisms[name].strength)
+    return [auth.mechanisms[name] for name in names if name in auth.mechanisms]
+
+
+_ON_REQUEST = frozenset({"EXTERNAL", "ANONYMOUS"})
+
+
+def _authenticate(
+    plan: ConnectionPlan, auth: AuthPlan, connection: Connection, capabilities: Capabilities
+) -> None:
+    """AUTH with the strongest usable mechanism, then the next, as Tcllib does.
+
+    Refuses to authenticate in the clear to a host that is not loopback unless
+    the caller opted in; on an unencrypted link a failed mechanism is never
+    followed by a weaker one (a man in the middle could be forcing that).
+    """
+    info = connection.info
+    tls = connection.tls_info
+    offered = capabilities.auth_mechanisms
+    if not offered:
+        after = " (not even after STARTTLS)" if tls is not None and plan.usetls else ""
+        raise AuthenticationError(
+            f"{info.server} does not offer AUTH{after}; username was given, so smtplug "
+            "does not send the message unauthenticated"
+        )
+    if tls is None and not is_loopback(info.server) and not auth.insecure_cleartext_auth:
+        raise AuthenticationError(
+            f"not authenticating to {info.server} over an unencrypted connection: the "
+            "password (or a guessable challenge response) would cross the network in the "
+            "clear. Use TLS (usetls=True with a server offering STARTTLS, or tlsimport=True), "
+            "or pass insecure_cleartext_auth=True to accept the risk"
+        )
+    credentials = dataclasses.replace(
+        auth.credentials, hostname=info.server, port=info.port, tls=tls
+    )
+    candidates = [m for m in _candidates(auth, offered) if m.supported(credentials)]
+    if not candidates:
+        usable = sorted(name for name, m in auth.mechanisms.items() if m.supported(credentials))
+        raise AuthenticationError(
+            f"no usable SASL mechanism: {info.server} offers {', '.join(offered)}; "
+            f"smtplug can use {', '.join(usable) or 'none'} with the credentials given"
+            + (f" (restricted to {', '.join(auth.order)})" if auth.order is not None else "")
+        )
+    tried: list[str] = []
+    last: AuthenticationError | None = None
+    failed_strength: int | None = None
+    for mechanism in candidates:
+        if tls is None and failed_strength is not None and mechanism.strength < failed_strength:
+            connection.event(
+                f"not trying the weaker {mechanism.name} after a failure on an "
+                "unencrypted connection"
+            )
+            break
+        try:
+            try:
+                exchange = mechanism.start(credentials)
+            except AuthenticationError:
+                raise
+            except Exception as exc:
+                raise AuthenticationError(
+                    f"{mechanism.name}: the mechanism could not start ({type(exc).__name__})"
+                ) from exc
+            connection.run(session.authenticate(mechanism.name, exchange, plan.timeouts))
+        except AuthenticationError as exc:
+            tried.append(exc.diagnostic)
+            last = exc
+            failed_strength = mechanism.strength
+            connection.event(f"authentication with {mechanism.name} failed")
+            if connection.broken or exc.server_unverified:
+                break
+            continue
+        connection.event(f"authenticated with {mechanism.name}")
+        return
+    assert last is not None
+    raise AuthenticationError(
+        f"authentication to {info.server} failed; tried " + "; ".join(tried),
+        last.code,
+        server_unverified=last.server_unverified,
+    )
 
 
 def _decide(

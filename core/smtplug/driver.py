@@ -14,7 +14,14 @@ import time
 from collections.abc import Generator
 from typing import Any, TypeVar
 
-from smtplug.errors import ConnectionLostError, ProtocolError, ResponseError, SMTPError, TLSError
+from smtplug.errors import (
+    AuthenticationError,
+    ConnectionLostError,
+    ProtocolError,
+    ResponseError,
+    SMTPError,
+    TLSError,
+)
 from smtplug.interfaces import ConnectionInfo, Stream, TLSInfo, TLSStream, UpgradableStream
 from smtplug.protocol import Reply, ReplyParser
 from smtplug.session import Action, Send, Upgrade
@@ -64,9 +71,10 @@ class Connection:
                     action = step.send(result)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
-        except ResponseError as exc:
-            # A negative reply leaves the connection in a known state, except
-            # 421: the server is closing it.
+        except (ResponseError, AuthenticationError) as exc:
+            # A negative reply (a refused command, a failed AUTH exchange)
+            # leaves the connection in a known state, except 421: the server
+            # is closing it.
             if exc.code == 421:
                 self.broken = True
             raise

@@ -103,9 +103,21 @@ class ResponseError(SMTPError):
 
 
 class AuthenticationError(SMTPError):
-    """Authentication failed, or could not be attempted safely."""
+    """Authentication failed, or could not be attempted safely.
+
+    ``server_unverified`` is True when the server accepted us (235) but failed
+    the mechanism's proof of its own identity (SCRAM's server signature,
+    DIGEST-MD5's rspauth): it does not know the password, so something is
+    impersonating it, and no other mechanism is tried on that connection.
+    """
 
     default_code = 535
+
+    def __init__(
+        self, diagnostic: str, code: int | None = None, *, server_unverified: bool = False
+    ) -> None:
+        super().__init__(diagnostic, code)
+        self.server_unverified = server_unverified
 
 
 class TLSError(SMTPError):

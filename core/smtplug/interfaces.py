@@ -13,12 +13,13 @@ boundary, so nothing above it ever sees an ``OSError``.
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
     "ConnectionInfo",
+    "SASLCredentials",
     "SASLExchange",
     "SASLMechanism",
     "Stream",
@@ -168,32 +169,68 @@ class TLSBackend(Protocol):
     ) -> TLSStream: ...
 
 
+@dataclass(frozen=True, slots=True)
+class SASLCredentials:
+    """What a SASL mechanism may use for one authentication.
+
+    ``password`` is the caller's ``password=``; ``oauth_token`` returns the
+    OAuth 2.0 bearer token (the caller's ``oauth_token=``, a str or a
+    callable, called once per attempt); either may be None. ``hostname`` is
+    the server's name as given in ``servers`` (DIGEST-MD5's digest-uri,
+    OAUTHBEARER's host); ``port`` its port; ``tls`` what TLS negotiated (None
+    on a plain connection: -PLUS mechanisms need its ``channel_bindings``).
+    Secrets never appear in the repr.
+    """
+
+    username: str
+    password: str | None = field(default=None, repr=False)
+    oauth_token: Callable[[], str] | None = field(default=None, repr=False)
+    authzid: str | None = None
+    hostname: str = "localhost"
+    port: int = 25
+    service: str = "smtp"
+    tls: TLSInfo | None = None
+
+
 class SASLExchange(Protocol):
-    """One authentication attempt with one mechanism."""
+    """One authentication attempt with one mechanism (a client state machine).
 
-    def initial_response(self) -> bytes | None:
-        """The RFC 4954 initial response, or None to wait for a challenge."""
-        ...
+    ``initial_response`` gives the RFC 4954 initial response (``b""`` for an
+    empty one), or None to wait for the server's first challenge;
+    ``respond`` answers each challenge (already base64-decoded);
+    ``verify`` is called after the server's 235 and raises
+    :class:`smtplug.errors.AuthenticationError` when the mechanism's own
+    check of the server failed or did not happen (SCRAM's server signature).
+    Any exception from these methods cancels the exchange (``*``).
+    """
 
-    def respond(self, challenge: bytes) -> bytes:
-        """The answer to one server challenge (already base64-decoded)."""
-        ...
+    def initial_response(self) -> bytes | None: ...
+
+    def respond(self, challenge: bytes) -> bytes: ...
+
+    def verify(self) -> None: ...
 
 
 @runtime_checkable
 class SASLMechanism(Protocol):
     """A SASL mechanism (``PLAIN``, ``CRAM-MD5``, ``SCRAM-SHA-256`` ...).
 
-    ``strength`` orders mechanisms, strongest (highest) first;
-    ``exposes_password`` is True when a passive listener learns the password
-    (PLAIN, LOGIN), so the core refuses it on an unencrypted link.
+    ``name`` is the name servers advertise after AUTH (upper case).
+    ``strength`` orders mechanisms, strongest (highest) first.
+    ``exposes_password`` is True when a passive listener learns the secret
+    (PLAIN, LOGIN, XOAUTH2's bearer token): such a mechanism is used only
+    over TLS or to a loopback host unless the caller opts in.
+    ``supported(credentials)`` says whether the mechanism can run with what
+    the caller gave (a password, a token, a TLS channel binding ...).
     """
 
     name: str
     strength: int
     exposes_password: bool
 
-    def start(self, *, username: str, password: str, hostname: str) -> SASLExchange: ...
+    def supported(self, credentials: SASLCredentials) -> bool: ...
+
+    def start(self, credentials: SASLCredentials) -> SASLExchange: ...
 
 
 TLSFailureKind = Literal["absent", "unavailable", "refused", "handshake", "certificate"]

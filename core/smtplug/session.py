@@ -24,10 +24,13 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 
 from smtplug.errors import (
+    AuthenticationError,
     ConnectionLostError,
     DeliveryUnknownError,
     ResponseError,
+    SMTPError,
 )
+from smtplug.interfaces import SASLExchange
 from smtplug.protocol import Capabilities, Reply, commands
 from smtplug.protocol.data import DataEncoder
 
@@ -257,3 +260,64 @@ def quit(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
     reply = yield Receive(timeouts.command, "QUIT")
     assert reply is not None
     return reply
+
+
+def authenticate(
+    mechanism: str,
+    exchange: SASLExchange,
+    timeouts: Timeouts,
+) -> Generator[Action, Reply | None, Reply]:
+    """One AUTH exchange (RFC 4954) with one mechanism; secrets never displayed.
+
+    Returns the 235 reply. A refusal raises :class:`AuthenticationError` with
+    the server's code; a mechanism's own failure (a bad challenge, a server
+    signature that does not verify) cancels the exchange with ``*`` first.
+    A 421 raises :class:`ResponseError` (the server is closing).
+    """
+    try:
+        initial = exchange.initial_response()
+    except Exception as exc:
+        raise _mechanism_failed(mechanism, exc) from exc
+    display = f"AUTH {mechanism}" + ("" if initial is None else " <redacted>")
+    yield Send(commands.auth(mechanism, initial), display)
+    while True:
+        reply = yield Receive(timeouts.command, f"AUTH {mechanism}")
+        assert reply is not None
+        if reply.code == 334:
+            try:
+                answer = exchange.respond(commands.decode_challenge(reply.text))
+            except Exception as exc:
+                # Abandon the exchange; the server answers 501 (RFC 4954).
+                yield Send(commands.sasl_cancel(), "*")
+                cancelled = yield Receive(timeouts.command, "*")
+                assert cancelled is not None
+                raise _mechanism_failed(mechanism, exc) from exc
+            yield Send(commands.sasl_response(answer), "<redacted>")
+        elif reply.code == 235:
+            try:
+                exchange.verify()
+            except Exception as exc:
+                failure = _mechanism_failed(mechanism, exc)
+                raise AuthenticationError(
+                    f"{failure.diagnostic} (the server accepted the login but did not prove "
+                    "that it knows the password: it may be an impostor)",
+                    failure.code,
+                    server_unverified=True,
+                ) from exc
+            return reply
+        elif reply.code == 421:
+            _expect(reply, f"AUTH {mechanism}", 235)
+        else:
+            raise AuthenticationError(f"{mechanism}: {reply.code} {reply.diagnostic}", reply.code)
+
+
+def _mechanism_failed(mechanism: str, exc: Exception) -> AuthenticationError:
+    """The error for a mechanism's own failure; never the text of a foreign
+    exception (it could hold a secret), only its type."""
+    if isinstance(exc, SMTPError):
+        text = exc.diagnostic
+        if not text.startswith(mechanism):
+            text = f"{mechanism}: {text}"
+        unverified = isinstance(exc, AuthenticationError) and exc.server_unverified
+        return AuthenticationError(text, exc.code, server_unverified=unverified)
+    return AuthenticationError(f"{mechanism}: the mechanism failed ({type(exc).__name__})")
