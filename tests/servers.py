@@ -32,6 +32,11 @@ Behaviour is configured with keyword arguments (all optional)::
         starttls_reply="454 4.7.0 TLS not available",  # answer STARTTLS with this
         inject_after_starttls=b"250 injected\r\n",  # bytes right after the 220
         plain_only_ehlo=["XQUE"],                    # keywords offered only before TLS
+        auth_users={"alice": "wonderland"},          # offer AUTH, accept these logins
+        auth_mechanisms=["PLAIN", "SCRAM-SHA-256"],  # ... with only these mechanisms
+        auth_require_tls=True,                       # ... and only after STARTTLS
+        scram_bad_server_signature=True,             # a SCRAM server that cannot prove itself
+        refuse_auth=["SCRAM-SHA-256"],               # mechanisms that answer 535 to anyone
     )
 
 ``QUED`` and ``ONEX`` (Tcllib's XQUE/ONEX extensions) are answered "250 OK".
@@ -49,8 +54,11 @@ session seen so far has ended.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
+import hashlib
+import hmac
 import re
 import socket
 import ssl
@@ -59,7 +67,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+import scramp
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 __all__ = [
     "RecordingServer",
@@ -108,6 +117,8 @@ class SessionRecord:
     hello_tls: list[bool] = field(default_factory=list)
     #: the client certificate (``getpeercert()`` form) seen over TLS, if any
     client_cert: dict[str, Any] | None = None
+    #: (mechanism, user) of a successful AUTH
+    authenticated: tuple[str, str] | None = None
     ended: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     @property
@@ -178,6 +189,11 @@ class _RecordingSMTP(SMTP):
             timeout=60,
             tls_context=owner.tls_context,
             require_starttls=owner.require_starttls,
+            auth_require_tls=owner.auth_require_tls,
+            auth_exclude_mechanism=[
+                m for m in AUTH_MECHANISMS if m not in owner.offered_auth_mechanisms
+            ],
+            authenticator=self._check_login,
         )
         # aiosmtpd keeps these limits on the class and grows them on every
         # EHLO; give each session its own copy so servers cannot disturb each other.
@@ -233,6 +249,22 @@ class _RecordingSMTP(SMTP):
         for line in data.split(b"\n"):
             if line.rstrip(b"\r"):
                 self.record.commands.append(line.rstrip(b"\r").decode("utf-8", "surrogateescape"))
+
+    # -- AUTH (PLAIN, LOGIN: aiosmtpd's own exchanges) -----------------------
+
+    def _check_login(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        if not isinstance(data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        user, password = data.login.decode(), data.password.decode()
+        expected = (self._owner.auth_users or {}).get(user)
+        if expected is None or not hmac.compare_digest(expected, password):
+            return AuthResult(success=False, handled=False)
+        if mechanism in self._owner.refuse_auth:
+            return AuthResult(success=False, handled=False)
+        self.record.authenticated = (mechanism, user)
+        return AuthResult(success=True, auth_data=data)
 
     # -- TLS ----------------------------------------------------------------
 
@@ -314,11 +346,133 @@ class _RecordingSMTP(SMTP):
         return bytes(self._data_buffer)
 
 
+#: Every SASL mechanism a RecordingServer can offer (with ``auth_users``).
+AUTH_MECHANISMS = (
+    "PLAIN",
+    "LOGIN",
+    "CRAM-MD5",
+    "SCRAM-SHA-1",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-256-PLUS",
+    "XOAUTH2",
+    "X-TEST",
+)
+#: What ``auth_users`` offers unless ``auth_mechanisms`` says otherwise.
+DEFAULT_AUTH_MECHANISMS = tuple(m for m in AUTH_MECHANISMS if m != "X-TEST")
+
+
 class _Handler:
-    """aiosmtpd handler hooks applying a RecordingServer's configuration."""
+    """aiosmtpd handler hooks applying a RecordingServer's configuration.
+
+    The SASL server side here is independent of smtplug's client: PLAIN and
+    LOGIN are aiosmtpd's, CRAM-MD5 is computed with :mod:`hmac`, SCRAM is
+    scramp's server.
+    """
 
     def __init__(self, owner: RecordingServer) -> None:
         self._owner = owner
+
+    # -- AUTH -------------------------------------------------------------------
+
+    def _password(self, user: str) -> str | None:
+        return (self._owner.auth_users or {}).get(user)
+
+    def _authenticated(self, server: _RecordingSMTP, mechanism: str, user: str) -> AuthResult:
+        if mechanism in self._owner.refuse_auth:
+            return AuthResult(success=False, handled=False)
+        server.record.authenticated = (mechanism, user)
+        return AuthResult(success=True, auth_data=LoginPassword(user.encode(), b""))
+
+    async def auth_CRAM__MD5(self, server: _RecordingSMTP, args: list[str]) -> AuthResult:
+        challenge = f"<{id(server)}.{len(server.record.commands)}@{SERVER_NAME}>".encode()
+        response = await server.challenge_auth(challenge)
+        if not isinstance(response, bytes) or b" " not in response:
+            return AuthResult(success=False, handled=False)
+        user, digest = response.decode().rsplit(" ", 1)
+        password = self._password(user)
+        if password is None:
+            return AuthResult(success=False, handled=False)
+        expected = hmac.new(password.encode(), challenge, hashlib.md5).hexdigest()
+        if not hmac.compare_digest(expected, digest):
+            return AuthResult(success=False, handled=False)
+        return self._authenticated(server, "CRAM-MD5", user)
+
+    async def _scram(self, server: _RecordingSMTP, args: list[str], name: str) -> AuthResult:
+        binding = None
+        if name.endswith("-PLUS"):
+            assert server.transport is not None
+            ssl_object = server.transport.get_extra_info("ssl_object")
+            data = ssl_object.get_channel_binding("tls-unique") if ssl_object else None
+            if data is None:
+                return AuthResult(success=False, handled=False)
+            binding = ("tls-unique", data)
+        mechanism = scramp.ScramMechanism(name.removesuffix("-PLUS"))
+        users = {
+            user: mechanism.make_auth_info(password, iteration_count=4096)
+            for user, password in (self._owner.auth_users or {}).items()
+        }
+        seen: list[str] = []
+
+        def auth_info(user: str) -> tuple[bytes, bytes, bytes, int]:
+            seen.append(user)
+            return users[user]
+
+        scram = mechanism.make_server(auth_info, channel_binding=binding)
+        try:
+            if len(args) < 2:
+                return AuthResult(success=False, handled=False)
+            scram.set_client_first(base64.b64decode(args[1]).decode())
+            client_final = await server.challenge_auth(scram.get_server_first())
+            if not isinstance(client_final, bytes):
+                return AuthResult(success=False, handled=False)
+            scram.set_client_final(client_final.decode())
+            if self._owner.scram_bad_server_signature:
+                final = "v=" + base64.b64encode(b"\0" * 32).decode()
+            else:
+                final = scram.get_server_final()
+            last = await server.challenge_auth(final)
+            if last != b"":
+                return AuthResult(success=False, handled=False)
+        except (scramp.ScramException, KeyError, ValueError):
+            return AuthResult(success=False, handled=False)
+        return self._authenticated(server, name, seen[-1])
+
+    async def auth_XOAUTH2(self, server: _RecordingSMTP, args: list[str]) -> AuthResult:
+        """Google's XOAUTH2: tokens are the ``auth_users`` passwords."""
+        if len(args) < 2:
+            return AuthResult(success=False, handled=False)
+        fields = base64.b64decode(args[1]).split(b"\x01")
+        values = dict(f.split(b"=", 1) for f in fields if b"=" in f)
+        user = values.get(b"user", b"").decode()
+        auth = values.get(b"auth", b"").decode()
+        token = self._password(user)
+        if token is not None and auth == f"Bearer {token}":
+            return self._authenticated(server, "XOAUTH2", user)
+        # The error challenge, then the client's empty answer, then 535.
+        error = b'{"status":"401","schemes":"bearer","scope":"https://mail.example/"}'
+        await server.challenge_auth(error)
+        return AuthResult(success=False, handled=False)
+
+    async def auth_X__TEST(self, server: _RecordingSMTP, args: list[str]) -> AuthResult:
+        """The third-party plugin test's toy mechanism: "user:drowssap" (reversed)."""
+        if len(args) < 2:
+            return AuthResult(success=False, handled=False)
+        user, _, proof = base64.b64decode(args[1]).decode().partition(":")
+        password = self._password(user)
+        if password is not None and proof == password[::-1]:
+            return self._authenticated(server, "X-TEST", user)
+        return AuthResult(success=False, handled=False)
+
+    async def auth_SCRAM__SHA__1(self, server: _RecordingSMTP, args: list[str]) -> AuthResult:
+        return await self._scram(server, args, "SCRAM-SHA-1")
+
+    async def auth_SCRAM__SHA__256(self, server: _RecordingSMTP, args: list[str]) -> AuthResult:
+        return await self._scram(server, args, "SCRAM-SHA-256")
+
+    async def auth_SCRAM__SHA__256__PLUS(
+        self, server: _RecordingSMTP, args: list[str]
+    ) -> AuthResult:
+        return await self._scram(server, args, "SCRAM-SHA-256-PLUS")
 
     @staticmethod
     def _end_open_transaction(record: SessionRecord) -> None:
@@ -457,6 +611,11 @@ class RecordingServer:
         starttls_reply: str | None = None,
         inject_after_starttls: bytes | None = None,
         plain_only_ehlo: list[str] | None = None,
+        auth_users: dict[str, str] | None = None,
+        auth_mechanisms: list[str] | None = None,
+        auth_require_tls: bool = False,
+        scram_bad_server_signature: bool = False,
+        refuse_auth: list[str] | None = None,
     ) -> None:
         self.host = HOST
         self.port = 0
@@ -475,6 +634,16 @@ class RecordingServer:
         self.starttls_reply = starttls_reply
         self.inject_after_starttls = inject_after_starttls
         self.plain_only_ehlo = list(plain_only_ehlo or [])
+        self.auth_users = dict(auth_users) if auth_users is not None else None
+        # No AUTH unless users are given; then every mechanism unless limited.
+        self.offered_auth_mechanisms = (
+            []
+            if auth_users is None
+            else list(auth_mechanisms if auth_mechanisms is not None else DEFAULT_AUTH_MECHANISMS)
+        )
+        self.auth_require_tls = auth_require_tls
+        self.scram_bad_server_signature = scram_bad_server_signature
+        self.refuse_auth = list(refuse_auth or [])
         self.sessions: list[SessionRecord] = []
         self._size_limit = _DEFAULT_SIZE_LIMIT
         for keyword in self.extra_ehlo:
