@@ -51,6 +51,11 @@ from typing import Any
 
 from scramp import ScramClient, ScramException
 
+try:  # scramp >= 1.5 (Python >= 3.11)
+    from scramp.utils import saslprep
+except ImportError:  # scramp 1.4 (Python 3.10)
+    from scramp.core import saslprep  # type: ignore[attr-defined,no-redef,unused-ignore]
+
 from smtplug.errors import AuthenticationError
 from smtplug.hookspecs import hookimpl
 from smtplug.interfaces import SASLCredentials, SASLExchange, SASLMechanism
@@ -177,6 +182,16 @@ class ScramSASL:
         if self.plus and binding is None:
             raise AuthenticationError(f"{self.name}: no usable TLS channel binding")
         header = f"p={binding[0]},," if binding is not None else "n,,"
+        try:
+            # SASLprep (RFC 4013) now, whatever scramp version: 1.4 applies it to
+            # the password only when computing the proof, mid-exchange.
+            saslprep(credentials.username)
+            saslprep(credentials.password)
+        except (ScramException, ValueError, TypeError):
+            raise AuthenticationError(
+                f"{self.name}: the username or password contains characters SASLprep "
+                "(RFC 4013) prohibits"
+            ) from None
         try:
             client = _make_client(self.name, credentials.username, credentials.password, binding)
         except ScramException as exc:
