@@ -372,7 +372,12 @@ def test_non_ascii_header_value_is_encoded():
     assert parsed["Subject"] == "Grüße"
 
 
-@pytest.mark.parametrize("bad", [42, None, ["list"]])
+@pytest.mark.parametrize("bad", [42, None, 4.5])
 def test_message_type_checked(bad):
     with pytest.raises(InvalidInputError, match="message must be"):
         run(bad, recipients="b@example.org")
+
+
+def test_iterable_of_str_refused():
+    with pytest.raises(InvalidInputError, match="produced str, not bytes"):
+        run(["To: b@example.org\n", "\n", "body\n"])

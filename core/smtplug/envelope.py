@@ -25,7 +25,6 @@ connection is opened.
 
 from __future__ import annotations
 
-import copy
 import email.message
 import email.policy
 import email.utils
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 
 from smtplug.errors import InvalidInputError
 from smtplug.protocol.commands import check_address
+from smtplug.source import Body, MessageInput, read_message
 
 __all__ = ["DISALLOWED_HEADERS", "PreparedMessage", "parse_addresses", "prepare"]
 
@@ -59,12 +59,31 @@ _MAX_LINE = 998
 
 @dataclass(frozen=True, slots=True)
 class PreparedMessage:
-    """The envelope and the message bytes to transmit (before DATA encoding)."""
+    """The envelope, and the message to transmit (before DATA encoding): the
+    rebuilt header block (ending with its empty line) and the caller's body."""
 
     sender: str  # "" is the null reverse-path
     recipients: tuple[str, ...]
-    data: bytes
+    header: bytes
+    body: Body
     resent: bool
+
+    @property
+    def size(self) -> int | None:
+        """Octets of the message, when known (for SIZE, RFC 1870)."""
+        return None if self.body.size is None else len(self.header) + self.body.size
+
+    @property
+    def ascii(self) -> bool | None:
+        """Whether the message is 7-bit, when known."""
+        if self.body.ascii is None:
+            return None
+        return self.body.ascii and self.header.isascii()
+
+    @property
+    def data(self) -> bytes:
+        """The whole message in one piece (a copy: for tests and small messages)."""
+        return self.header + b"".join(bytes(chunk) for chunk in self.body.chunks())
 
 
 @dataclass(slots=True)
@@ -161,51 +180,19 @@ def _single_mailbox(what: str, value: str, hostname: str) -> str:
     return addresses[0]
 
 
-def _message_bytes(message: email.message.Message | bytes | str) -> bytes:
-    if isinstance(message, bytes | bytearray | memoryview):
-        return bytes(message)
-    if isinstance(message, str):
-        try:
-            return message.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InvalidInputError(f"message text is not encodable as UTF-8: {exc}") from exc
-    if isinstance(message, email.message.Message):
-        # The generator sets a boundary on a multipart part that lacks one:
-        # work on a copy then, so the caller's object is never modified.
-        if any(part.is_multipart() and not part.get_boundary() for part in message.walk()):
-            message = copy.deepcopy(message)
-        policy = message.policy.clone(linesep="\r\n")
-        try:
-            return message.as_bytes(policy=policy)
-        except Exception as exc:
-            raise InvalidInputError(f"the message cannot be serialised: {exc}") from exc
-    raise InvalidInputError(
-        f"message must be an email.message.Message, bytes or str, not {type(message).__name__}"
-    )
-
-
-def _split_message(data: bytes) -> tuple[list[_Field], bytes]:
-    """The header fields and the body (everything after the blank line)."""
+def _parse_fields(head: bytes) -> list[_Field]:
+    """The header fields of a header block (as :func:`read_message` returns it)."""
     fields: list[_Field] = []
-    pos = 0
-    length = len(data)
-    while pos < length:
-        end = data.find(b"\n", pos)
-        end = length if end < 0 else end + 1
-        line = data[pos:end]
-        if line in (b"\r\n", b"\n", b"\r"):
-            return fields, data[end:]
+    for line in head.splitlines(keepends=True):
         if line[:1] in (b" ", b"\t") and fields:
             fields[-1].raw += line
-        else:
-            match = _FIELD_LINE.match(line)
-            if match is None:
-                # Not a header field: the body starts here, with no blank line.
-                return fields, data[pos:]
-            name = match.group(1).decode("ascii")
-            fields.append(_Field(name, name.lower(), line))
-        pos = end
-    return fields, b""
+            continue
+        match = _FIELD_LINE.match(line)
+        if match is None:  # cannot happen: read_message stops the block there
+            raise InvalidInputError(f"malformed header line: {line[:60]!r}")
+        name = match.group(1).decode("ascii")
+        fields.append(_Field(name, name.lower(), line))
+    return fields
 
 
 def _render(name: str, value: str) -> bytes:
@@ -238,7 +225,7 @@ def _check_header_option(header: object) -> list[tuple[str, str]]:
 
 
 def prepare(
-    message: email.message.Message | bytes | str,
+    message: MessageInput,
     *,
     originator: str | None,
     recipients: str | Sequence[str] | None,
@@ -259,8 +246,8 @@ def prepare(
     pairs = _check_header_option(header)
     if originator is not None:
         _check_text("originator", originator)
-    data = _message_bytes(message)
-    fields, body = _split_message(data)
+    head, body = read_message(message)
+    fields = _parse_fields(head)
 
     # The header option: lower-cased name -> (name as first written, values).
     given: dict[str, tuple[str, list[str]]] = {}
@@ -357,5 +344,4 @@ def prepare(
             out.extend(_render(name, value) for value in field_values)
     out.extend(_render(name, value) for name, value in added)
     out.append(b"\r\n")
-    out.append(body)
-    return PreparedMessage(sender, tuple(rcpt), b"".join(out), resent)
+    return PreparedMessage(sender, tuple(rcpt), b"".join(out), body, resent)
