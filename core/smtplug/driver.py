@@ -94,7 +94,8 @@ class Connection:
                     f"{self.info.server} sent data before the command {action.display!r}"
                 )
             self._stream.write(action.data)
-            self._hook.smtplug_on_command(info=self.info, command=action.display)
+            for line in action.display.split("\n") if action.display else ():
+                self._hook.smtplug_on_command(info=self.info, command=line)
             return None
         reply = self._read_reply(action.timeout, action.command)
         self._hook.smtplug_on_reply(info=self.info, reply=reply)

@@ -20,9 +20,12 @@ without RSET or QUIT.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+import contextlib
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from smtplug import source
+from smtplug.envelope import PreparedMessage
 from smtplug.errors import (
     AuthenticationError,
     ConnectionLostError,
@@ -32,7 +35,7 @@ from smtplug.errors import (
 )
 from smtplug.interfaces import SASLExchange
 from smtplug.protocol import Capabilities, Reply, commands
-from smtplug.protocol.data import DataEncoder
+from smtplug.protocol.data import BodyEncoder, DataEncoder
 
 __all__ = [
     "Receive",
@@ -104,12 +107,19 @@ class Timeouts:
 
 @dataclass(slots=True)
 class TransactionOutcome:
-    """What one mail transaction did."""
+    """What one mail transaction did, and how far it got.
+
+    ``stage`` is ``"mail"`` until MAIL is accepted, then ``"rcpt"``, ``"data"``
+    once the message started going, ``"sent"`` once its end is on the wire
+    (from then on a lost connection means the delivery is unknown).
+    """
 
     refused: list[tuple[str, int, str]] = field(default_factory=list)
     accepted_recipients: list[str] = field(default_factory=list)
     delivered: bool = False
     reply: Reply | None = None
+    stage: str = "mail"
+    quit_sent: bool = False
 
 
 def _expect(reply: Reply, command: str, *codes: int) -> Reply:
@@ -176,72 +186,288 @@ def queue(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
     return reply
 
 
+#: Commands per pipelined flight: replies to at most this many wait unread, so
+#: neither side can fill its buffers and stall the other (RFC 2920 section 3.5).
+BATCH = 100
+
+
+def _receive(
+    timeout: float | None, what: str, outcome: TransactionOutcome
+) -> Generator[Action, Reply | None, Reply]:
+    """Read one reply; once the message's end is on the wire, a lost
+    connection means the delivery is unknown."""
+    try:
+        reply = yield Receive(timeout, what)
+    except ConnectionLostError as exc:
+        if outcome.stage != "sent":
+            raise
+        raise DeliveryUnknownError(
+            f"the connection was lost after the end of the message was sent and before "
+            f"the server's reply to {what}: the message may or may not have been "
+            f"delivered ({exc.diagnostic})"
+        ) from exc
+    assert reply is not None
+    return reply
+
+
+def _display(lines: Sequence[bytes]) -> str:
+    return "\n".join(line[:-2].decode("utf-8", "backslashreplace") for line in lines)
+
+
+def _pieces(message: PreparedMessage) -> Iterator[bytes]:
+    yield message.header
+    for chunk in message.body.chunks():
+        yield bytes(chunk)
+
+
+def _data_body(
+    message: PreparedMessage,
+    outcome: TransactionOutcome,
+    trailer: bytes,
+    progress: Callable[[int], None] | None,
+) -> Generator[Action, Reply | None, None]:
+    """The message after a 354: CRLF-normalised, dot-stuffed, chunk by chunk;
+    the last chunk, the final "." and ``trailer`` (a pipelined QUIT) in one write."""
+    encoder = DataEncoder()
+    previous = b""
+    for piece in _pieces(message):
+        out = encoder.encode(piece)
+        if out and len(previous) >= source.CHUNK:
+            yield Send(previous, "")
+            previous = b""
+            if progress is not None:
+                progress(encoder.bytes_in - len(piece))
+        previous += out
+    tail = previous + encoder.finish()
+    display = f"<message: {encoder.bytes_in} octets>" + ("\nQUIT" if trailer else "")
+    yield Send(tail + trailer, display)
+    outcome.stage = "sent"
+    if progress is not None:
+        progress(encoder.bytes_in)
+
+
+def _bdat_frames(
+    message: PreparedMessage,
+    outcome: TransactionOutcome,
+    trailer: bytes,
+    progress: Callable[[int], None] | None,
+) -> Iterator[tuple[Send, bool]]:
+    """``BDAT n`` frames (command and octets in one write), the last marked
+    LAST and followed by ``trailer``; yields (frame, is_last)."""
+    encoder = BodyEncoder()
+    previous = b""
+    for piece in _pieces(message):
+        out = encoder.encode(piece)
+        if out and len(previous) >= source.CHUNK:
+            yield Send(commands.bdat(len(previous)) + previous, f"BDAT {len(previous)}"), False
+            previous = b""
+            if progress is not None:
+                progress(encoder.bytes_in - len(piece))
+        previous += out
+    last = previous + encoder.finish()
+    line = commands.bdat(len(last), last=True)
+    display = f"BDAT {len(last)} LAST <message: {encoder.bytes_in} octets>"
+    yield Send(line + last + trailer, display + ("\nQUIT" if trailer else "")), True
+    outcome.stage = "sent"
+    if progress is not None:
+        progress(encoder.bytes_in)
+
+
 def transaction(
     *,
-    sender: str,
-    recipients: Sequence[str],
-    data: bytes,
+    message: PreparedMessage,
     capabilities: Capabilities,
     atleastone: bool,
     timeouts: Timeouts,
+    outcome: TransactionOutcome,
+    quit_after: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> Generator[Action, Reply | None, TransactionOutcome]:
-    """MAIL, RCPT for each recipient, then DATA or RSET, as Tcllib decides.
+    """MAIL, RCPT for each recipient, then the message (DATA or BDAT) or RSET.
 
     The message is sent when at least one recipient was accepted and either
     none was refused or ``atleastone`` is true; otherwise the transaction is
-    reset and the refusals returned. A failed MAIL, DATA or end of data raises
-    :class:`ResponseError`.
+    reset and the refusals returned. A refused MAIL, DATA, BDAT or end of
+    data raises :class:`ResponseError`. ``outcome`` records how far it got.
+
+    With PIPELINING (RFC 2920) MAIL and the RCPTs go in one write (in flights
+    of :data:`BATCH` commands); with ``atleastone`` the DATA (or, with
+    CHUNKING, the whole message as BDAT) joins that flight, since a refused
+    recipient then changes nothing. With CHUNKING (RFC 3030) the message goes
+    as BDAT chunks: no dot-stuffing, no 354 to wait for. ``quit_after``
+    pipelines QUIT behind the end of the message (PIPELINING only); its reply
+    is then read too.
     """
+    pipelining = capabilities.has("PIPELINING")
+    chunking = capabilities.has("CHUNKING")
     params: list[str] = []
-    if capabilities.size_limit is not None:
-        params.append(f"SIZE={len(data)}")
-    if capabilities.has("8BITMIME") and not data.isascii():
+    if capabilities.size_limit is not None and message.size is not None:
+        params.append(f"SIZE={message.size}")
+    if capabilities.has("8BITMIME") and message.ascii is not True:
         params.append("BODY=8BITMIME")
-    mail_line = commands.mail(sender, params)
-    rcpt_lines = [commands.rcpt(address) for address in recipients]
+    lines = [commands.mail(message.sender, params)]
+    lines += [commands.rcpt(address) for address in message.recipients]
+    trailer = commands.quit() if quit_after and pipelining else b""
+    early = pipelining and atleastone and len(lines) <= BATCH
+    bdat_replies = 0
 
-    outcome = TransactionOutcome()
-    yield _command(mail_line)
-    reply = yield Receive(timeouts.mail, "MAIL")
-    assert reply is not None
-    _expect(reply, "MAIL", 250)
-
-    for address, line in zip(recipients, rcpt_lines, strict=True):
-        yield _command(line)
-        reply = yield Receive(timeouts.rcpt, "RCPT")
-        assert reply is not None
-        if reply.code in (250, 251):
-            outcome.accepted_recipients.append(address)
-        elif reply.code == 421:
-            _expect(reply, "RCPT", 250, 251)
+    # -- MAIL and RCPT, in flights when pipelining -----------------------------
+    mail_error: ResponseError | None = None
+    flights = (
+        [lines[i : i + BATCH] for i in range(0, len(lines), BATCH)]
+        if pipelining
+        else [[line] for line in lines]
+    )
+    index = 0
+    data_reply: Reply | None = None
+    for number, flight in enumerate(flights):
+        last_flight = number == len(flights) - 1
+        payload = b"".join(flight)
+        display = _display(flight)
+        if early and last_flight and chunking:
+            # The whole message rides in this flight: the first BDAT frame goes
+            # in the same write as MAIL and the RCPTs.
+            for frame, _ in _bdat_frames(message, outcome, trailer, progress):
+                if payload:
+                    frame = Send(payload + frame.data, f"{display}\n{frame.display}")
+                    payload = b""
+                yield frame
+                bdat_replies += 1
         else:
-            outcome.refused.append((address, reply.code, reply.diagnostic))
+            if early and last_flight:
+                payload += commands.data()
+                display += "\nDATA"
+            yield Send(payload, display)
+        for _ in flight:
+            if index == 0:
+                reply = yield from _receive(timeouts.mail, "MAIL", outcome)
+                if reply.code != 250:
+                    mail_error = ResponseError(
+                        reply.diagnostic, reply.code, command="MAIL", enhanced=reply.enhanced
+                    )
+                    if reply.code == 421 or not pipelining:
+                        raise mail_error
+                else:
+                    outcome.stage = "rcpt"
+            else:
+                address = message.recipients[index - 1]
+                reply = yield from _receive(timeouts.rcpt, "RCPT", outcome)
+                if reply.code in (250, 251):
+                    outcome.accepted_recipients.append(address)
+                elif reply.code == 421:
+                    _expect(reply, "RCPT", 250, 251)
+                elif mail_error is None:
+                    outcome.refused.append((address, reply.code, reply.diagnostic))
+            index += 1
+        if early and last_flight and not chunking:
+            data_reply = yield from _receive(timeouts.command, "DATA", outcome)
 
-    if not outcome.accepted_recipients or (outcome.refused and not atleastone):
+    commit = bool(outcome.accepted_recipients) and (not outcome.refused or atleastone)
+    commit = commit and mail_error is None
+
+    # -- the whole message already went as BDAT in the flight ------------------
+    if bdat_replies:
+        replies = []
+        for number in range(bdat_replies):
+            what = "BDAT LAST" if number == bdat_replies - 1 else "BDAT"
+            timeout = timeouts.final if number == bdat_replies - 1 else timeouts.command
+            replies.append((yield from _receive(timeout, what, outcome)))
+        if trailer:
+            yield from _quit_reply(timeouts, outcome)
+        if mail_error is not None:
+            raise mail_error
+        if commit:
+            for reply in replies:
+                _expect(reply, "BDAT", 250)
+            outcome.delivered = True
+            outcome.reply = replies[-1]
+        return outcome
+
+    if mail_error is not None:
+        if data_reply is not None and data_reply.code == 354:
+            yield from _empty_data(timeouts, outcome)
+        raise mail_error
+
+    # -- DATA already sent in the flight ---------------------------------------
+    if data_reply is not None:
+        if data_reply.code != 354:
+            if commit:
+                _expect(data_reply, "DATA", 354)
+            yield from reset(timeouts)
+            return outcome
+        if not commit:
+            # A 354 although no recipient was accepted: end the empty message.
+            yield from _empty_data(timeouts, outcome)
+            yield from reset(timeouts)
+            return outcome
+        outcome.stage = "data"
+        yield from _data_body(message, outcome, trailer, progress)
+        return (yield from _final(timeouts, outcome, bool(trailer)))
+
+    if not commit:
         yield from reset(timeouts)
         return outcome
 
-    yield _command(commands.data())
-    reply = yield Receive(timeouts.command, "DATA")
-    assert reply is not None
-    _expect(reply, "DATA", 354)
+    # -- BDAT after the RCPT replies ---------------------------------------------
+    if chunking:
+        outcome.stage = "data"
+        frames = 0
+        for frame, last in _bdat_frames(message, outcome, trailer, progress):
+            yield frame
+            frames += 1
+            if not pipelining or last:
+                # Without PIPELINING each chunk waits for its reply.
+                for number in range(frames):
+                    final = last and number == frames - 1
+                    what = "BDAT LAST" if final else "BDAT"
+                    reply = yield from _receive(
+                        timeouts.final if final else timeouts.command, what, outcome
+                    )
+                    _expect(reply, what, 250)
+                    if final:
+                        outcome.reply = reply
+                frames = 0
+        outcome.delivered = True
+        if trailer:
+            yield from _quit_reply(timeouts, outcome)
+        return outcome
 
-    encoder = DataEncoder()
-    payload = encoder.encode(data) + encoder.finish()
-    # Body and final "." in one write: no Nagle/delayed-ACK stall between them.
-    yield Send(payload, f"<message: {len(data)} octets, {len(payload)} on the wire>")
-    try:
-        reply = yield Receive(timeouts.final, 'the final "."')
-    except ConnectionLostError as exc:
-        raise DeliveryUnknownError(
-            'the connection was lost after the final "." and before the server\'s reply: '
-            f"the message may or may not have been delivered ({exc.diagnostic})"
-        ) from exc
-    assert reply is not None
+    # -- DATA ---------------------------------------------------------------------
+    yield _command(commands.data())
+    reply = yield from _receive(timeouts.command, "DATA", outcome)
+    _expect(reply, "DATA", 354)
+    outcome.stage = "data"
+    yield from _data_body(message, outcome, trailer, progress)
+    return (yield from _final(timeouts, outcome, bool(trailer)))
+
+
+def _final(
+    timeouts: Timeouts, outcome: TransactionOutcome, quit_sent: bool
+) -> Generator[Action, Reply | None, TransactionOutcome]:
+    reply = yield from _receive(timeouts.final, 'the final "."', outcome)
     _expect(reply, 'the final "."', 250, 251)
     outcome.delivered = True
     outcome.reply = reply
+    if quit_sent:
+        yield from _quit_reply(timeouts, outcome)
     return outcome
+
+
+def _quit_reply(
+    timeouts: Timeouts, outcome: TransactionOutcome
+) -> Generator[Action, Reply | None, None]:
+    """The reply to a pipelined QUIT: the session is over whatever it says."""
+    outcome.quit_sent = True
+    with contextlib.suppress(ConnectionLostError):
+        yield Receive(timeouts.command, "QUIT")
+
+
+def _empty_data(
+    timeouts: Timeouts, outcome: TransactionOutcome
+) -> Generator[Action, Reply | None, None]:
+    """End a DATA the server accepted with 354 although nothing is to be sent."""
+    yield Send(b".\r\n", ".")
+    yield from _receive(timeouts.final, 'the final "."', outcome)
 
 
 def reset(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:

@@ -31,6 +31,7 @@ __all__ = [
     "MAX_AUTH_LINE",
     "MAX_COMMAND_LINE",
     "auth",
+    "bdat",
     "check_address",
     "check_param",
     "command",
@@ -237,6 +238,13 @@ def command(verb: str, *args: str) -> bytes:
     for arg in args:
         _check_word(f"{verb} argument", arg)
     return _line(" ".join([verb, *args]))
+
+
+def bdat(size: int, *, last: bool = False) -> bytes:
+    """``BDAT size [LAST]`` (RFC 3030); the ``size`` octets follow it directly."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise InvalidInputError(f"BDAT size must be a non-negative int, not {size!r}")
+    return f"BDAT {size}{' LAST' if last else ''}\r\n".encode("ascii")
 
 
 def auth(mechanism: str, initial_response: bytes | None = None) -> bytes:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["DataEncoder", "decode_data", "encode_data", "normalise_line_endings"]
+__all__ = ["BodyEncoder", "DataEncoder", "decode_data", "encode_data", "normalise_line_endings"]
 
 _TERMINATOR = b".\r\n"
 _UNSTUFFED_DOT = re.compile(rb"(?:\A|\r\n)\.(?!\.)")
@@ -79,6 +79,8 @@ class DataEncoder:
         if self._finished:
             raise ValueError("DataEncoder already finished")
 
+    _STUFF = True  # dot-stuffing (DATA); BDAT carries the octets as they are
+
     def encode(self, chunk: bytes) -> bytes:
         """Return the wire bytes for the next piece of the body.
 
@@ -96,23 +98,40 @@ class DataEncoder:
         if not chunk:
             return b""
         out = normalise_line_endings(chunk)
-        if b"\n." in out:
-            out = out.replace(b"\r\n.", b"\r\n..")
-        if self._at_line_start and out.startswith(b"."):
-            out = b"." + out
+        if self._STUFF:
+            if b"\n." in out:
+                out = out.replace(b"\r\n.", b"\r\n..")
+            if self._at_line_start and out.startswith(b"."):
+                out = b"." + out
         self._at_line_start = out.endswith(b"\n")
         self._bytes_out += len(out)
         return out
+
+    _TAIL = _TERMINATOR
 
     def finish(self) -> bytes:
         """Return the tail: a pending line end if needed, then ``.\\r\\n``."""
         self._check()
         self._finished = True
-        tail = _TERMINATOR if self._at_line_start and not self._held_cr else b"\r\n" + _TERMINATOR
+        tail = self._TAIL if self._at_line_start and not self._held_cr else b"\r\n" + self._TAIL
         self._held_cr = False
         self._at_line_start = True
         self._bytes_out += len(tail)
         return tail
+
+
+class BodyEncoder(DataEncoder):
+    """For BDAT (RFC 3030): line endings made CRLF and a final CRLF ensured,
+    but no dot-stuffing and no terminator (BDAT counts octets instead).
+
+    >>> encoder = BodyEncoder()
+    >>> encoder.encode(b".kept\\n") + encoder.encode(b"last") + encoder.finish()
+    b'.kept\\r\\nlast\\r\\n'
+    """
+
+    __slots__ = ()
+    _STUFF = False
+    _TAIL = b""
 
 
 def encode_data(body: bytes) -> bytes:
