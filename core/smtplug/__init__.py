@@ -4,7 +4,7 @@
 >>> refused = smtplug.sendmessage(msg, recipients="someone@example.org")  # doctest: +SKIP
 """
 
-from smtplug.api import SendResult, sendmessage
+from smtplug.api import Client, SendResult, sendmessage
 from smtplug.errors import (
     AuthenticationError,
     ConnectError,
@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AuthenticationError",
+    "Client",
     "ConnectError",
     "ConnectionInfo",
     "ConnectionLostError",

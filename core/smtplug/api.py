@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import email.message
 import functools
 import getpass
 import logging
@@ -31,7 +30,7 @@ from smtplug.connect import (
     open_session,
 )
 from smtplug.driver import Connection
-from smtplug.errors import InvalidInputError, ResponseError, SMTPError
+from smtplug.errors import ConnectionLostError, InvalidInputError, ResponseError, SMTPError
 from smtplug.hookspecs import hookimpl
 from smtplug.interfaces import (
     ConnectionInfo,
@@ -42,13 +41,12 @@ from smtplug.interfaces import (
     TLSPolicy,
 )
 from smtplug.plugins import Registry, build_registry
-from smtplug.protocol import Reply, commands
+from smtplug.protocol import Capabilities, Reply, commands
+from smtplug.source import MessageInput
 
-__all__ = ["SendResult", "TLSPolicyCallable", "sendmessage"]
+__all__ = ["Client", "SendResult", "TLSPolicyCallable", "sendmessage"]
 
 logger = logging.getLogger("smtplug")
-
-Message = email.message.Message | bytes | str
 
 
 class SendResult(list[tuple[str, int, str]]):
@@ -373,16 +371,222 @@ def _plan(
     )
 
 
-def _finish(connection: Connection, timeouts: session.Timeouts) -> None:
-    """QUIT when the connection is still sound, then close; never raises."""
-    if not connection.broken:
-        with contextlib.suppress(SMTPError):
-            connection.run(session.quit(timeouts))
-    connection.close()
+class Client:
+    """A connection to an SMTP server, kept for any number of messages.
+
+    Built from the connection options of :func:`sendmessage` (servers, ports,
+    client, TLS, credentials, timeouts, plugins ...), all checked here before
+    any connection is opened; the connection itself is opened by the first
+    :meth:`sendmessage`. Use it as a context manager, or call :meth:`close`.
+
+    ``c.sendmessage(message, **message_options)`` takes the per-message
+    options of :func:`sendmessage` (``originator``, ``recipients``,
+    ``header``, ``atleastone``, ``queue``, and ``progress``) and returns the
+    same :class:`SendResult`. After a failed transaction the session is reset
+    (RSET) for the next message. When the server has closed an idle
+    connection, or answers 421, before a transaction's MAIL was accepted, the
+    client reconnects once and tries again; never once the message's end was
+    sent.
+    """
+
+    def __init__(
+        self,
+        *,
+        servers: str | Sequence[str] = "localhost",
+        ports: int | Sequence[int] = 25,
+        client: str | None = None,
+        usetls: bool = True,
+        tlsimport: bool = False,
+        tlspolicy: str | TLSPolicyCallable | None = None,
+        tls_backend: str = "stdlib",
+        cafile: str | os.PathLike[str] | None = None,
+        capath: str | os.PathLike[str] | None = None,
+        client_cert: str | os.PathLike[str] | None = None,
+        client_key: str | os.PathLike[str] | None = None,
+        tls_verify: bool = True,
+        tls_context: object | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        oauth_token: str | Callable[[], str] | None = None,
+        authzid: str | None = None,
+        mechanisms: Sequence[str] | None = None,
+        insecure_cleartext_auth: bool = False,
+        debug: bool = False,
+        maxsecs: float = 120,
+        timeout: float | None = None,
+        plugins: Sequence[object] = (),
+        block_plugins: Sequence[str] = (),
+    ) -> None:
+        for name, value in (("usetls", usetls), ("tlsimport", tlsimport), ("debug", debug)):
+            _flag(name, value)
+        maxsecs_value = _seconds("maxsecs", maxsecs, optional=False)
+        timeout_value = _seconds("timeout", timeout, optional=True)
+        block = _as_list("block_plugins", block_plugins, str)
+        if isinstance(plugins, str | bytes) or not isinstance(plugins, Iterable):
+            raise InvalidInputError("plugins must be a list of plugin objects")
+        self._registry = build_registry(extra=[_Transcript(debug), *plugins], block=block)
+        self._plan = _plan(
+            self._registry,
+            servers=servers,
+            ports=ports,
+            client=client,
+            usetls=usetls,
+            tlsimport=tlsimport,
+            tlspolicy=tlspolicy,
+            tls=_TLSArgs(
+                tls_backend, cafile, capath, client_cert, client_key, tls_verify, tls_context
+            ),
+            auth_args=_AuthArgs(
+                username, password, oauth_token, authzid, mechanisms, insecure_cleartext_auth
+            ),
+            timeout=timeout_value,
+            maxsecs=maxsecs_value,
+        )
+        self._connection: Connection | None = None
+        self._capabilities: Capabilities | None = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "connected" if self._connection is not None else "not connected"
+        targets = ", ".join(f"{server}:{port}" for server, port in self._plan.targets)
+        return f"<smtplug.Client {targets} ({state})>"
+
+    @property
+    def connected(self) -> bool:
+        """True while a session is open (it may still turn out to be stale)."""
+        return self._connection is not None and not self._connection.broken
+
+    def close(self) -> None:
+        """QUIT (when the session is still sound) and close; never raises."""
+        connection, self._connection = self._connection, None
+        self._capabilities = None
+        if connection is None:
+            return
+        if not connection.broken:
+            with contextlib.suppress(SMTPError):
+                connection.run(session.quit(self._plan.timeouts))
+        connection.close()
+
+    def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        self._capabilities = None
+        if connection is not None:
+            connection.close()
+
+    def sendmessage(
+        self,
+        message: MessageInput,
+        *,
+        originator: str | None = None,
+        recipients: str | Sequence[str] | None = None,
+        header: Sequence[tuple[str, str]] = (),
+        atleastone: bool = False,
+        queue: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> SendResult:
+        """Send one message over this client's session (opened if needed).
+
+        The same envelope rules, errors and result as :func:`smtplug.sendmessage`.
+        ``progress``, if given, is called with the number of the message's
+        octets sent so far, after each chunk.
+        """
+        return self._send(
+            message,
+            originator=originator,
+            recipients=recipients,
+            header=header,
+            atleastone=atleastone,
+            queue=queue,
+            progress=progress,
+            last=False,
+        )
+
+    def _send(
+        self,
+        message: MessageInput,
+        *,
+        originator: str | None,
+        recipients: str | Sequence[str] | None,
+        header: Sequence[tuple[str, str]],
+        atleastone: bool,
+        queue: bool,
+        progress: Callable[[int], None] | None,
+        last: bool,
+    ) -> SendResult:
+        _flag("atleastone", atleastone)
+        _flag("queue", queue)
+        if progress is not None and not callable(progress):
+            raise InvalidInputError("progress must be a callable taking the octets sent")
+        prepared = envelope.prepare(
+            message,
+            originator=originator,
+            recipients=recipients,
+            header=header,
+            login=_login,
+            hostname=_hostname(),
+        )
+        timeouts = self._plan.timeouts
+        for attempt in (1, 2):
+            reused = self._connection is not None
+            if self._connection is None or self._capabilities is None:
+                self._connection, self._capabilities = open_session(self._plan, self._registry.hook)
+            connection, capabilities = self._connection, self._capabilities
+            outcome = session.TransactionOutcome()
+            try:
+                if queue and capabilities.has("XQUE"):
+                    connection.run(session.queue(timeouts))
+                connection.run(
+                    session.transaction(
+                        message=prepared,
+                        capabilities=capabilities,
+                        atleastone=atleastone,
+                        timeouts=timeouts,
+                        outcome=outcome,
+                        quit_after=last,
+                        progress=progress,
+                    )
+                )
+            except (ConnectionLostError, ResponseError) as exc:
+                stale = (
+                    reused
+                    and attempt == 1
+                    and outcome.stage == "mail"
+                    and (isinstance(exc, ConnectionLostError) or exc.code == 421)
+                    and (prepared.body.restartable or not prepared.body.started)
+                )
+                if connection.broken or stale:
+                    self._drop()
+                elif not last:
+                    with contextlib.suppress(SMTPError):
+                        connection.run(session.reset(timeouts))
+                if stale:
+                    connection.event(f"the kept session is gone ({exc.diagnostic}); reconnecting")
+                    continue
+                raise
+            except BaseException:
+                self._drop()
+                raise
+            if outcome.quit_sent:
+                self._drop()
+            return SendResult(
+                outcome.refused,
+                accepted=outcome.delivered,
+                server=connection.info.server,
+                port=connection.info.port,
+                reply=outcome.reply,
+                recipients=outcome.accepted_recipients,
+                tls=connection.tls_info,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 def sendmessage(
-    message: Message,
+    message: MessageInput,
     *,
     servers: str | Sequence[str] = "localhost",
     ports: int | Sequence[int] = 25,
@@ -411,6 +615,7 @@ def sendmessage(
     debug: bool = False,
     maxsecs: float = 120,
     timeout: float | None = None,
+    progress: Callable[[int], None] | None = None,
     plugins: Sequence[object] = (),
     block_plugins: Sequence[str] = (),
 ) -> SendResult:
@@ -420,74 +625,41 @@ def sendmessage(
     ``(address, code, diagnostic)``; empty when every recipient was
     accepted). Raises a :class:`smtplug.SMTPError` subclass on failure; bad
     input raises :class:`smtplug.InvalidInputError` before any connection is
-    opened. See ``docs/options.md`` for every option beside Tcllib's.
+    opened. A one-shot use of :class:`Client`. See ``docs/options.md``.
     """
-    for name, value in (
-        ("queue", queue),
-        ("atleastone", atleastone),
-        ("usetls", usetls),
-        ("tlsimport", tlsimport),
-        ("debug", debug),
-    ):
-        _flag(name, value)
-    maxsecs_value = _seconds("maxsecs", maxsecs, optional=False)
-    timeout_value = _seconds("timeout", timeout, optional=True)
-    block = _as_list("block_plugins", block_plugins, str)
-    if isinstance(plugins, str | bytes) or not isinstance(plugins, Iterable):
-        raise InvalidInputError("plugins must be a list of plugin objects")
-
-    registry = build_registry(extra=[_Transcript(debug), *plugins], block=block)
-    plan = _plan(
-        registry,
+    with Client(
         servers=servers,
         ports=ports,
         client=client,
         usetls=usetls,
         tlsimport=tlsimport,
         tlspolicy=tlspolicy,
-        tls=_TLSArgs(tls_backend, cafile, capath, client_cert, client_key, tls_verify, tls_context),
-        auth_args=_AuthArgs(
-            username, password, oauth_token, authzid, mechanisms, insecure_cleartext_auth
-        ),
-        timeout=timeout_value,
-        maxsecs=maxsecs_value,
-    )
-    prepared = envelope.prepare(
-        message,
-        originator=originator,
-        recipients=recipients,
-        header=header,
-        login=_login,
-        hostname=_hostname(),
-    )
-
-    connection, capabilities = open_session(plan, registry.hook)
-    try:
-        if queue and capabilities.has("XQUE"):
-            connection.run(session.queue(plan.timeouts))
-        outcome = connection.run(
-            session.transaction(
-                sender=prepared.sender,
-                recipients=prepared.recipients,
-                data=prepared.data,
-                capabilities=capabilities,
-                atleastone=atleastone,
-                timeouts=plan.timeouts,
-            )
+        tls_backend=tls_backend,
+        cafile=cafile,
+        capath=capath,
+        client_cert=client_cert,
+        client_key=client_key,
+        tls_verify=tls_verify,
+        tls_context=tls_context,
+        username=username,
+        password=password,
+        oauth_token=oauth_token,
+        authzid=authzid,
+        mechanisms=mechanisms,
+        insecure_cleartext_auth=insecure_cleartext_auth,
+        debug=debug,
+        maxsecs=maxsecs,
+        timeout=timeout,
+        plugins=plugins,
+        block_plugins=block_plugins,
+    ) as connection:
+        return connection._send(
+            message,
+            originator=originator,
+            recipients=recipients,
+            header=header,
+            atleastone=atleastone,
+            queue=queue,
+            progress=progress,
+            last=True,
         )
-    except ResponseError:
-        _finish(connection, plan.timeouts)
-        raise
-    except BaseException:
-        connection.close()
-        raise
-    _finish(connection, plan.timeouts)
-    return SendResult(
-        outcome.refused,
-        accepted=outcome.delivered,
-        server=connection.info.server,
-        port=connection.info.port,
-        reply=outcome.reply,
-        recipients=outcome.accepted_recipients,
-        tls=connection.tls_info,
-    )
