@@ -37,7 +37,15 @@ Behaviour is configured with keyword arguments (all optional)::
         auth_require_tls=True,                       # ... and only after STARTTLS
         scram_bad_server_signature=True,             # a SCRAM server that cannot prove itself
         refuse_auth=["SCRAM-SHA-256"],               # mechanisms that answer 535 to anyone
+        chunking=True,                               # offer CHUNKING and take BDAT
+        discard_data=True,                           # BDAT content counted, not kept,
+                                                     # and only the wire's first 64 KiB
+        accept_data_without_rcpt=True,               # 354 to DATA even with no recipient
+        mail_421_once=True,                          # the first MAIL gets 421 and a hang-up
     )
+
+Call :meth:`RecordingServer.drop_connections` to close every client
+connection from the server side (as an idle timeout does).
 
 ``QUED`` and ``ONEX`` (Tcllib's XQUE/ONEX extensions) are answered "250 OK".
 The null reverse-path (``MAIL FROM:<>``), which aiosmtpd refuses on its own,
@@ -96,6 +104,8 @@ class Transaction:
     data_wire: bytes = b""  # after the 354, up to and including ".\r\n"
     content: bytes = b""  # as aiosmtpd decoded it: un-dot-stuffed, no terminator
     data_reply: str | None = None  # the reply to the final ".", None if none was sent
+    bdat_sizes: list[int] = field(default_factory=list)  # each BDAT chunk's size
+    octets: int = 0  # octets of message content received (also when discarded)
     reset: bool = False  # ended by RSET, a new HELO/EHLO or MAIL refusal state
 
     @property
@@ -170,6 +180,10 @@ class _ReaderTap:
         return chunk
 
 
+#: With ``discard_data``, how much of a session's wire is still recorded.
+_DISCARD_KEEP = 65536
+
+
 class _RecordingSMTP(SMTP):
     """aiosmtpd's SMTP protocol, recording into a SessionRecord."""
 
@@ -207,7 +221,10 @@ class _RecordingSMTP(SMTP):
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        self.record.raw += data
+        if not self._owner.discard_data:
+            self.record.raw += data
+        elif len(self.record.raw) < _DISCARD_KEEP:  # keep only the start of the wire
+            self.record.raw += data[: _DISCARD_KEEP - len(self.record.raw)]
         super().data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -313,6 +330,12 @@ class _RecordingSMTP(SMTP):
     # -- commands -----------------------------------------------------------
 
     async def smtp_MAIL(self, arg: str | None) -> None:
+        if self._owner.mail_421_once:
+            self._owner.mail_421_once = False
+            await self.push("421 4.4.2 recorder.test closing: idle for too long")
+            assert self.transport is not None
+            self.transport.close()
+            return
         match = _MAIL_NULL.match(arg.strip()) if arg else None
         if match is None:
             await super().smtp_MAIL(arg)
@@ -332,9 +355,57 @@ class _RecordingSMTP(SMTP):
         self._in_data = True
         self._data_buffer = bytearray()
         try:
+            assert self.envelope is not None
+            if self._owner.accept_data_without_rcpt and not self.envelope.rcpt_tos:
+                # What RFC 2920 says a server should not do: 354 with no recipient.
+                await self.push("354 End data with <CR><LF>.<CR><LF>")
+                while (await self._reader.readuntil(b"\n")) not in (b".\r\n", b""):
+                    pass
+                self._set_post_data_state()
+                await self.push("554 5.5.1 Error: no valid recipients")
+                return
             await super().smtp_DATA(arg)
         finally:
             self._in_data = False
+
+    _bdat: bytearray | None = None
+
+    async def smtp_BDAT(self, arg: str) -> None:
+        """CHUNKING (RFC 3030), which aiosmtpd lacks: ``BDAT size [LAST]``."""
+        owner = self._owner
+        words = (arg or "").split()
+        if not owner.chunking:
+            await self.push('500 Error: command "BDAT" not recognized')
+            return
+        if not (
+            1 <= len(words) <= 2
+            and words[0].isdigit()
+            and (len(words) == 1 or words[1].upper() == "LAST")
+        ):
+            await self.push("501 Syntax: BDAT size [LAST]")
+            return
+        size, last = int(words[0]), len(words) == 2
+        chunk = await self._reader.readexactly(size)
+        transaction = self.record.current
+        if self.envelope is None or not self.envelope.rcpt_tos or transaction is None:
+            self._bdat = None
+            await self.push("503 5.5.1 Error: need MAIL and RCPT before BDAT")
+            return
+        if self._bdat is None:
+            self._bdat = bytearray()
+        transaction.bdat_sizes.append(size)
+        transaction.octets += size
+        if not owner.discard_data:
+            self._bdat += chunk
+        if not last:
+            await self.push(f"250 2.0.0 {size} octets received")
+            return
+        transaction.content = bytes(self._bdat)
+        self._bdat = None
+        reply = owner.data_final_reply or "250 2.0.0 OK: queued"
+        transaction.data_reply = reply
+        self._set_post_data_state()
+        await self.push(reply)
 
     async def smtp_QUED(self, arg: str) -> None:
         await self.push("250 OK")
@@ -568,6 +639,7 @@ class _Handler:
         if transaction is not None:
             transaction.data_wire = server._data_wire()
             transaction.content = bytes(content)
+            transaction.octets = len(content)
         if self._owner.close_after_data:
             # Hang up without a reply; connection_lost then cancels this coroutine.
             assert server.transport is not None
@@ -616,6 +688,10 @@ class RecordingServer:
         auth_require_tls: bool = False,
         scram_bad_server_signature: bool = False,
         refuse_auth: list[str] | None = None,
+        chunking: bool = False,
+        discard_data: bool = False,
+        accept_data_without_rcpt: bool = False,
+        mail_421_once: bool = False,
     ) -> None:
         self.host = HOST
         self.port = 0
@@ -644,6 +720,12 @@ class RecordingServer:
         self.auth_require_tls = auth_require_tls
         self.scram_bad_server_signature = scram_bad_server_signature
         self.refuse_auth = list(refuse_auth or [])
+        self.chunking = chunking
+        if chunking:
+            self.extra_ehlo.append("CHUNKING")
+        self.discard_data = discard_data
+        self.accept_data_without_rcpt = accept_data_without_rcpt
+        self.mail_421_once = mail_421_once
         self.sessions: list[SessionRecord] = []
         self._size_limit = _DEFAULT_SIZE_LIMIT
         for keyword in self.extra_ehlo:
@@ -776,6 +858,22 @@ class RecordingServer:
     def commands(self) -> list[str]:
         """The command lines of every session, concatenated."""
         return [c for s in list(self.sessions) for c in list(s.commands)]
+
+    def drop_connections(self) -> None:
+        """Close every open client connection from the server side, as an
+        idle timeout would; returns once they are closed."""
+        assert self._loop is not None
+        done = threading.Event()
+
+        def close_all() -> None:
+            for protocol in list(self._protocols):
+                if protocol.transport is not None:
+                    protocol.transport.close()
+            done.set()
+
+        self._loop.call_soon_threadsafe(close_all)
+        done.wait(5)
+        self.wait_idle()
 
     def wait_for_sessions(self, count: int, timeout: float = 5.0) -> None:
         """Wait until at least ``count`` sessions have started."""
