@@ -12,14 +12,12 @@ import contextlib
 import dataclasses
 import functools
 import getpass
-import logging
 import math
 import os
 import platform
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any
 
 from smtplug import envelope, session
 from smtplug.connect import (
@@ -31,22 +29,19 @@ from smtplug.connect import (
 )
 from smtplug.driver import Connection
 from smtplug.errors import ConnectionLostError, InvalidInputError, ResponseError, SMTPError
-from smtplug.hookspecs import hookimpl
 from smtplug.interfaces import (
-    ConnectionInfo,
     SASLCredentials,
     TLSBackend,
     TLSInfo,
     TLSOptions,
     TLSPolicy,
 )
+from smtplug.observe import Observers
 from smtplug.plugins import Registry, build_registry
 from smtplug.protocol import Capabilities, Reply, commands
 from smtplug.source import MessageInput
 
 __all__ = ["Client", "SendResult", "TLSPolicyCallable", "sendmessage"]
-
-logger = logging.getLogger("smtplug")
 
 
 class SendResult(list[tuple[str, int, str]]):
@@ -90,34 +85,6 @@ class SendResult(list[tuple[str, int, str]]):
             f"SendResult({list(self)!r}, accepted={self.accepted!r}, "
             f"server={self.server!r}, port={self.port!r})"
         )
-
-
-class _Transcript:
-    """Tcllib's ``-debug``: the transcript on stderr; always the ``smtplug`` logger."""
-
-    def __init__(self, debug: bool, stream: TextIO | None = None) -> None:
-        self._debug = debug
-        self._stream = stream
-
-    def _emit(self, info: ConnectionInfo, text: str) -> None:
-        logger.debug("%s:%s %s", info.server, info.port, text)
-        if self._debug:
-            out = self._stream or sys.stderr
-            out.write(text + "\n")
-            out.flush()
-
-    @hookimpl
-    def smtplug_on_event(self, info: ConnectionInfo, event: str) -> None:
-        self._emit(info, f"    ... {event}")
-
-    @hookimpl
-    def smtplug_on_command(self, info: ConnectionInfo, command: str) -> None:
-        self._emit(info, f"--> {command}")
-
-    @hookimpl
-    def smtplug_on_reply(self, info: ConnectionInfo, reply: Reply) -> None:
-        for line in str(reply).split("\n"):
-            self._emit(info, f"<-- {line}")
 
 
 def _flag(name: str, value: object) -> bool:
@@ -424,7 +391,8 @@ class Client:
         block = _as_list("block_plugins", block_plugins, str)
         if isinstance(plugins, str | bytes) or not isinstance(plugins, Iterable):
             raise InvalidInputError("plugins must be a list of plugin objects")
-        self._registry = build_registry(extra=[_Transcript(debug), *plugins], block=block)
+        self._registry = build_registry(extra=plugins, block=block)
+        self._observers = Observers(self._registry.hook, debug=debug)
         self._plan = _plan(
             self._registry,
             servers=servers,
@@ -534,7 +502,7 @@ class Client:
         for attempt in (1, 2):
             reused = self._connection is not None
             if self._connection is None or self._capabilities is None:
-                self._connection, self._capabilities = open_session(self._plan, self._registry.hook)
+                self._connection, self._capabilities = open_session(self._plan, self._observers)
             connection, capabilities = self._connection, self._capabilities
             outcome = session.TransactionOutcome()
             try:

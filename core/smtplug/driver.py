@@ -43,6 +43,7 @@ class Connection:
         self.info = info
         self.broken = False
         self._closed = False
+        self._tls_info = self._tls_of(stream)
 
     def event(self, text: str) -> None:
         self._hook.smtplug_on_event(info=self.info, event=text)
@@ -50,7 +51,11 @@ class Connection:
     @property
     def tls_info(self) -> TLSInfo | None:
         """What TLS negotiated, or None on a plain connection."""
-        return self._stream.tls_info if isinstance(self._stream, TLSStream) else None
+        return self._tls_info
+
+    @staticmethod
+    def _tls_of(stream: Stream) -> TLSInfo | None:
+        return stream.tls_info if stream.tls and isinstance(stream, TLSStream) else None
 
     def run(self, step: Generator[Action, Reply | None, T]) -> T:
         """Run one session step to completion and return its result.
@@ -115,6 +120,7 @@ class Connection:
         if not isinstance(stream, UpgradableStream):
             raise TLSError("this connection's transport cannot start TLS")
         self._stream = stream.start_tls(timeout)
+        self._tls_info = self._tls_of(self._stream)
         self._parser = ReplyParser()
         self.info = dataclasses.replace(self.info, tls=True)
 

@@ -113,6 +113,25 @@ def build_registry(
 ) -> Registry:
     """A registry of the installed plugins less ``block``, plus ``extra``.
 
+    Without ``extra`` the registry is built once per set of blocked names and
+    reused (it is immutable); with ``extra`` it is built afresh.
+    """
+    if not extra:
+        return _shared_registry(frozenset(block))
+    return _build_registry(extra, block)
+
+
+@functools.cache
+def _shared_registry(block: frozenset[str]) -> Registry:
+    return _build_registry((), block)
+
+
+def _build_registry(
+    extra: Sequence[object],
+    block: Iterable[str],
+) -> Registry:
+    """A registry of the installed plugins less ``block``, plus ``extra``.
+
     ``block`` names plugins by entry-point name (``"plain"``); naming one that
     is not installed is an :class:`InvalidInputError`, so a typo cannot leave
     a plugin active. ``extra`` are plugin objects (modules, classes or
