@@ -28,6 +28,7 @@ from __future__ import annotations
 import email.message
 import email.policy
 import email.utils
+import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -113,30 +114,46 @@ def parse_addresses(what: str, value: str, *, hostname: str) -> list[str]:
     Display names and comments are allowed; groups give their members. Any
     defect the parser reports is an :class:`InvalidInputError` naming ``what``.
     A bare local part (``alice``) is qualified with ``hostname``, as Tcllib's
-    address parser does.
+    address parser does. Results are cached: a bulk sender parses the same
+    From and To fields again and again.
     """
     _check_text(what, value)
+    try:
+        return list(_parse_addresses(value, hostname))
+    except _AddressError as exc:
+        raise InvalidInputError(f"{exc.args[0]} in {what}: {exc.args[1]}") from None
+
+
+class _AddressError(Exception):
+    """(what is wrong, the offending text), for :func:`parse_addresses` to word."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_addresses(value: str, hostname: str) -> tuple[str, ...]:
     # A bare local part: Tcllib's parser appends the host name; so do we, before
     # the strict parser sees it (it would call it a defect).
     items: list[str] = []
     for part in _split_top_level(value):
         stripped = part.strip()
-        if re.fullmatch(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+", stripped):
+        if _LOCAL_PART.fullmatch(stripped):
             part = f"{stripped}@{hostname}"
         items.append(part)
     header = email.policy.default.header_factory("To", ", ".join(items))
     defects = list(header.defects)
     if defects:
-        raise InvalidInputError(f"malformed address in {what}: {value!r}: {defects[0]}")
-    addresses = [address.addr_spec for address in header.addresses]
+        raise _AddressError("malformed address", f"{value!r}: {defects[0]}")
+    addresses = tuple(address.addr_spec for address in header.addresses)
     for address in addresses:
         if "@" not in address or address.startswith("@"):
-            raise InvalidInputError(f"malformed address in {what}: {address!r}")
+            raise _AddressError("malformed address", repr(address))
         try:
             check_address(address)
         except InvalidInputError as exc:
-            raise InvalidInputError(f"in {what}: {exc.diagnostic}") from None
+            raise _AddressError("invalid address", exc.diagnostic) from None
     return addresses
+
+
+_LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+")
 
 
 def _split_top_level(value: str) -> list[str]:
