@@ -131,6 +131,25 @@ def test_pipelining_atleastone_true_sends_data_in_the_same_flight(make_server):
     ]
 
 
+def test_single_recipient_pipelines_data_whatever_atleastone(make_server):
+    server, recorder = make_server(extra_ehlo=["PIPELINING"]), WriteRecorder()
+    assert smtplug.sendmessage(message(to="b@example.org"), **options(server, recorder)).accepted
+    assert [words(f) for f in recorder.flights()] == [
+        ["EHLO"], ["MAIL", "RCPT", "DATA"], ["<content>", ".", "QUIT"],
+    ]  # fmt: skip
+    # If that one recipient is refused, the server refuses DATA too: nothing sent.
+    refusing = make_server(
+        extra_ehlo=["PIPELINING"], refuse_rcpt={"b@example.org": (550, "5.1.1 No such user")}
+    )
+    recorder.writes.clear()
+    result = smtplug.sendmessage(message(to="b@example.org"), **options(refusing, recorder))
+    assert result == [("b@example.org", 550, "5.1.1 No such user")] and not result.accepted
+    assert refusing.messages == []
+    assert [words(f) for f in recorder.flights()] == [
+        ["EHLO"], ["MAIL", "RCPT", "DATA"], ["RSET"], ["QUIT"],
+    ]  # fmt: skip
+
+
 def test_chunking_atleastone_false(make_server):
     server = make_server(extra_ehlo=["PIPELINING"], chunking=True)
     recorder = WriteRecorder()

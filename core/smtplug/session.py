@@ -291,9 +291,9 @@ def transaction(
     data raises :class:`ResponseError`. ``outcome`` records how far it got.
 
     With PIPELINING (RFC 2920) MAIL and the RCPTs go in one write (in flights
-    of :data:`BATCH` commands); with ``atleastone`` the DATA (or, with
-    CHUNKING, the whole message as BDAT) joins that flight, since a refused
-    recipient then changes nothing. With CHUNKING (RFC 3030) the message goes
+    of :data:`BATCH` commands); with ``atleastone``, or a single recipient, the
+    DATA (or, with CHUNKING, the whole message as BDAT) joins that flight,
+    since a refused recipient then changes nothing. With CHUNKING (RFC 3030) the message goes
     as BDAT chunks: no dot-stuffing, no 354 to wait for. ``quit_after``
     pipelines QUIT behind the end of the message (PIPELINING only); its reply
     is then read too.
@@ -308,7 +308,11 @@ def transaction(
     lines = [commands.mail(message.sender, params)]
     lines += [commands.rcpt(address) for address in message.recipients]
     trailer = commands.quit() if quit_after and pipelining else b""
-    early = pipelining and atleastone and len(lines) <= BATCH
+    # DATA (or BDAT) may join the MAIL/RCPT flight when no refusal could make
+    # the client regret it: with atleastone, or with a single recipient (if it
+    # is refused, the server refuses the DATA too: RFC 2920 section 3.1).
+    single = len(message.recipients) == 1
+    early = pipelining and (atleastone or single) and len(lines) <= BATCH
     bdat_replies = 0
 
     # -- MAIL and RCPT, in flights when pipelining -----------------------------
