@@ -132,6 +132,16 @@ def _command(line: bytes) -> Send:
     return Send(line, line[:-2].decode("utf-8", "backslashreplace"))
 
 
+def _tolerant(line: bytes, what: str, timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
+    """A command whose answer the caller judges; only 421 (closing) raises."""
+    yield _command(line)
+    reply = yield Receive(timeouts.command, what)
+    assert reply is not None
+    if reply.code == 421:
+        raise ResponseError(reply.diagnostic, reply.code, command=what, enhanced=reply.enhanced)
+    return reply
+
+
 def greet(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
     """Read the greeting; anything but 220 (421 included) fails this server."""
     reply = yield Receive(timeouts.greeting, "the greeting")
@@ -157,12 +167,7 @@ def hello(client: str, timeouts: Timeouts) -> Generator[Action, Reply | None, Ca
 def starttls(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
     """STARTTLS; the caller reads the reply (220: go on with :func:`upgrade`;
     anything else is a refusal for the TLS policy to judge), except a 421."""
-    yield _command(commands.starttls())
-    reply = yield Receive(timeouts.command, "STARTTLS")
-    assert reply is not None
-    if reply.code == 421:
-        _expect(reply, "STARTTLS", 220)
-    return reply
+    return (yield from _tolerant(commands.starttls(), "STARTTLS", timeouts))
 
 
 def upgrade(timeouts: Timeouts) -> Generator[Action, Reply | None, None]:
@@ -178,12 +183,7 @@ def queue(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
 
     Only a 421 (the server is closing) stops the session.
     """
-    yield _command(commands.qued())
-    reply = yield Receive(timeouts.command, "QUED")
-    assert reply is not None
-    if reply.code == 421:
-        _expect(reply, "QUED", 250)
-    return reply
+    return (yield from _tolerant(commands.qued(), "QUED", timeouts))
 
 
 #: Commands per pipelined flight: replies to at most this many wait unread, so
@@ -476,12 +476,7 @@ def _empty_data(
 
 def reset(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
     """RSET. Its answer is not checked (Tcllib ignores it), but 421 is."""
-    yield _command(commands.rset())
-    reply = yield Receive(timeouts.command, "RSET")
-    assert reply is not None
-    if reply.code == 421:
-        _expect(reply, "RSET", 250)
-    return reply
+    return (yield from _tolerant(commands.rset(), "RSET", timeouts))
 
 
 def quit(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
