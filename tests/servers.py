@@ -216,8 +216,11 @@ class _RecordingSMTP(SMTP):
     # -- raw capture --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.record.peer = transport.get_extra_info("peername")
-        self._owner._session_started(self)
+        # Called again, with the TLS transport, after a STARTTLS handshake:
+        # still the same session.
+        if self.record.peer is None:
+            self.record.peer = transport.get_extra_info("peername")
+            self._owner._session_started(self)
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -867,8 +870,12 @@ class RecordingServer:
 
         def close_all() -> None:
             for protocol in list(self._protocols):
-                if protocol.transport is not None:
-                    protocol.transport.close()
+                # abort(): a TLS transport's close() would wait for the idle
+                # client's close_notify.
+                original = getattr(protocol, "_original_transport", None)
+                transport = original or protocol.transport
+                if transport is not None:
+                    transport.abort()
             done.set()
 
         self._loop.call_soon_threadsafe(close_all)

@@ -339,3 +339,17 @@ def test_response_injection_after_starttls_aborts(make_server, backend, injected
     record = server.sessions[-1]
     assert record.commands[-1] == "STARTTLS"  # nothing after it, not even QUIT
     assert server.messages == []
+
+
+def test_reconnecting_client_resumes_its_tls_session(make_server, good_context, cafile):
+    server = make_server(tls_context=good_context)
+    options = dict(servers="127.0.0.1", ports=server.port, client="localhost", cafile=cafile)
+    with smtplug.Client(**options) as client:
+        first = client.sendmessage(message())
+        server.drop_connections()
+        second = client.sendmessage(message())
+    assert len(server.sessions) == 2
+    assert first.tls is not None and not first.tls.resumed
+    assert second.tls is not None and second.tls.resumed and second.tls.verified
+    # A new client starts afresh.
+    assert not send(server, "stdlib", cafile=cafile).tls.resumed

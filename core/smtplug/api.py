@@ -304,6 +304,9 @@ def _plan(
         transport_options = {"tls_backend": backend, "tls_options": tls_options}
     else:
         tls_options = TLSOptions()
+    # Sessions saved by closing connections, resumed by the next ones.
+    tls_sessions: dict[tuple[str, int], object] = {}
+    transport_options["tls_sessions"] = tls_sessions
 
     policy: TLSPolicy
     if tlspolicy is None:
@@ -335,6 +338,7 @@ def _plan(
         transport_options=transport_options,
         tls_verify=tls_options.verify,
         auth=auth,
+        tls_sessions=tls_sessions,
     )
 
 

@@ -108,6 +108,9 @@ class ConnectionPlan:
     transport_options: Mapping[str, Any]
     tls_verify: bool = True
     auth: AuthPlan | None = None
+    #: TLS sessions to resume, by (server, port): the same dict the transports
+    #: read through ``transport_options["tls_sessions"]``; connections save theirs.
+    tls_sessions: dict[tuple[str, int], object] = dataclasses.field(default_factory=dict)
 
 
 def open_session(plan: ConnectionPlan, hook: Any) -> tuple[Connection, Capabilities]:
@@ -259,9 +262,8 @@ def _establish(
     stream = plan.transport.connect(
         server, port, timeout=plan.connect_timeout, options=plan.transport_options
     )
-    connection = Connection(
-        stream, ConnectionInfo(server, port, plan.transport.name, stream.tls), hook
-    )
+    info = ConnectionInfo(server, port, plan.transport.name, stream.tls)
+    connection = Connection(stream, info, hook, sessions=plan.tls_sessions)
     try:
         if stream.tls:
             _announce_tls(plan, connection)

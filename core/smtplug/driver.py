@@ -22,7 +22,14 @@ from smtplug.errors import (
     SMTPError,
     TLSError,
 )
-from smtplug.interfaces import ConnectionInfo, Stream, TLSInfo, TLSStream, UpgradableStream
+from smtplug.interfaces import (
+    ConnectionInfo,
+    ResumableStream,
+    Stream,
+    TLSInfo,
+    TLSStream,
+    UpgradableStream,
+)
 from smtplug.protocol import Reply, ReplyParser
 from smtplug.session import Action, Send, Upgrade
 
@@ -36,7 +43,14 @@ _READ_SIZE = 65536
 class Connection:
     """One open connection to one server, driven synchronously."""
 
-    def __init__(self, stream: Stream, info: ConnectionInfo, hook: Any) -> None:
+    def __init__(
+        self,
+        stream: Stream,
+        info: ConnectionInfo,
+        hook: Any,
+        *,
+        sessions: dict[tuple[str, int], object] | None = None,
+    ) -> None:
         self._stream = stream
         self._parser = ReplyParser()
         self._hook = hook
@@ -44,6 +58,7 @@ class Connection:
         self.broken = False
         self._closed = False
         self._tls_info = self._tls_of(stream)
+        self._sessions = sessions
 
     def event(self, text: str) -> None:
         self._hook.smtplug_on_event(info=self.info, event=text)
@@ -155,5 +170,9 @@ class Connection:
         self.broken = True
         if not self._closed:
             self._closed = True
+            if self._sessions is not None and isinstance(self._stream, ResumableStream):
+                session = self._stream.tls_session()
+                if session is not None:
+                    self._sessions[(self.info.server, self.info.port)] = session
             self._stream.close()
             self.event("closed")

@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
     "ConnectionInfo",
+    "ResumableStream",
     "SASLCredentials",
     "SASLExchange",
     "SASLMechanism",
@@ -118,6 +119,7 @@ class TLSInfo:
     peer_certificate: bytes | None  # DER
     verified: bool
     channel_bindings: Mapping[str, bytes]
+    resumed: bool = False  # an earlier TLS session was resumed (no full handshake)
 
 
 @runtime_checkable
@@ -126,6 +128,16 @@ class TLSStream(Stream, Protocol):
 
     @property
     def tls_info(self) -> TLSInfo: ...
+
+
+@runtime_checkable
+class ResumableStream(TLSStream, Protocol):
+    """A TLS stream whose session can be resumed on a later connection."""
+
+    def tls_session(self) -> object | None:
+        """The session to hand to the backend's ``wrap(session=...)`` next time
+        (read it before closing: TLS 1.3 tickets arrive after the handshake)."""
+        ...
 
 
 @runtime_checkable
@@ -152,7 +164,10 @@ class TLSBackend(Protocol):
     protocols below TLS 1.2, and verifies the certificate chain and
     ``server_hostname`` unless ``options.verify`` is False. It raises
     :class:`smtplug.errors.TLSError` (``certificate=True`` for a failed
-    certificate check) and closes ``sock`` on failure.
+    certificate check) and closes ``sock`` on failure. ``session`` is a
+    session an earlier stream of this backend returned from ``tls_session()``
+    (see :class:`ResumableStream`), to resume where the backend can; a backend
+    that cannot resume ignores it.
     """
 
     name: str
@@ -166,6 +181,7 @@ class TLSBackend(Protocol):
         server_hostname: str,
         options: TLSOptions,
         timeout: float | None,
+        session: object | None = None,
     ) -> TLSStream: ...
 
 

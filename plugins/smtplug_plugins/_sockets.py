@@ -45,6 +45,12 @@ class SocketStream:
     def peer(self) -> str:
         return self._peer
 
+    def tls_session(self) -> object | None:
+        """The TLS session to resume next time (stdlib ``ssl`` sockets)."""
+        if self._tls_info is None or self._sock is None:
+            return None
+        return getattr(self._sock, "session", None)
+
     def detach(self) -> socket.socket:
         """Hand the socket over (to a TLS backend); this stream is then closed."""
         sock = self._live()

@@ -4,8 +4,9 @@ Tcllib's ``-tlsimport``. The handshake runs right after the TCP connection
 is made, before the greeting; a failed handshake fails this server (the core
 moves on to the next).
 
-Transport options used: ``tls_backend`` (a :class:`~smtplug.interfaces.TLSBackend`)
-and ``tls_options`` (:class:`~smtplug.interfaces.TLSOptions`).
+Transport options used: ``tls_backend`` (a :class:`~smtplug.interfaces.TLSBackend`),
+``tls_options`` (:class:`~smtplug.interfaces.TLSOptions`) and, optionally,
+``tls_sessions`` (sessions to resume, by ``(host, port)``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class ImplicitTLSTransport:
             server_hostname=host,
             options=tls_options,
             timeout=timeout,
+            session=options.get("tls_sessions", {}).get((host, port)),
         )
 
 

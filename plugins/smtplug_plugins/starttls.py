@@ -4,8 +4,9 @@ The connection starts in plain text; when the server offers STARTTLS and
 answers it with 220, the core asks the stream to ``start_tls``, which hands
 the socket to the chosen TLS backend for the handshake.
 
-Transport options used: ``tls_backend`` (a :class:`~smtplug.interfaces.TLSBackend`)
-and ``tls_options`` (:class:`~smtplug.interfaces.TLSOptions`).
+Transport options used: ``tls_backend`` (a :class:`~smtplug.interfaces.TLSBackend`),
+``tls_options`` (:class:`~smtplug.interfaces.TLSOptions`) and, optionally,
+``tls_sessions`` (sessions to resume, by ``(host, port)``).
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ class StartTLSStream(SocketStream):
         backend: TLSBackend,
         tls_options: TLSOptions,
         server_hostname: str,
+        session: object | None = None,
     ) -> None:
         super().__init__(sock, peer, write_timeout)
         self._backend = backend
         self._tls_options = tls_options
         self._server_hostname = server_hostname
+        self._session = session
 
     def start_tls(self, timeout: float | None) -> TLSStream:
         return self._backend.wrap(
@@ -44,6 +47,7 @@ class StartTLSStream(SocketStream):
             server_hostname=self._server_hostname,
             options=self._tls_options,
             timeout=timeout,
+            session=self._session,
         )
 
 
@@ -62,6 +66,7 @@ class StartTLSTransport:
             backend=options["tls_backend"],
             tls_options=options["tls_options"],
             server_hostname=host,
+            session=options.get("tls_sessions", {}).get((host, port)),
         )
 
 

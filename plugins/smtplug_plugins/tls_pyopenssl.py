@@ -345,11 +345,14 @@ class PyOpenSSLBackend:
         server_hostname: str,
         options: TLSOptions,
         timeout: float | None,
+        session: object | None = None,
     ) -> TLSStream:
         """Handshake on ``sock`` within ``timeout`` seconds and verify the peer.
 
         Raises :class:`TLSError` (``certificate=True`` for a chain or host-name
-        failure) and closes ``sock`` on any failure.
+        failure) and closes ``sock`` on any failure. ``session`` is ignored:
+        each connection gets its own context (its verify callback records that
+        connection's failures), and OpenSSL resumes only within one context.
         """
         peer = server_hostname
         try:

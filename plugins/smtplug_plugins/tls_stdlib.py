@@ -9,6 +9,7 @@ instead); TLS 1.2 is the minimum. A context given by the caller
 
 from __future__ import annotations
 
+import functools
 import socket
 import ssl
 from collections.abc import Sequence
@@ -36,9 +37,18 @@ class StdlibBackend:
         check_tls_files(options)
 
     def context(self, options: TLSOptions) -> ssl.SSLContext:
-        """The context the options describe (or the caller's own)."""
+        """The context the options describe (or the caller's own).
+
+        Built once per distinct options and reused: loading the trust store is
+        not free, and a TLS session can be resumed only with the context that
+        made it.
+        """
         if isinstance(options.context, ssl.SSLContext):
             return options.context
+        return self._context(options)
+
+    @functools.lru_cache(maxsize=32)  # noqa: B019 - one backend object per registry
+    def _context(self, options: TLSOptions) -> ssl.SSLContext:
         context = ssl.create_default_context(
             ssl.Purpose.SERVER_AUTH, cafile=options.cafile, capath=options.capath
         )
@@ -60,6 +70,7 @@ class StdlibBackend:
         server_hostname: str,
         options: TLSOptions,
         timeout: float | None,
+        session: object | None = None,
     ) -> TLSStream:
         peer = f"{server_hostname}"
         try:
@@ -69,7 +80,15 @@ class StdlibBackend:
             raise
         try:
             sock.settimeout(timeout)
-            tls_sock = context.wrap_socket(sock, server_hostname=server_hostname)
+            resume = session if isinstance(session, ssl.SSLSession) else None
+            try:
+                tls_sock = context.wrap_socket(
+                    sock, server_hostname=server_hostname, session=resume
+                )
+            except ValueError:  # the session came from another context: start afresh
+                if resume is None:
+                    raise
+                tls_sock = context.wrap_socket(sock, server_hostname=server_hostname)
         except ssl.SSLCertVerificationError as exc:
             sock.close()
             raise TLSError(
@@ -100,6 +119,7 @@ class StdlibBackend:
             peer_certificate=der,
             verified=context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname,
             channel_bindings=bindings,
+            resumed=bool(tls_sock.session_reused),
         )
         return SocketStream(tls_sock, peer, timeout, tls_info=info)
 
