@@ -274,16 +274,20 @@ def prepare(
     resent = any(lower.startswith("resent-") for lower in given)
     prefix_lower, prefix = ("resent-", "Resent-") if resent else ("", "")
 
+    own: dict[str, list[_Field]] = {}
+    for f in fields:
+        own.setdefault(f.lower, []).append(f)
+
     def values(field: str) -> list[str]:
         """A field's values: from the header option, else from the message."""
         lower = prefix_lower + field.lower()
         if lower in given:
             return list(given[lower][1])
-        return [f.value for f in fields if f.lower == lower]
+        return [f.value for f in own.get(lower, ())]
 
     def present(field: str) -> bool:
         lower = prefix_lower + field.lower()
-        return lower in given or any(f.lower == lower for f in fields)
+        return lower in given or lower in own
 
     added: list[tuple[str, str]] = []
 
