@@ -141,11 +141,17 @@ class Connection:
 
     def _read_reply(self, timeout: float | None, what: str) -> Reply:
         deadline = None if timeout is None else time.monotonic() + timeout
+        first = True
         while True:
             reply = self._parser.next_reply()
             if reply is not None:
                 return reply
-            remaining = None if deadline is None else deadline - time.monotonic()
+            # The first read waits the whole timeout (the same value read after
+            # read, so the stream need not change it); later ones what is left.
+            remaining = (
+                timeout if first else None if deadline is None else deadline - time.monotonic()
+            )
+            first = False
             try:
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError

@@ -30,6 +30,7 @@ class SocketStream:
         self._peer = peer
         self._write_timeout = write_timeout
         self._tls_info = tls_info
+        self._current_timeout = sock.gettimeout()
 
     @property
     def tls(self) -> bool:
@@ -62,10 +63,16 @@ class SocketStream:
             raise ConnectionLostError(f"connection to {self._peer} is closed")
         return self._sock
 
+    def _timeout(self, sock: socket.socket, timeout: float | None) -> None:
+        # settimeout costs a system call; most reads and writes reuse the last.
+        if timeout != self._current_timeout:
+            sock.settimeout(timeout)
+            self._current_timeout = timeout
+
     def read(self, max_bytes: int, timeout: float | None) -> bytes:
         sock = self._live()
         try:
-            sock.settimeout(timeout)
+            self._timeout(sock, timeout)
             return sock.recv(max_bytes)
         except TimeoutError as exc:
             raise ConnectionLostError(
@@ -77,7 +84,7 @@ class SocketStream:
     def write(self, data: bytes) -> None:
         sock = self._live()
         try:
-            sock.settimeout(self._write_timeout)
+            self._timeout(sock, self._write_timeout)
             sock.sendall(data)
         except TimeoutError as exc:
             raise ConnectionLostError(

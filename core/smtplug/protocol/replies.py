@@ -66,7 +66,13 @@ def escape_text(text: str) -> str:
     return text.translate(_ESCAPES)
 
 
+# Printable ASCII and TAB: text that needs neither decoding care nor escapes.
+_PLAIN_TEXT = re.compile(rb"[\t\x20-\x7e]*")
+
+
 def _decode(raw: bytes) -> str:
+    if _PLAIN_TEXT.fullmatch(raw) is not None:  # the common case, fast
+        return raw.decode("ascii")
     return raw.decode("utf-8", "backslashreplace").translate(_ESCAPES)
 
 
