@@ -403,3 +403,31 @@ def test_client_validates_before_connecting(smtp_server):
             client.sendmessage(message(), recipients="bad\r\naddress")
         assert not client.connected
     assert smtp_server.sessions == []
+
+
+@pytest.mark.parametrize("chunking", [False, True], ids=["data", "bdat"])
+def test_mail_refused_with_the_message_already_in_the_flight(make_server, chunking):
+    server = make_server(
+        extra_ehlo=["PIPELINING"], chunking=chunking, mail_reply="553 5.7.1 Sender rejected"
+    )
+    with smtplug.Client(servers="127.0.0.1", ports=server.port, usetls=False) as client:
+        with pytest.raises(ResponseError) as info:
+            client.sendmessage(message(to="b@example.org"))
+        assert info.value.code == 553
+        # Every reply of the flight was read: the session is still in step.
+        server.mail_reply = None
+        assert client.sendmessage(message(to="b@example.org")).accepted
+    assert len(server.sessions) == 1 and len(server.messages) == 1
+
+
+def test_client_sends_many_messages_with_chunking(make_server):
+    server = make_server(extra_ehlo=["PIPELINING"], chunking=True)
+    with smtplug.Client(servers="127.0.0.1", ports=server.port, usetls=False) as client:
+        for i in range(20):
+            assert client.sendmessage(message(body=f"{i}\n"), atleastone=True).accepted
+    assert len(server.sessions) == 1 and len(server.messages) == 20
+    assert [m.content.rsplit(b"\r\n\r\n", 1)[1].strip() for m in server.messages][:3] == [
+        b"0",
+        b"1",
+        b"2",
+    ]
