@@ -29,7 +29,20 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["BodyEncoder", "DataEncoder", "decode_data", "encode_data", "normalise_line_endings"]
+from smtplug.errors import InvalidInputError
+
+__all__ = [
+    "MAX_LINE",
+    "BodyEncoder",
+    "DataEncoder",
+    "LineCheck",
+    "decode_data",
+    "encode_data",
+    "normalise_line_endings",
+]
+
+#: Octets in a line of message text, line ending not counted (RFC 5321 4.5.3.1.6).
+MAX_LINE = 998
 
 _TERMINATOR = b".\r\n"
 _UNSTUFFED_DOT = re.compile(rb"(?:\A|\r\n)\.(?!\.)")
@@ -132,6 +145,47 @@ class BodyEncoder(DataEncoder):
     __slots__ = ()
     _STUFF = False
     _TAIL = b""
+
+
+class LineCheck:
+    """Refuses, chunk by chunk, what SMTP cannot carry as message text.
+
+    NUL octets (RFC 5321 section 4.5.2), lines longer than :data:`MAX_LINE`
+    octets (never silently wrapped: that would change the message), and, when
+    ``eight_bit`` is False, octets above 127 (a server without 8BITMIME).
+    CR, LF and CRLF all end a line, as the encoders treat them. A line may
+    span chunks: its length is carried over.
+    """
+
+    __slots__ = ("_carry", "_eight_bit", "_max_line")
+
+    def __init__(self, *, eight_bit: bool = True, max_line: int = MAX_LINE) -> None:
+        self._carry = 0
+        self._eight_bit = eight_bit
+        self._max_line = max_line
+
+    def feed(self, chunk: bytes) -> None:
+        """Check the next piece; raises :class:`InvalidInputError`."""
+        if b"\0" in chunk:
+            raise InvalidInputError("the message contains a NUL octet, which SMTP cannot carry")
+        if not self._eight_bit and not chunk.isascii():
+            raise InvalidInputError(
+                "the message has 8-bit octets and the server does not offer 8BITMIME: "
+                "encode it (quoted-printable or base64), or use a server that offers 8BITMIME"
+            )
+        lines = chunk.replace(b"\r", b"\n").split(b"\n")
+        longest = self._carry + len(lines[0])
+        if len(lines) > 1:
+            longest = max(longest, max(map(len, lines[1:-1]), default=0))
+            self._carry = len(lines[-1])
+        else:
+            self._carry = longest
+        if max(longest, self._carry) > self._max_line:
+            raise InvalidInputError(
+                f"the message has a line longer than {self._max_line} octets, which SMTP "
+                "does not allow (RFC 5321 4.5.3.1.6); wrap it or encode the part "
+                "(quoted-printable or base64)"
+            )
 
 
 def encode_data(body: bytes) -> bytes:
