@@ -39,6 +39,7 @@ from smtplug.interfaces import (
 from smtplug.observe import Observers
 from smtplug.plugins import Registry, build_registry
 from smtplug.protocol import Capabilities, Reply, commands
+from smtplug.protocol.data import LineCheck
 from smtplug.source import MessageInput
 
 __all__ = ["Client", "SendResult", "TLSPolicyCallable", "sendmessage"]
@@ -342,6 +343,19 @@ def _plan(
     )
 
 
+def _check_message_text(prepared: envelope.PreparedMessage) -> None:
+    """NUL octets and overlong lines refused before any connection, for a body
+    held in memory (a stream is checked as it is sent)."""
+    body = prepared.body
+    if not body.restartable or body.ascii is None:
+        return
+    check = LineCheck()
+    check.feed(prepared.header)
+    for chunk in body.chunks():
+        check.feed(bytes(chunk))
+    body.checked = True
+
+
 class Client:
     """A connection to an SMTP server, kept for any number of messages.
 
@@ -502,6 +516,7 @@ class Client:
             login=_login,
             hostname=_hostname(),
         )
+        _check_message_text(prepared)
         timeouts = self._plan.timeouts
         for attempt in (1, 2):
             reused = self._connection is not None

@@ -30,12 +30,13 @@ from smtplug.errors import (
     AuthenticationError,
     ConnectionLostError,
     DeliveryUnknownError,
+    InvalidInputError,
     ResponseError,
     SMTPError,
 )
 from smtplug.interfaces import SASLExchange
 from smtplug.protocol import Capabilities, Reply, commands
-from smtplug.protocol.data import BodyEncoder, DataEncoder
+from smtplug.protocol.data import BodyEncoder, DataEncoder, LineCheck
 
 __all__ = [
     "Receive",
@@ -214,10 +215,14 @@ def _display(lines: Sequence[bytes]) -> str:
     return "\n".join(line[:-2].decode("utf-8", "backslashreplace") for line in lines)
 
 
-def _pieces(message: PreparedMessage) -> Iterator[bytes]:
+def _pieces(message: PreparedMessage, check: LineCheck | None) -> Iterator[bytes]:
+    """The message's octets in chunks, checked on the way when not checked before."""
     yield message.header
     for chunk in message.body.chunks():
-        yield bytes(chunk)
+        piece = bytes(chunk)
+        if check is not None:
+            check.feed(piece)
+        yield piece
 
 
 def _data_body(
@@ -225,12 +230,13 @@ def _data_body(
     outcome: TransactionOutcome,
     trailer: bytes,
     progress: Callable[[int], None] | None,
+    check: LineCheck | None,
 ) -> Generator[Action, Reply | None, None]:
     """The message after a 354: CRLF-normalised, dot-stuffed, chunk by chunk;
     the last chunk, the final "." and ``trailer`` (a pipelined QUIT) in one write."""
     encoder = DataEncoder()
     previous = b""
-    for piece in _pieces(message):
+    for piece in _pieces(message, check):
         out = encoder.encode(piece)
         if out and len(previous) >= source.CHUNK:
             yield Send(previous, "")
@@ -251,12 +257,13 @@ def _bdat_frames(
     outcome: TransactionOutcome,
     trailer: bytes,
     progress: Callable[[int], None] | None,
+    check: LineCheck | None,
 ) -> Iterator[tuple[Send, bool]]:
     """``BDAT n`` frames (command and octets in one write), the last marked
     LAST and followed by ``trailer``; yields (frame, is_last)."""
     encoder = BodyEncoder()
     previous = b""
-    for piece in _pieces(message):
+    for piece in _pieces(message, check):
         out = encoder.encode(piece)
         if out and len(previous) >= source.CHUNK:
             yield Send(commands.bdat(len(previous)) + previous, f"BDAT {len(previous)}"), False
@@ -300,6 +307,15 @@ def transaction(
     """
     pipelining = capabilities.has("PIPELINING")
     chunking = capabilities.has("CHUNKING")
+    eight_bit = capabilities.has("8BITMIME")
+    if message.ascii is False and not eight_bit:
+        raise InvalidInputError(
+            "the message has 8-bit octets and the server does not offer 8BITMIME: "
+            "encode it (quoted-printable or base64), or use a server that offers 8BITMIME"
+        )
+    # A body not checked before (a stream) is checked as it goes; a violation
+    # aborts the transaction before its end is sent, so nothing is delivered.
+    check = None if message.body.checked else LineCheck(eight_bit=eight_bit)
     params: list[str] = []
     if capabilities.size_limit is not None and message.size is not None:
         params.append(f"SIZE={message.size}")
@@ -331,7 +347,7 @@ def transaction(
         if early and last_flight and chunking:
             # The whole message rides in this flight: the first BDAT frame goes
             # in the same write as MAIL and the RCPTs.
-            for frame, _ in _bdat_frames(message, outcome, trailer, progress):
+            for frame, _ in _bdat_frames(message, outcome, trailer, progress, check):
                 if payload:
                     frame = Send(payload + frame.data, f"{display}\n{frame.display}")
                     payload = b""
@@ -405,7 +421,7 @@ def transaction(
             yield from reset(timeouts)
             return outcome
         outcome.stage = "data"
-        yield from _data_body(message, outcome, trailer, progress)
+        yield from _data_body(message, outcome, trailer, progress, check)
         return (yield from _final(timeouts, outcome, bool(trailer)))
 
     if not commit:
@@ -416,7 +432,7 @@ def transaction(
     if chunking:
         outcome.stage = "data"
         frames = 0
-        for frame, last in _bdat_frames(message, outcome, trailer, progress):
+        for frame, last in _bdat_frames(message, outcome, trailer, progress, check):
             yield frame
             frames += 1
             if not pipelining or last:
@@ -441,7 +457,7 @@ def transaction(
     reply = yield from _receive(timeouts.command, "DATA", outcome)
     _expect(reply, "DATA", 354)
     outcome.stage = "data"
-    yield from _data_body(message, outcome, trailer, progress)
+    yield from _data_body(message, outcome, trailer, progress, check)
     return (yield from _final(timeouts, outcome, bool(trailer)))
 
 

@@ -66,6 +66,8 @@ class Body:
         self.restartable = restartable
         self.ascii = ascii
         self.started = False
+        #: True once the whole body was checked before sending (memory bodies)
+        self.checked = False
 
     def chunks(self) -> Iterator[bytes | memoryview]:
         """The body's chunks; a one-shot body can be read only once."""
