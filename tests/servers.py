@@ -42,6 +42,7 @@ Behaviour is configured with keyword arguments (all optional)::
                                                      # and only the wire's first 64 KiB
         accept_data_without_rcpt=True,               # 354 to DATA even with no recipient
         mail_421_once=True,                          # the first MAIL gets 421 and a hang-up
+        without_ehlo=["8BITMIME"],                   # keywords aiosmtpd offers, withheld
     )
 
 Call :meth:`RecordingServer.drop_connections` to close every client
@@ -569,7 +570,11 @@ class _Handler:
         if self._owner.ehlo_reply is not None:
             return [self._owner.ehlo_reply]
         session.host_name = hostname
-        keywords = [line[4:] for line in responses[1:]]
+        keywords = [
+            line[4:]
+            for line in responses[1:]
+            if (line[4:].split() or [""])[0].upper() not in self._owner.without_ehlo
+        ]
         extras = list(self._owner.extra_ehlo)
         if not server.record.hello_tls[-1]:
             extras += self._owner.plain_only_ehlo
@@ -695,6 +700,7 @@ class RecordingServer:
         discard_data: bool = False,
         accept_data_without_rcpt: bool = False,
         mail_421_once: bool = False,
+        without_ehlo: list[str] | None = None,
     ) -> None:
         self.host = HOST
         self.port = 0
@@ -729,6 +735,7 @@ class RecordingServer:
         self.discard_data = discard_data
         self.accept_data_without_rcpt = accept_data_without_rcpt
         self.mail_421_once = mail_421_once
+        self.without_ehlo = [k.upper() for k in without_ehlo or []]
         self.sessions: list[SessionRecord] = []
         self._size_limit = _DEFAULT_SIZE_LIMIT
         for keyword in self.extra_ehlo:

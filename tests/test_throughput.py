@@ -284,7 +284,7 @@ def test_file_and_iterable_messages(make_server, tmp_path, chunking):
 
 def test_size_declared_is_what_is_sent(make_server, tmp_path):
     server = make_server(chunking=True)
-    body = normalise_line_endings(b"x" * 1000 + b"\r\n")
+    body = normalise_line_endings((b"x" * 900 + b"\n") * 3)
     raw = b"From: a@example.com\r\nTo: b@example.org\r\n\r\n" + body
     smtplug.sendmessage(raw, servers="127.0.0.1", ports=server.port, usetls=False)
     declared = int(server.sessions[-1].commands[1].rsplit("SIZE=", 1)[1].split()[0])
@@ -319,7 +319,7 @@ def test_100_mb_file_with_bounded_memory(make_server, tmp_path):
 
 def test_progress_reports_octets_sent(make_server):
     server = make_server(chunking=True)
-    body = b"y" * (3 * 1024 * 1024)
+    body = (b"y" * 98 + b"\r\n") * (3 * 1024 * 1024 // 100)
     raw = b"From: a@example.com\r\nTo: b@example.org\r\n\r\n" + body
     seen = []
     smtplug.sendmessage(
