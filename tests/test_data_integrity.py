@@ -8,7 +8,11 @@ so nothing is delivered.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import smtplug
 from smtplug import InvalidInputError
@@ -112,3 +116,23 @@ def test_eight_bit_stream_to_a_server_without_8bitmime(make_server):
         send(server, iter([HEAD, "Grüße\r\n".encode()]))
     server.wait_idle()
     assert server.messages == []
+
+
+@given(
+    text=st.lists(st.sampled_from([b"a", b"b", b"\r", b"\n", b"\r\n"]), max_size=60).map(b"".join),
+    cuts=st.lists(st.integers(min_value=0, max_value=80), max_size=6),
+)
+def test_line_check_agrees_with_a_plain_reference(text, cuts):
+    """Fed in any chunks, LineCheck refuses exactly when some line is too long."""
+    limit = 5
+    lines = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    too_long = max(map(len, lines)) > limit
+    check = LineCheck(max_line=limit)
+    bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
+    try:
+        for start, end in itertools.pairwise(bounds):
+            check.feed(text[start:end])
+    except InvalidInputError:
+        assert too_long
+    else:
+        assert not too_long

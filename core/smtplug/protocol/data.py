@@ -173,19 +173,30 @@ class LineCheck:
                 "the message has 8-bit octets and the server does not offer 8BITMIME: "
                 "encode it (quoted-printable or base64), or use a server that offers 8BITMIME"
             )
-        lines = chunk.replace(b"\r", b"\n").split(b"\n")
-        longest = self._carry + len(lines[0])
-        if len(lines) > 1:
-            longest = max(longest, max(map(len, lines[1:-1]), default=0))
-            self._carry = len(lines[-1])
+        # Fast path: split on LF only. A CR (of a CRLF, or a bare one, which
+        # also ends a line) can only make these lengths longer than the truth,
+        # so when even they fit, the chunk is fine.
+        lines = chunk.split(b"\n")
+        last = lines[-1]
+        cr = last.rfind(b"\r")
+        if cr >= 0:  # the line ended at that CR (alone, or half of a split CRLF)
+            carry = len(last) - cr - 1
         else:
-            self._carry = longest
-        if max(longest, self._carry) > self._max_line:
-            raise InvalidInputError(
-                f"the message has a line longer than {self._max_line} octets, which SMTP "
-                "does not allow (RFC 5321 4.5.3.1.6); wrap it or encode the part "
-                "(quoted-printable or base64)"
-            )
+            carry = len(last) + (self._carry if len(lines) == 1 else 0)
+        bound = max(self._carry + len(lines[0]), max(map(len, lines)), carry)
+        if bound > self._max_line:
+            # Exact: every CR, LF and CRLF ends a line.
+            exact = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+            longest = self._carry + len(exact[0])
+            if len(exact) > 1:
+                longest = max(longest, max(map(len, exact[1:])))
+            if longest > self._max_line:
+                raise InvalidInputError(
+                    f"the message has a line longer than {self._max_line} octets, which "
+                    "SMTP does not allow (RFC 5321 4.5.3.1.6); wrap it or encode the part "
+                    "(quoted-printable or base64)"
+                )
+        self._carry = carry
 
 
 def encode_data(body: bytes) -> bytes:
