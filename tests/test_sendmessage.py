@@ -511,3 +511,43 @@ def test_demo_command_runs(capsys):
     assert "| Subject: Hi" in text
     assert main(["plugins"]) == 0
     assert "plain" in capsys.readouterr().out
+
+
+def test_421_during_the_transaction_fails_over_to_the_next_server(make_server):
+    closing = make_server(mail_421_once=True)
+    good = make_server()
+    result = smtplug.sendmessage(
+        message(From="a@example.com", To="b@example.org"),
+        servers=["127.0.0.1", "127.0.0.1"],
+        ports=[closing.port, good.port],
+    )
+    assert result.accepted and result.port == good.port
+    assert closing.messages == [] and len(good.messages) == 1
+    # No RSET to a server that said it is closing.
+    assert "RSET" not in closing.sessions[-1].commands
+
+
+def test_421_to_a_recipient_fails_over_too(make_server):
+    closing = make_server(refuse_rcpt={"b@example.org": (421, "4.3.2 Shutting down")})
+    good = make_server()
+    result = smtplug.sendmessage(
+        message(From="a@example.com", To="b@example.org"),
+        servers=["127.0.0.1", "127.0.0.1"],
+        ports=[closing.port, good.port],
+    )
+    assert result.accepted and result.port == good.port and closing.messages == []
+
+
+def test_421_on_the_last_server_names_every_failure(make_server):
+    first = make_server(greeting="421 4.3.2 Too busy")
+    closing = make_server(mail_421_once=True)
+    with pytest.raises(ConnectError) as info:
+        smtplug.sendmessage(
+            message(From="a@example.com", To="b@example.org"),
+            servers=["127.0.0.1", "127.0.0.1"],
+            ports=[first.port, closing.port],
+        )
+    failures = info.value.failures
+    assert [f.port for f in failures] == [first.port, closing.port]
+    assert all(f.error.code == 421 for f in failures)
+    assert isinstance(failures[1].error, ResponseError) and failures[1].error.command == "MAIL"

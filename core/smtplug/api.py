@@ -28,7 +28,13 @@ from smtplug.connect import (
     open_session,
 )
 from smtplug.driver import Connection
-from smtplug.errors import ConnectionLostError, InvalidInputError, ResponseError, SMTPError
+from smtplug.errors import (
+    ConnectionLostError,
+    InvalidInputError,
+    ResponseError,
+    ServerFailure,
+    SMTPError,
+)
 from smtplug.interfaces import (
     SASLCredentials,
     TLSBackend,
@@ -518,10 +524,15 @@ class Client:
         )
         _check_message_text(prepared)
         timeouts = self._plan.timeouts
-        for attempt in (1, 2):
+        failed: list[ServerFailure] = []
+        attempt = 0
+        while True:
+            attempt += 1
             reused = self._connection is not None
             if self._connection is None or self._capabilities is None:
-                self._connection, self._capabilities = open_session(self._plan, self._observers)
+                self._connection, self._capabilities = open_session(
+                    self._plan, self._observers, failed=failed
+                )
             connection, capabilities = self._connection, self._capabilities
             outcome = session.TransactionOutcome()
             try:
@@ -539,20 +550,37 @@ class Client:
                     )
                 )
             except (ConnectionLostError, ResponseError) as exc:
+                again = prepared.body.restartable or not prepared.body.started
+                # A kept session the server closed while idle (or answers 421
+                # to MAIL): reconnect once, transparently.
                 stale = (
                     reused
                     and attempt == 1
                     and outcome.stage == "mail"
                     and (isinstance(exc, ConnectionLostError) or exc.code == 421)
-                    and (prepared.body.restartable or not prepared.body.started)
+                    and again
                 )
-                if connection.broken or stale:
+                # 421 anywhere before the end of the message: a temporary
+                # failure of this server; nothing was delivered, try the next.
+                closing = (
+                    not stale
+                    and isinstance(exc, ResponseError)
+                    and exc.code == 421
+                    and outcome.stage != "sent"
+                    and again
+                )
+                if connection.broken or stale or closing:
                     self._drop()
                 elif not last:
                     with contextlib.suppress(SMTPError):
                         connection.run(session.reset(timeouts))
                 if stale:
                     connection.event(f"the kept session is gone ({exc.diagnostic}); reconnecting")
+                    continue
+                if closing:
+                    info = connection.info
+                    failed.append(ServerFailure(info.server, info.port, exc))
+                    connection.event(f"server failed: {exc}; trying the next server")
                     continue
                 raise
             except BaseException:
@@ -569,7 +597,6 @@ class Client:
                 recipients=outcome.accepted_recipients,
                 tls=connection.tls_info,
             )
-        raise AssertionError("unreachable")  # pragma: no cover
 
 
 def sendmessage(

@@ -113,10 +113,20 @@ class ConnectionPlan:
     tls_sessions: dict[tuple[str, int], object] = dataclasses.field(default_factory=dict)
 
 
-def open_session(plan: ConnectionPlan, hook: Any) -> tuple[Connection, Capabilities]:
-    """The first server that greets, says hello and settles TLS as the policy wants."""
-    failures: list[ServerFailure] = []
+def open_session(
+    plan: ConnectionPlan, hook: Any, *, failed: list[ServerFailure] | None = None
+) -> tuple[Connection, Capabilities]:
+    """The first server that greets, says hello and settles TLS as the policy wants.
+
+    ``failed`` collects the servers given up, in order; servers already in it
+    (given up earlier in the same send, e.g. after a 421 mid-transaction) are
+    not tried again, and all are named in the error when none is left.
+    """
+    failures: list[ServerFailure] = [] if failed is None else failed
+    skip = {(f.server, f.port) for f in failures}
     for server, port in plan.targets:
+        if (server, port) in skip:
+            continue
         try:
             connection, capabilities = _establish(plan, hook, server, port, starttls=True)
         except SMTPError as exc:
