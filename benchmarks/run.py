@@ -1,0 +1,744 @@
+"""Benchmark smtplug against smtplib, aiosmtplib and Postfix's smtp-source.
+
+    python benchmarks/run.py [--quick] [--scenarios 1,2,...] [--json out.json]
+
+Every scenario runs the clients in rounds, alternating them within one run (so
+machine noise hits all of them alike), against Postfix's smtp-sink on
+127.0.0.1 (scenario 5: inside a network namespace this script creates behind
+a veth pair with netem delay, removed afterwards). Each timed run is checked
+against the sink's own counters. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import clients
+import guard
+import netlink
+import sink as sinkmod
+from clients import HUNDRED, TO, DeliveryError, Job, NotAvailable, Runner
+
+import smtplug
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REFERENCE = "smtplug"
+OTHERS = ("smtplib", "aiosmtplib", "smtp-source")
+
+# Sizes: messages per timed run (scenario 4: megabytes; scenario 6: per connection).
+FULL = {1: 500, 2: 5000, 3: 200, 4: 50, 5: 10, 6: 500}
+QUICK = {1: 100, 2: 1000, 3: 30, 4: 5, 5: 1, 6: 100}
+# Time budgets per scenario, in seconds: a scenario past its budget is stopped
+# and reported with the rounds it finished.
+BUDGET_FULL = {1: 120, 2: 200, 3: 150, 4: 300, 5: 420, 6: 200}
+BUDGET_QUICK = {1: 30, 2: 30, 3: 30, 4: 60, 5: 60, 6: 30}
+# Past budget + GRACE (set-up, clean-up, a swallowed SIGALRM) the watchdog
+# stops the whole run, undoing everything it created.
+GRACE = 60
+
+TITLES = {
+    1: "one ~1 KB message per connection",
+    2: "small messages over one connection",
+    3: "one message to 100 recipients, a new connection each time",
+    4: "one big message: time and peak memory (fresh process per client and round)",
+    5: "scenario 3 over a link with {delay:g} ms delay each way",
+    6: "small messages over 8 concurrent connections",
+}
+
+
+class ScenarioTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[float]:
+    """Raise ScenarioTimeout in the main thread once ``seconds`` have passed."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise ScenarioTimeout(f"time budget of {seconds:.0f} s used up")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield time.monotonic() + seconds
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# --- results -----------------------------------------------------------------------------
+
+
+@dataclass
+class ClientResult:
+    samples: list[float] = field(default_factory=list)  # msg/s (scenario 4: seconds)
+    seconds: list[float] = field(default_factory=list)  # wall time of each timed run
+    status: str = "ok"
+    extra: dict[str, list[Any]] = field(default_factory=dict)
+
+
+@dataclass
+class ScenarioResult:
+    number: int
+    title: str
+    unit: str
+    params: dict[str, Any]
+    clients: dict[str, ClientResult] = field(default_factory=dict)
+    note: str = ""
+    skipped: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "unit": self.unit,
+            "params": self.params,
+            "note": self.note,
+            "skipped": self.skipped,
+            "clients": {
+                name: {
+                    "status": c.status,
+                    "samples": c.samples,
+                    "seconds": c.seconds,
+                    **({"extra": c.extra} if c.extra else {}),
+                }
+                for name, c in self.clients.items()
+            },
+        }
+
+
+def median_iqr(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    if len(values) < 2:
+        return values[0], 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return statistics.median(values), q3 - q1
+
+
+# --- the timed rounds -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    runner: Runner
+    sessions: int  # sessions the sink must count per run (-1: one per message)
+
+
+def verified_run(contender: Contender, job: Job, sink: sinkmod.Sink) -> float:
+    """Run once; return the wall time. Raises DeliveryError unless the sink got it all."""
+    before = sink.counters()
+    started = time.perf_counter()
+    contender.runner(job)
+    elapsed = time.perf_counter() - started
+    sessions = job.count if contender.sessions < 0 else contender.sessions
+    want_messages, want_sessions = before.messages + job.count, before.sessions + sessions
+    after = sink.wait_for(lambda c: c.messages >= want_messages and c.sessions >= want_sessions, 5)
+    if (after.messages, after.sessions) != (want_messages, want_sessions):
+        raise DeliveryError(
+            f"the sink counted {after.messages - before.messages} messages in "
+            f"{after.sessions - before.sessions} sessions, expected {job.count} in {sessions}"
+        )
+    if not sink.alive():
+        raise DeliveryError("smtp-sink died")
+    return elapsed
+
+
+def run_rounds(
+    result: ScenarioResult,
+    contenders: list[Contender],
+    job: Job,
+    sink: sinkmod.Sink,
+    rounds: int,
+    *,
+    warmup: bool = True,
+) -> None:
+    active = []
+    for contender in contenders:
+        result.clients[contender.name] = ClientResult()
+        if warmup:  # imports, first connection, caches: not timed, still verified
+            small = max(job.connections, min(50, job.count // 10))
+            try:
+                verified_run(contender, dataclasses.replace(job, count=small), sink)
+            except ScenarioTimeout:
+                result.clients[contender.name].status = "timed out (warm-up)"
+                raise
+            except NotAvailable as exc:
+                result.clients[contender.name].status = f"n/a ({exc})"
+                continue
+            except Exception as exc:
+                result.clients[contender.name].status = f"failed in warm-up: {exc!r}"[:200]
+                continue
+        active.append(contender)
+    for number in range(rounds):
+        shift = number % len(active) if active else 0
+        for contender in active[shift:] + active[:shift]:  # each client takes each position
+            client = result.clients[contender.name]
+            if client.status != "ok":
+                continue
+            try:
+                elapsed = verified_run(contender, job, sink)
+            except NotAvailable as exc:
+                client.status = f"n/a ({exc})"
+                continue
+            except ScenarioTimeout:
+                client.status = "timed out"
+                raise
+            except Exception as exc:
+                client.status = f"failed: {exc!r}"[:200]
+                continue
+            client.seconds.append(elapsed)
+            client.samples.append(job.count / elapsed)
+
+
+def contenders_for(number: int, have_source: bool) -> list[Contender]:
+    one_each = -1
+    if number in (1, 3, 5):
+        found = [
+            Contender("smtplug", clients.smtplug_per_connection, one_each),
+            Contender("smtplib", clients.smtplib_per_connection, one_each),
+            Contender("aiosmtplib", clients.aiosmtplib_per_connection, one_each),
+            Contender("smtp-source", clients.smtp_source(kept=False), one_each),
+        ]
+    elif number == 2:
+        found = [
+            Contender("smtplug", clients.smtplug_kept, 1),
+            Contender("smtplib", clients.smtplib_kept, 1),
+            Contender("aiosmtplib", clients.aiosmtplib_kept, 1),
+            Contender("smtp-source", clients.smtp_source(kept=True), 1),
+        ]
+    elif number == 6:
+        found = [
+            Contender("smtplug", clients.smtplug_concurrent, 8),
+            Contender("smtplib", clients.smtplib_concurrent, 8),
+            Contender("aiosmtplib", clients.aiosmtplib_concurrent, 8),
+        ]
+    else:
+        raise ValueError(number)
+    if not have_source:
+        found = [c for c in found if c.name != "smtp-source"]
+    return found
+
+
+def message_scenario(
+    number: int,
+    args: argparse.Namespace,
+    sink: sinkmod.Sink,
+    budget: float,
+    target: tuple[str, int] | None = None,
+) -> ScenarioResult:
+    """Scenarios 1, 2, 3, 5, 6; clients connect to ``target`` (default: the sink)."""
+    host, port = target or (sink.host, sink.port)
+    size = args.sizes[number]
+    connections = 8 if number == 6 else 1
+    count = size * connections
+    recipients = HUNDRED if number in (3, 5) else [TO]
+    title = TITLES[number].format(delay=args.delay_ms)
+    rounds = args.rounds if number != 5 else min(args.rounds, 2 if args.quick else 3)
+    result = ScenarioResult(
+        number,
+        title,
+        "msg/s",
+        {
+            "messages_per_run": count,
+            "connections": connections,
+            "recipients": len(recipients),
+            "message_bytes": len(clients.SMALL_MESSAGE),
+            "rounds": rounds,
+            "server": f"{host}:{port}",
+        },
+    )
+    sink.settle()  # sessions a timed-out scenario left behind are counted by now
+    with time_limit(budget) as deadline:
+        job = Job(
+            host, port, count, recipients, connections=connections,
+            timeout=args.timeout, deadline=deadline,
+        )  # fmt: skip
+        try:
+            run_rounds(
+                result,
+                contenders_for(number, args.have_source),
+                job,
+                sink,
+                rounds,
+                warmup=number != 5,
+            )
+        except ScenarioTimeout as exc:
+            result.note = f"stopped: {exc}; the rounds finished so far are shown"
+    return result
+
+
+# --- scenario 4: one big message, each client in a fresh process ----------------------------
+
+BIG_CLIENTS = ("smtplug-bytes", "smtplug-file", "smtplib", "aiosmtplib")
+# The child is started through a short-lived /bin/sh that forks it (no exec of
+# the last command): getrusage's max RSS would otherwise start at the
+# harness's own high-water mark, which the kernel carries over exec.
+SPAWN = ["/bin/sh", "-c", '"$0" "$@"; exit $?']
+
+
+def write_big_message(path: str, size: int) -> None:
+    """Headers and base64-like 76-character lines (an attachment), written in chunks."""
+    import base64
+    import random
+
+    generator = random.Random(4)
+    with open(path, "wb") as handle:
+        written = handle.write(
+            b"From: big-sender@example.com\r\nTo: big-rcpt@example.org\r\n"
+            b"Subject: big benchmark message\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: application/octet-stream\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n"
+        )
+        raw = generator.randbytes(57 * 4096)  # a 57-byte group gives one 76-char line
+        block = base64.encodebytes(raw).replace(b"\n", b"\r\n")
+        while written + len(block) <= size:
+            written += handle.write(block)
+        rest = block[: size - written]
+        rest = rest[: rest.rfind(b"\r\n") + 2] if b"\r\n" in rest else b""
+        handle.write(rest)
+
+
+def big_child(
+    client: str, mode: str, sink: sinkmod.Sink, path: str, args: argparse.Namespace, deadline: float
+) -> dict[str, Any]:
+    before = sink.counters()
+    command = [*SPAWN, sys.executable, os.path.join(HERE, "bigmessage.py"), client, mode]
+    command += [sink.host, str(sink.port), path, str(args.timeout * 4)]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+
+    def kill() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # the session started just above
+
+    token = guard.register(f"scenario 4 child pid {process.pid}", kill)
+    try:
+        out, err = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    except BaseException:
+        kill()
+        process.wait(5)
+        raise
+    finally:
+        guard.unregister(token)
+    lines = out.decode(errors="replace").strip().splitlines()
+    if process.returncode != 0 or not lines:
+        raise DeliveryError(
+            f"{client} child exited {process.returncode}: "
+            f"{(lines[-1:] or [''])[0]} {err.decode(errors='replace').strip()[-300:]}"
+        )
+    report = json.loads(lines[-1])
+    if not report["ok"]:
+        raise DeliveryError(f"{client}: {report['detail']}")
+    # Two messages: the child's small warm-up, then the big one.
+    after = sink.wait_for(lambda c: c.messages >= before.messages + 2, 5)
+    if after.messages != before.messages + 2:
+        raise DeliveryError(f"{client}: the sink counted {after.messages - before.messages} of 2")
+    return report
+
+
+def big_scenario(args: argparse.Namespace, sink: sinkmod.Sink, budget: float) -> ScenarioResult:
+    size = args.sizes[4] * 1024 * 1024
+    rounds = args.big_rounds
+    result = ScenarioResult(
+        4,
+        TITLES[4],
+        "s",
+        {"message_bytes": size, "rounds": rounds, "server": f"{sink.host}:{sink.port}"},
+    )
+    for client in BIG_CLIENTS:
+        result.clients[client] = ClientResult(
+            extra={"traced_peak": [], "rss_growth": [], "hwm_growth": [], "baseline_rss": []}
+        )
+    with tempfile.TemporaryDirectory(prefix="smtplug-bench-big-") as directory:
+        path = os.path.join(directory, "big.eml")
+        write_big_message(path, size)
+        result.params["message_bytes"] = size = os.path.getsize(path)
+        with time_limit(budget) as deadline:
+            try:
+                for number in range(rounds):
+                    shift = number % len(BIG_CLIENTS)
+                    for client in BIG_CLIENTS[shift:] + BIG_CLIENTS[:shift]:
+                        entry = result.clients[client]
+                        if entry.status != "ok":
+                            continue
+                        try:
+                            timed = big_child(client, "timed", sink, path, args, deadline)
+                            traced = big_child(client, "traced", sink, path, args, deadline)
+                        except ScenarioTimeout:
+                            entry.status = "timed out"
+                            raise
+                        except Exception as exc:
+                            entry.status = f"failed: {exc!r}"[:300]
+                            continue
+                        entry.samples.append(timed["seconds"])
+                        entry.seconds.append(timed["seconds"])
+                        entry.extra["traced_peak"].append(traced["traced_peak"])
+                        entry.extra["rss_growth"].append(timed["rss_growth"])
+                        entry.extra["hwm_growth"].append(timed["hwm_growth"])
+                        entry.extra["baseline_rss"].append(timed["baseline_rss"])
+            except ScenarioTimeout as exc:
+                result.note = f"stopped: {exc}; the rounds finished so far are shown"
+    return result
+
+
+# --- scenario 5: across a delayed veth pair -------------------------------------------------
+
+
+def connect_time(host: str, port: int, tries: int = 5) -> float:
+    """Median time from connect() to the server's greeting (two round trips), seconds."""
+    times = []
+    for _ in range(tries):
+        started = time.perf_counter()
+        with socket.create_connection((host, port), timeout=10) as probe:
+            probe.recv(200)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def delayed_scenario(args: argparse.Namespace, budget: float) -> ScenarioResult:
+    title = TITLES[5].format(delay=args.delay_ms)
+    try:
+        with (
+            netlink.delayed_link(args.delay_ms) as link,
+            sinkmod.running_sink(link.remote, netns=link.netns) as sink,
+        ):
+            before = sink.counters()
+            rtt = connect_time(sink.host, sink.port, tries=5)
+            # The probe connections are sessions too: let the sink count them first.
+            sink.wait_for(lambda c: c.sessions >= before.sessions + 5, 5)
+            result = message_scenario(5, args, sink, budget)
+            result.params["measured_greeting_ms"] = round(rtt * 1000, 2)
+            result.title += " (netns + veth + netem)" if args.delay_ms else " (netns + veth)"
+            result.note = (
+                f"link {link.local} -> {link.remote} ({link.outer}/{link.inner}, "
+                f"netns {link.netns}); connect + greeting took {rtt * 1000:.1f} ms"
+                + (f"; {result.note}" if result.note else "")
+            )
+    except netlink.LinkUnavailable as exc:
+        left = netlink.leftovers()
+        if left:
+            print(f"WARNING: could not remove {', '.join(left)}", file=sys.stderr)
+        if args.delay_proxy:
+            result = proxied_scenario(args, budget, str(exc))
+        else:
+            result = ScenarioResult(5, title, "msg/s", {})
+            result.skipped = (
+                f"{exc}. (--delay-proxy emulates the delay with a user-space relay on "
+                "127.0.0.1 instead.)"
+            )
+        return result
+    left = netlink.leftovers()
+    if left:
+        print(f"WARNING: could not remove {', '.join(left)}", file=sys.stderr)
+    return result
+
+
+@contextlib.contextmanager
+def delay_proxy(upstream: tuple[str, int], delay_ms: float, seconds: float) -> Iterator[int]:
+    """delayproxy.py in a process of its own; yields its port; stopped by PID."""
+    command = [sys.executable, os.path.join(HERE, "delayproxy.py"), upstream[0]]
+    command += [str(upstream[1]), str(delay_ms), str(seconds)]
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    token = guard.register(f"delay relay pid {process.pid}", process.kill)
+    try:
+        assert process.stdout is not None
+        with time_limit(15):
+            line = process.stdout.readline().decode().split()
+        if len(line) != 2 or line[0] != "ready":
+            raise sinkmod.SinkError("the delay proxy did not start")
+        yield int(line[1])
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+        guard.unregister(token)
+
+
+def proxied_scenario(args: argparse.Namespace, budget: float, why: str) -> ScenarioResult:
+    with (
+        sinkmod.running_sink("127.0.0.1") as sink,
+        delay_proxy((sink.host, sink.port), args.delay_ms, budget + 30) as port,
+    ):
+        before = sink.counters()
+        rtt = connect_time("127.0.0.1", port, tries=3)
+        sink.wait_for(lambda c: c.sessions >= before.sessions + 3, 5)
+        result = message_scenario(5, args, sink, budget, target=("127.0.0.1", port))
+        result.title += " [EMULATED: user-space delay relay on 127.0.0.1]"
+        result.params["measured_greeting_ms"] = round(rtt * 1000, 2)
+        result.note = (
+            f"netem unavailable ({why}); emulated by benchmarks/delayproxy.py "
+            f"(127.0.0.1:{port} -> {sink.host}:{sink.port}), {args.delay_ms} ms each way; "
+            f"connect + greeting took {rtt * 1000:.1f} ms"
+            + (f"; {result.note}" if result.note else "")
+        )
+    return result
+
+
+# --- reporting ----------------------------------------------------------------------------
+
+
+def _ratio(ours: float, theirs: float) -> str:
+    if not (ours == ours and theirs == theirs) or theirs <= 0 or ours <= 0:  # NaN or zero
+        return "n/a"
+    return f"{ours / theirs:.2f}"
+
+
+def print_result(result: ScenarioResult) -> None:
+    print(f"\n== {result.number}. {result.title} ==")
+    if result.skipped:
+        print(f"scenario {result.number} skipped: {result.skipped}")
+        return
+    params = ", ".join(f"{k}={v}" for k, v in result.params.items())
+    print(f"   ({params})")
+    if result.number == 4:
+        print_big(result)
+    else:
+        print(f"  {'client':<13}{'median msg/s':>14}{'IQR':>10}{'runs':>6}  status")
+        for name, client in result.clients.items():
+            median, iqr = median_iqr(client.samples)
+            places = 2 if median < 10 else 1
+            shown = (
+                f"{median:14.{places}f}{iqr:10.{places}f}"
+                if client.samples
+                else f"{'-':>14}{'-':>10}"
+            )
+            print(f"  {name:<13}{shown}{len(client.samples):>6}  {client.status}")
+        medians = {n: median_iqr(c.samples)[0] for n, c in result.clients.items() if c.samples}
+        ours = medians.get(REFERENCE, float("nan"))
+        ratios = [
+            f"smtplug/{name} {_ratio(ours, medians.get(name, float('nan')))}"
+            for name in OTHERS
+            if name in result.clients
+        ]
+        print("  ratios (messages per second, above 1 = smtplug faster): " + "   ".join(ratios))
+    if result.note:
+        print(f"  note: {result.note}")
+
+
+def print_big(result: ScenarioResult) -> None:
+    size = result.params["message_bytes"]
+    print(
+        f"  {'client':<15}{'median s':>10}{'IQR s':>8}{'traced peak':>13}"
+        f"{'max-RSS growth':>16}{'runs':>6}  status"
+    )
+    print(f"  {'':<15}{'':>10}{'':>8}{'(x size)':>13}{'(x size)':>16}")
+    medians = {}
+    for name, client in result.clients.items():
+        if client.samples:
+            median, iqr = median_iqr(client.samples)
+            medians[name] = median
+            peak = statistics.median(client.extra["traced_peak"]) / size
+            rss = statistics.median(client.extra["rss_growth"]) / size
+            shown = f"{median:10.3f}{iqr:8.3f}{peak:13.2f}{rss:16.2f}"
+        else:
+            shown = f"{'-':>10}{'-':>8}{'-':>13}{'-':>16}"
+        print(f"  {name:<15}{shown}{len(client.samples):>6}  {client.status}")
+    for mine in ("smtplug-bytes", "smtplug-file"):
+        ours = medians.get(mine, float("nan"))
+        # Speed ratio, as in the other scenarios: the other's time / smtplug's time.
+        ratios = [
+            f"{mine}/{name} {_ratio(medians.get(name, float('nan')), ours)}"
+            for name in ("smtplib", "aiosmtplib")
+        ]
+        print(
+            "  ratios (speed: other's time / smtplug's; above 1 = smtplug faster): "
+            + "   ".join(ratios)
+        )
+    print(
+        "  memory is on top of a baseline that already holds the caller's copy of the "
+        "message (bytes clients)"
+    )
+
+
+def machine_facts() -> dict[str, Any]:
+    facts: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": None,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "kernel": platform.release(),
+        "smtplug": getattr(smtplug, "__version__", None),
+        "aiosmtplib": None,
+        "postfix": None,
+        "loadavg_at_start": os.getloadavg(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                facts["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(ImportError):
+        import aiosmtplib
+
+        facts["aiosmtplib"] = aiosmtplib.__version__
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(
+            ["dpkg-query", "-W", "-f", "${Version}", "postfix"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        facts["postfix"] = done.stdout.strip() or None
+    return facts
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes: under a minute")
+    parser.add_argument("--scenarios", default="1,2,3,4,5,6", help="e.g. 1,2,3 (default: all)")
+    parser.add_argument("--json", metavar="PATH", help="write machine facts and raw samples")
+    parser.add_argument("--rounds", type=int, help="rounds per scenario (default 5; quick 3)")
+    parser.add_argument(
+        "--sizes",
+        default="",
+        help="override sizes, e.g. '1=500,2=5000,3=200,4=50,5=10,6=500' (messages per run; "
+        "4: megabytes; 6: messages per connection)",
+    )
+    parser.add_argument(
+        "--delay-ms", type=float, default=10.0, help="scenario 5's delay each way (0: no netem)"
+    )
+    parser.add_argument(
+        "--delay-proxy",
+        action="store_true",
+        help="where netem is missing, run scenario 5 through a user-space delay relay on "
+        "127.0.0.1 (benchmarks/delayproxy.py) instead of skipping it",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        help="time budget per scenario, seconds (default: 30 to 60 quick, 120 to 420 full)",
+    )
+    parser.add_argument("--timeout", type=float, default=30.0, help="per network operation, s")
+    args = parser.parse_args(argv)
+    try:
+        args.wanted = sorted({int(part) for part in args.scenarios.split(",") if part.strip()})
+        sizes = dict(QUICK if args.quick else FULL)
+        for item in filter(None, (part.strip() for part in args.sizes.split(","))):
+            key, value = item.split("=")
+            sizes[int(key)] = int(value)
+    except ValueError:
+        parser.error("--scenarios and --sizes take numbers, e.g. --scenarios 1,3 --sizes 1=100")
+    if not set(args.wanted) <= set(FULL) or min(sizes.values()) < 1:
+        parser.error("scenarios are 1 to 6; sizes must be at least 1")
+    if args.rounds is not None and not 1 <= args.rounds <= 50:
+        parser.error("--rounds must be 1 to 50")
+    args.sizes = sizes
+    args.rounds = args.rounds or (3 if args.quick else 5)
+    args.big_rounds = min(args.rounds, 1 if args.quick else 3)
+    args.budgets = BUDGET_QUICK if args.quick else BUDGET_FULL
+    if args.budget is not None:
+        args.budgets = dict.fromkeys(FULL, args.budget)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    if not os.path.exists(sinkmod.SINK):
+        print(f"{sinkmod.SINK} is missing: apt-get install postfix", file=sys.stderr)
+        return 2
+    args.have_source = os.path.exists(clients.SOURCE)
+    if not args.have_source:
+        print(f"note: {clients.SOURCE} is missing: no smtp-source column")
+
+    guard.install_signal_handlers()  # Ctrl-C, SIGTERM, SIGHUP: undo everything, exit
+    watchdog = guard.Watchdog()
+    facts = machine_facts()
+    print("smtplug benchmark" + (" (quick)" if args.quick else ""))
+    for key, value in facts.items():
+        print(f"  {key}: {value}")
+    if not hasattr(smtplug, "Client"):
+        print("  note: smtplug.Client missing: scenarios 2 and 6 show n/a for smtplug")
+    started = time.monotonic()
+    results: list[ScenarioResult] = []
+    try:
+        local = [n for n in args.wanted if n != 5]
+        if local:
+            with sinkmod.running_sink("127.0.0.1") as sink:
+                print(f"  smtp-sink: pid {sink.pid} on {sink.host}:{sink.port}")
+                for number in local:
+                    budget = args.budgets[number]
+                    watchdog.arm(budget + GRACE, f"scenario {number}")
+                    if number == 4:
+                        result = big_scenario(args, sink, budget)
+                    else:
+                        result = message_scenario(number, args, sink, budget)
+                    watchdog.disarm()
+                    print_result(result)
+                    results.append(result)
+        if 5 in args.wanted:
+            watchdog.arm(args.budgets[5] + GRACE, "scenario 5")
+            result = delayed_scenario(args, args.budgets[5])
+            watchdog.disarm()
+            print_result(result)
+            results.append(result)
+    except sinkmod.SinkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        watchdog.close()
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump(
+                    {
+                        "machine": facts,
+                        "args": {
+                            "quick": args.quick,
+                            "rounds": args.rounds,
+                            "sizes": args.sizes,
+                            "delay_ms": args.delay_ms,
+                        },
+                        "scenarios": {str(r.number): r.as_json() for r in results},
+                    },
+                    handle,
+                    indent=2,
+                )
+    print(
+        f"\ndone in {time.monotonic() - started:.0f} s"
+        + (f"; raw samples in {args.json}" if args.json else "")
+    )
+    failed = [
+        f"{r.number}:{name}"
+        for r in results
+        for name, c in r.clients.items()
+        if c.status.startswith(("failed", "timed out"))
+    ]
+    if failed:
+        print(f"failures: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
