@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from smtplug.errors import InvalidInputError
 from smtplug.protocol.commands import check_address
-from smtplug.source import Body, MessageInput, read_message
+from smtplug.source import FIELD_LINE, Body, MessageInput, read_message
 
 __all__ = ["DISALLOWED_HEADERS", "PreparedMessage", "parse_addresses", "prepare"]
 
@@ -53,7 +53,6 @@ _ADDRESS_FIELDS = frozenset(
 _NEVER_SENT = frozenset({"bcc", "dcc", "resent-bcc", "resent-dcc"})
 
 _FIELD_NAME = re.compile(rb"[!-9;-~]+")  # RFC 5322 ftext: printable US-ASCII but ":"
-_FIELD_LINE = re.compile(rb"([!-9;-~]+)[ \t]*:")
 _BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _MAX_LINE = 998
 
@@ -204,7 +203,7 @@ def _parse_fields(head: bytes) -> list[_Field]:
         if line[:1] in (b" ", b"\t") and fields:
             fields[-1].raw += line
             continue
-        match = _FIELD_LINE.match(line)
+        match = FIELD_LINE.match(line)
         if match is None:  # cannot happen: read_message stops the block there
             raise InvalidInputError(f"malformed header line: {line[:60]!r}")
         name = match.group(1).decode("ascii")

@@ -31,7 +31,7 @@ from typing import IO
 
 from smtplug.errors import InvalidInputError
 
-__all__ = ["CHUNK", "MAX_HEADER", "Body", "MessageInput", "read_message"]
+__all__ = ["CHUNK", "FIELD_LINE", "MAX_HEADER", "Body", "MessageInput", "read_message"]
 
 #: Octets read from a file or handed to the encoder at a time.
 CHUNK = 1 << 20
@@ -42,7 +42,8 @@ MessageInput = (
     email.message.Message | bytes | bytearray | memoryview | str | IO[bytes] | Iterable[bytes]
 )
 
-_FIELD_LINE = re.compile(rb"[!-9;-~]+[ \t]*:")
+#: A header field's first line: its name (group 1, RFC 5322 ftext) and the colon.
+FIELD_LINE = re.compile(rb"([!-9;-~]+)[ \t]*:")
 
 
 class Body:
@@ -106,7 +107,7 @@ def scan_header(buffer: bytes | memoryview, final: bool) -> tuple[int, int] | No
             return pos, end
         if line[:1] in (b" ", b"\t") and seen_field:
             pass
-        elif _FIELD_LINE.match(line) is None:
+        elif FIELD_LINE.match(line) is None:
             return pos, pos
         else:
             seen_field = True
