@@ -72,7 +72,7 @@ class StdlibBackend:
         timeout: float | None,
         session: object | None = None,
     ) -> TLSStream:
-        peer = f"{server_hostname}"
+        peer = server_hostname
         try:
             context = self.context(options)
         except InvalidInputError:
