@@ -30,9 +30,9 @@ class _RecordingStream:
     def read(self, max_bytes, timeout):
         return self._stream.read(max_bytes, timeout)
 
-    def write(self, data):
+    def write(self, data, timeout):
         self._writes.append(bytes(data))
-        self._stream.write(data)
+        self._stream.write(data, timeout)
 
     def close(self):
         self._stream.close()

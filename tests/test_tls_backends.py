@@ -238,7 +238,7 @@ def read_exactly(stream: TLSStream, size: int, timeout: float = 5) -> bytes:
 
 
 def round_trip(stream: TLSStream, line: bytes = b"EHLO client.example\r\n") -> None:
-    stream.write(line)
+    stream.write(line, 5)
     assert read_exactly(stream, len(line)) == line
 
 
@@ -563,7 +563,7 @@ def test_write_times_out_when_the_server_reads_nothing(backend, make_server, cer
     try:
         started = time.monotonic()
         with pytest.raises(ConnectionLostError) as caught:
-            stream.write(bytes(64 << 20))
+            stream.write(bytes(64 << 20), 0.5)
         assert time.monotonic() - started < 4
         assert caught.value.timed_out is True
     finally:
@@ -596,7 +596,7 @@ def test_large_write_arrives_whole(backend, make_server, certs, files) -> None:
     server = make_server(certs.server, action="digest", expect=len(data))
     stream = connect(backend, server, "localhost", TLSOptions(cafile=files.cafile))
     try:
-        stream.write(data)
+        stream.write(data, 5)
         assert read_exactly(stream, 65) == hashlib.sha256(data).hexdigest().encode() + b"\n"
     finally:
         stream.close()
@@ -622,7 +622,7 @@ def test_close_is_idempotent(backend, make_server, certs, files) -> None:
     with pytest.raises(ConnectionLostError):
         stream.read(10, 1)
     with pytest.raises(ConnectionLostError):
-        stream.write(b"x")
+        stream.write(b"x", 1)
     assert stream.tls is True
 
 

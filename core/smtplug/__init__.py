@@ -21,6 +21,7 @@ from smtplug.errors import (
 from smtplug.hookspecs import hookimpl, hookspec
 from smtplug.interfaces import ConnectionInfo
 from smtplug.protocol import Reply
+from smtplug.session import Timeouts
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,7 @@ __all__ = [
     "SendResult",
     "ServerFailure",
     "TLSError",
+    "Timeouts",
     "__version__",
     "hookimpl",
     "hookspec",

@@ -15,7 +15,7 @@ import getpass
 import math
 import os
 import platform
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,14 +100,42 @@ def _flag(name: str, value: object) -> bool:
     return value
 
 
-def _seconds(name: str, value: object, *, optional: bool) -> float | None:
-    if value is None and optional:
-        return None
+def _seconds(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidInputError(f"{name} must be a number of seconds, not {value!r}")
     if not (math.isfinite(value) and value > 0):
         raise InvalidInputError(f"{name} must be a positive number of seconds, not {value!r}")
     return float(value)
+
+
+def _timeouts(timeout: object, maxsecs: object, timeouts: object) -> session.Timeouts:
+    """The waits: RFC 5321's, ``timeouts`` by phase, or ``timeout`` for every
+    wait but the final one and ``maxsecs`` (Tcllib's) for that one."""
+    if timeouts is not None and (timeout is not None or maxsecs is not None):
+        raise InvalidInputError("give either timeouts, or timeout and maxsecs, not both")
+    if timeouts is None:
+        values: dict[str, float] = {}
+        if timeout is not None:
+            every = _seconds("timeout", timeout)
+            values = {phase: every for phase in session.PHASES if phase != "final"}
+        if maxsecs is not None:
+            values["final"] = _seconds("maxsecs", maxsecs)
+    elif isinstance(timeouts, session.Timeouts):
+        values = {phase: getattr(timeouts, phase) for phase in session.PHASES}
+    elif isinstance(timeouts, Mapping):
+        unknown = sorted(str(name) for name in timeouts if name not in session.PHASES)
+        if unknown:
+            raise InvalidInputError(
+                f"unknown timeouts {unknown}: the phases are {', '.join(session.PHASES)}"
+            )
+        values = dict(timeouts)
+    else:
+        raise InvalidInputError(
+            f"timeouts must be a smtplug.Timeouts or a mapping of phase to seconds, "
+            f"not {timeouts!r}"
+        )
+    checked = {phase: _seconds(f"timeouts[{phase!r}]", value) for phase, value in values.items()}
+    return session.Timeouts(**checked)
 
 
 def _as_list(name: str, value: object, kind: type) -> list[Any]:
@@ -279,8 +307,7 @@ def _plan(
     tlspolicy: object,
     tls: _TLSArgs,
     auth_args: _AuthArgs,
-    timeout: float | None,
-    maxsecs: float | None,
+    timeouts: session.Timeouts,
 ) -> ConnectionPlan:
     targets = _servers_and_ports(servers, ports)
     if client is None:
@@ -333,7 +360,6 @@ def _plan(
 
     auth = _auth_plan(registry, auth_args)
 
-    timeouts = session.Timeouts.tcllib(timeout=timeout, maxsecs=maxsecs)
     return ConnectionPlan(
         targets=tuple(targets),
         client=client,
@@ -341,7 +367,6 @@ def _plan(
         policy=policy,
         usetls=usetls,
         timeouts=timeouts,
-        connect_timeout=timeout if timeout is not None else timeouts.command,
         transport_options=transport_options,
         tls_verify=tls_options.verify,
         auth=auth,
@@ -403,15 +428,15 @@ class Client:
         mechanisms: Sequence[str] | None = None,
         insecure_cleartext_auth: bool = False,
         debug: bool = False,
-        maxsecs: float = 120,
+        maxsecs: float | None = None,
         timeout: float | None = None,
+        timeouts: session.Timeouts | Mapping[str, float] | None = None,
         plugins: Sequence[object] = (),
         block_plugins: Sequence[str] = (),
     ) -> None:
         for name, value in (("usetls", usetls), ("tlsimport", tlsimport), ("debug", debug)):
             _flag(name, value)
-        maxsecs_value = _seconds("maxsecs", maxsecs, optional=False)
-        timeout_value = _seconds("timeout", timeout, optional=True)
+        timeouts_value = _timeouts(timeout, maxsecs, timeouts)
         block = _as_list("block_plugins", block_plugins, str)
         if isinstance(plugins, str | bytes) or not isinstance(plugins, Iterable):
             raise InvalidInputError("plugins must be a list of plugin objects")
@@ -431,8 +456,7 @@ class Client:
             auth_args=_AuthArgs(
                 username, password, oauth_token, authzid, mechanisms, insecure_cleartext_auth
             ),
-            timeout=timeout_value,
-            maxsecs=maxsecs_value,
+            timeouts=timeouts_value,
         )
         self._connection: Connection | None = None
         self._capabilities: Capabilities | None = None
@@ -627,8 +651,9 @@ def sendmessage(
     mechanisms: Sequence[str] | None = None,
     insecure_cleartext_auth: bool = False,
     debug: bool = False,
-    maxsecs: float = 120,
+    maxsecs: float | None = None,
     timeout: float | None = None,
+    timeouts: session.Timeouts | Mapping[str, float] | None = None,
     progress: Callable[[int], None] | None = None,
     plugins: Sequence[object] = (),
     block_plugins: Sequence[str] = (),
@@ -664,6 +689,7 @@ def sendmessage(
         debug=debug,
         maxsecs=maxsecs,
         timeout=timeout,
+        timeouts=timeouts,
         plugins=plugins,
         block_plugins=block_plugins,
     ) as connection:

@@ -104,7 +104,6 @@ class ConnectionPlan:
     policy: TLSPolicy
     usetls: bool
     timeouts: session.Timeouts
-    connect_timeout: float | None
     transport_options: Mapping[str, Any]
     tls_verify: bool = True
     auth: AuthPlan | None = None
@@ -270,7 +269,7 @@ def _establish(
     info = ConnectionInfo(server, port, plan.transport.name)
     hook.smtplug_on_event(info=info, event=f"Trying {server}:{port}...")
     stream = plan.transport.connect(
-        server, port, timeout=plan.connect_timeout, options=plan.transport_options
+        server, port, timeout=plan.timeouts.connect, options=plan.transport_options
     )
     info = ConnectionInfo(server, port, plan.transport.name, stream.tls)
     connection = Connection(stream, info, hook, sessions=plan.tls_sessions)

@@ -113,7 +113,7 @@ class Connection:
                 raise ProtocolError(
                     f"{self.info.server} sent data before the command {action.display!r}"
                 )
-            self._stream.write(action.data)
+            self._stream.write(action.data, action.timeout)
             for line in action.display.split("\n") if action.display else ():
                 self._hook.smtplug_on_command(info=self.info, command=line)
             return None

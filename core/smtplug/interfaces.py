@@ -53,8 +53,10 @@ class Stream(Protocol):
     ``read`` returns at most ``max_bytes`` bytes, and ``b""`` once the peer has
     closed; it raises :class:`smtplug.errors.ConnectionLostError` (with
     ``timed_out=True`` when ``timeout`` seconds pass without data) on failure.
-    ``write`` sends every byte or raises ``ConnectionLostError``. ``close`` is
-    idempotent and never raises.
+    ``write`` sends every byte or raises ``ConnectionLostError`` (with
+    ``timed_out=True`` when ``timeout`` seconds pass without the peer taking
+    any of them: RFC 5321's per-block wait, not a limit on the whole write).
+    ``close`` is idempotent and never raises.
     """
 
     @property
@@ -64,7 +66,7 @@ class Stream(Protocol):
 
     def read(self, max_bytes: int, timeout: float | None) -> bytes: ...
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes, timeout: float | None) -> None: ...
 
     def close(self) -> None: ...
 

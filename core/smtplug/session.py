@@ -54,10 +54,14 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Write ``data``; ``display`` is what observers are shown (secrets redacted)."""
+    """Write ``data``; ``display`` is what observers are shown (secrets redacted).
+
+    ``timeout``: seconds the peer may go without taking any of the bytes.
+    """
 
     data: bytes
     display: str
+    timeout: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,27 +87,35 @@ class Upgrade:
 Action = Send | Receive | Upgrade
 
 
+#: The phases a wait belongs to, as :class:`Timeouts` names them.
+PHASES = ("connect", "greeting", "command", "mail", "rcpt", "data", "block", "final")
+
+
 @dataclass(frozen=True, slots=True)
 class Timeouts:
-    """How long each read may wait, in seconds (Tcllib's waits by default).
+    """How long each wait may last, in seconds; every wait has a limit.
 
-    Tcllib waits 600 s for the greeting and for the reply to MAIL, 300 s for
-    other commands, 600 s for RCPT (it asks for 3600 s and caps waits at
-    600 s), and ``-maxsecs`` (120 s) for the reply to the final ".".
+    The defaults are RFC 5321 section 4.5.3.2's: 5 minutes for the greeting
+    and the replies to MAIL and RCPT, 2 minutes for the reply to DATA, 3
+    minutes for each block of message data to be taken, 10 minutes for the
+    reply to the final "." (the server may be scanning the message: giving up
+    early makes the delivery unknown). The RFC names no wait for other
+    commands (EHLO, STARTTLS and its handshake, AUTH, RSET, QUIT), which get
+    5 minutes, nor for connecting: 60 seconds lets the next server be tried
+    within a minute when a host never answers.
     """
 
-    greeting: float | None = 600.0
-    command: float | None = 300.0
-    mail: float | None = 600.0
-    rcpt: float | None = 600.0
-    final: float | None = 120.0
-
-    @classmethod
-    def tcllib(cls, *, timeout: float | None, maxsecs: float | None) -> Timeouts:
-        """Tcllib's waits, each replaced by ``timeout`` when given."""
-        if timeout is None:
-            return cls(final=maxsecs)
-        return cls(timeout, timeout, timeout, timeout, maxsecs)
+    connect: float = 60.0
+    greeting: float = 300.0
+    command: float = 300.0
+    mail: float = 300.0
+    rcpt: float = 300.0
+    data: float = 120.0
+    """The reply to DATA, and to each BDAT chunk but the last."""
+    block: float = 180.0
+    """Each write of message data: how long the server may take no byte of it."""
+    final: float = 600.0
+    """The reply to the final "." (or to ``BDAT ... LAST``)."""
 
 
 @dataclass(slots=True)
@@ -129,13 +141,13 @@ def _expect(reply: Reply, command: str, *codes: int) -> Reply:
     return reply
 
 
-def _command(line: bytes) -> Send:
-    return Send(line, line[:-2].decode("utf-8", "backslashreplace"))
+def _command(line: bytes, timeouts: Timeouts) -> Send:
+    return Send(line, line[:-2].decode("utf-8", "backslashreplace"), timeouts.command)
 
 
 def _tolerant(line: bytes, what: str, timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
     """A command whose answer the caller judges; only 421 (closing) raises."""
-    yield _command(line)
+    yield _command(line, timeouts)
     reply = yield Receive(timeouts.command, what)
     assert reply is not None
     if reply.code == 421:
@@ -152,14 +164,14 @@ def greet(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
 
 def hello(client: str, timeouts: Timeouts) -> Generator[Action, Reply | None, Capabilities]:
     """EHLO, or HELO after a 5xx to EHLO (as Tcllib); anything else fails."""
-    yield _command(commands.ehlo(client))
+    yield _command(commands.ehlo(client), timeouts)
     reply = yield Receive(timeouts.command, "EHLO")
     assert reply is not None
     if reply.code == 250:
         return Capabilities.from_ehlo(reply)
     if not reply.is_permanent:
         raise ResponseError(reply.diagnostic, reply.code, command="EHLO", enhanced=reply.enhanced)
-    yield _command(commands.helo(client))
+    yield _command(commands.helo(client), timeouts)
     reply = yield Receive(timeouts.command, "HELO")
     assert reply is not None
     return Capabilities.from_helo(_expect(reply, "HELO", 250))
@@ -227,6 +239,7 @@ def _pieces(message: PreparedMessage, check: LineCheck | None) -> Iterator[bytes
 
 def _data_body(
     message: PreparedMessage,
+    timeouts: Timeouts,
     outcome: TransactionOutcome,
     trailer: bytes,
     progress: Callable[[int], None] | None,
@@ -239,14 +252,14 @@ def _data_body(
     for piece in _pieces(message, check):
         out = encoder.encode(piece)
         if out and len(previous) >= source.CHUNK:
-            yield Send(previous, "")
+            yield Send(previous, "", timeouts.block)
             previous = b""
             if progress is not None:
                 progress(encoder.bytes_in - len(piece))
         previous += out
     tail = previous + encoder.finish()
     display = f"<message: {encoder.bytes_in} octets>" + ("\nQUIT" if trailer else "")
-    yield Send(tail + trailer, display)
+    yield Send(tail + trailer, display, timeouts.block)
     outcome.stage = "sent"
     if progress is not None:
         progress(encoder.bytes_in)
@@ -254,6 +267,7 @@ def _data_body(
 
 def _bdat_frames(
     message: PreparedMessage,
+    timeouts: Timeouts,
     outcome: TransactionOutcome,
     trailer: bytes,
     progress: Callable[[int], None] | None,
@@ -266,7 +280,8 @@ def _bdat_frames(
     for piece in _pieces(message, check):
         out = encoder.encode(piece)
         if out and len(previous) >= source.CHUNK:
-            yield Send(commands.bdat(len(previous)) + previous, f"BDAT {len(previous)}"), False
+            frame = commands.bdat(len(previous)) + previous
+            yield Send(frame, f"BDAT {len(previous)}", timeouts.block), False
             previous = b""
             if progress is not None:
                 progress(encoder.bytes_in - len(piece))
@@ -274,7 +289,8 @@ def _bdat_frames(
     last = previous + encoder.finish()
     line = commands.bdat(len(last), last=True)
     display = f"BDAT {len(last)} LAST <message: {encoder.bytes_in} octets>"
-    yield Send(line + last + trailer, display + ("\nQUIT" if trailer else "")), True
+    display += "\nQUIT" if trailer else ""
+    yield Send(line + last + trailer, display, timeouts.block), True
     outcome.stage = "sent"
     if progress is not None:
         progress(encoder.bytes_in)
@@ -347,9 +363,11 @@ def transaction(
         if early and last_flight and chunking:
             # The whole message rides in this flight: the first BDAT frame goes
             # in the same write as MAIL and the RCPTs.
-            for frame, _ in _bdat_frames(message, outcome, trailer, progress, check):
+            for frame, _ in _bdat_frames(message, timeouts, outcome, trailer, progress, check):
                 if payload:
-                    frame = Send(payload + frame.data, f"{display}\n{frame.display}")
+                    frame = Send(
+                        payload + frame.data, f"{display}\n{frame.display}", timeouts.block
+                    )
                     payload = b""
                 yield frame
                 bdat_replies += 1
@@ -357,7 +375,7 @@ def transaction(
             if early and last_flight:
                 payload += commands.data()
                 display += "\nDATA"
-            yield Send(payload, display)
+            yield Send(payload, display, timeouts.command)
         for _ in flight:
             if index == 0:
                 reply = yield from _receive(timeouts.mail, "MAIL", outcome)
@@ -380,7 +398,7 @@ def transaction(
                     outcome.refused.append((address, reply.code, reply.diagnostic))
             index += 1
         if early and last_flight and not chunking:
-            data_reply = yield from _receive(timeouts.command, "DATA", outcome)
+            data_reply = yield from _receive(timeouts.data, "DATA", outcome)
 
     commit = bool(outcome.accepted_recipients) and (not outcome.refused or atleastone)
     commit = commit and mail_error is None
@@ -390,7 +408,7 @@ def transaction(
         replies = []
         for number in range(bdat_replies):
             what = "BDAT LAST" if number == bdat_replies - 1 else "BDAT"
-            timeout = timeouts.final if number == bdat_replies - 1 else timeouts.command
+            timeout = timeouts.final if number == bdat_replies - 1 else timeouts.data
             replies.append((yield from _receive(timeout, what, outcome)))
         if trailer:
             yield from _quit_reply(timeouts, outcome)
@@ -421,7 +439,7 @@ def transaction(
             yield from reset(timeouts)
             return outcome
         outcome.stage = "data"
-        yield from _data_body(message, outcome, trailer, progress, check)
+        yield from _data_body(message, timeouts, outcome, trailer, progress, check)
         return (yield from _final(timeouts, outcome, bool(trailer)))
 
     if not commit:
@@ -432,7 +450,7 @@ def transaction(
     if chunking:
         outcome.stage = "data"
         frames = 0
-        for frame, last in _bdat_frames(message, outcome, trailer, progress, check):
+        for frame, last in _bdat_frames(message, timeouts, outcome, trailer, progress, check):
             yield frame
             frames += 1
             if not pipelining or last:
@@ -441,7 +459,7 @@ def transaction(
                     final = last and number == frames - 1
                     what = "BDAT LAST" if final else "BDAT"
                     reply = yield from _receive(
-                        timeouts.final if final else timeouts.command, what, outcome
+                        timeouts.final if final else timeouts.data, what, outcome
                     )
                     _expect(reply, what, 250)
                     if final:
@@ -453,11 +471,11 @@ def transaction(
         return outcome
 
     # -- DATA ---------------------------------------------------------------------
-    yield _command(commands.data())
-    reply = yield from _receive(timeouts.command, "DATA", outcome)
+    yield _command(commands.data(), timeouts)
+    reply = yield from _receive(timeouts.data, "DATA", outcome)
     _expect(reply, "DATA", 354)
     outcome.stage = "data"
-    yield from _data_body(message, outcome, trailer, progress, check)
+    yield from _data_body(message, timeouts, outcome, trailer, progress, check)
     return (yield from _final(timeouts, outcome, bool(trailer)))
 
 
@@ -486,7 +504,7 @@ def _empty_data(
     timeouts: Timeouts, outcome: TransactionOutcome
 ) -> Generator[Action, Reply | None, None]:
     """End a DATA the server accepted with 354 although nothing is to be sent."""
-    yield Send(b".\r\n", ".")
+    yield Send(b".\r\n", ".", timeouts.block)
     yield from _receive(timeouts.final, 'the final "."', outcome)
 
 
@@ -497,7 +515,7 @@ def reset(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
 
 def quit(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
     """QUIT; the caller ignores its failures (the work is done by then)."""
-    yield _command(commands.quit())
+    yield _command(commands.quit(), timeouts)
     reply = yield Receive(timeouts.command, "QUIT")
     assert reply is not None
     return reply
@@ -520,7 +538,7 @@ def authenticate(
     except Exception as exc:
         raise _mechanism_failed(mechanism, exc) from exc
     display = f"AUTH {mechanism}" + ("" if initial is None else " <redacted>")
-    yield Send(commands.auth(mechanism, initial), display)
+    yield Send(commands.auth(mechanism, initial), display, timeouts.command)
     while True:
         reply = yield Receive(timeouts.command, f"AUTH {mechanism}")
         assert reply is not None
@@ -529,11 +547,11 @@ def authenticate(
                 answer = exchange.respond(commands.decode_challenge(reply.text))
             except Exception as exc:
                 # Abandon the exchange; the server answers 501 (RFC 4954).
-                yield Send(commands.sasl_cancel(), "*")
+                yield Send(commands.sasl_cancel(), "*", timeouts.command)
                 cancelled = yield Receive(timeouts.command, "*")
                 assert cancelled is not None
                 raise _mechanism_failed(mechanism, exc) from exc
-            yield Send(commands.sasl_response(answer), "<redacted>")
+            yield Send(commands.sasl_response(answer), "<redacted>", timeouts.command)
         elif reply.code == 235:
             try:
                 exchange.verify()

@@ -23,12 +23,10 @@ class SocketStream:
         self,
         sock: socket.socket,
         peer: str,
-        write_timeout: float | None,
         tls_info: TLSInfo | None = None,
     ) -> None:
         self._sock: socket.socket | None = sock
         self._peer = peer
-        self._write_timeout = write_timeout
         self._tls_info = tls_info
         self._current_timeout = sock.gettimeout()
 
@@ -81,14 +79,16 @@ class SocketStream:
         except OSError as exc:
             raise ConnectionLostError(f"read from {self._peer} failed: {exc}") from exc
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, timeout: float | None) -> None:
         sock = self._live()
         try:
-            self._timeout(sock, self._write_timeout)
+            # The timeout bounds each send() system call, so a slow reader that
+            # keeps taking data never trips it: RFC 5321's "data block" wait.
+            self._timeout(sock, timeout)
             sock.sendall(data)
         except TimeoutError as exc:
             raise ConnectionLostError(
-                f"write to {self._peer} timed out after {self._write_timeout} s", timed_out=True
+                f"write to {self._peer} made no progress for {timeout} s", timed_out=True
             ) from exc
         except OSError as exc:
             raise ConnectionLostError(f"write to {self._peer} failed: {exc}") from exc

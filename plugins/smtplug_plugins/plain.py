@@ -20,7 +20,7 @@ class PlainTransport:
     def connect(
         self, host: str, port: int, *, timeout: float | None, options: Mapping[str, Any]
     ) -> Stream:
-        return SocketStream(open_socket(host, port, timeout), f"{host}:{port}", timeout)
+        return SocketStream(open_socket(host, port, timeout), f"{host}:{port}")
 
 
 @hookimpl

@@ -28,14 +28,13 @@ class StartTLSStream(SocketStream):
         self,
         sock: Any,
         peer: str,
-        write_timeout: float | None,
         *,
         backend: TLSBackend,
         tls_options: TLSOptions,
         server_hostname: str,
         session: object | None = None,
     ) -> None:
-        super().__init__(sock, peer, write_timeout)
+        super().__init__(sock, peer)
         self._backend = backend
         self._tls_options = tls_options
         self._server_hostname = server_hostname
@@ -62,7 +61,6 @@ class StartTLSTransport:
         return StartTLSStream(
             open_socket(host, port, timeout),
             f"{host}:{port}",
-            timeout,
             backend=options["tls_backend"],
             tls_options=options["tls_options"],
             server_hostname=host,

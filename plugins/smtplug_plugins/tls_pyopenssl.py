@@ -172,10 +172,10 @@ class PyOpenSSLStream:
     Errors map as :class:`smtplug_plugins._sockets.SocketStream` maps them:
     ``read`` returns ``b""`` on a clean or abrupt close and raises
     :class:`~smtplug.errors.ConnectionLostError` (``timed_out=True`` after
-    ``timeout`` seconds without data); ``write`` sends every byte within the
-    write timeout or raises ``ConnectionLostError``; ``close`` sends a
-    best-effort close_notify, closes the socket, is idempotent and never
-    raises.
+    ``timeout`` seconds without data); ``write`` sends every byte, making
+    progress at least every ``timeout`` seconds, or raises
+    ``ConnectionLostError``; ``close`` sends a best-effort close_notify,
+    closes the socket, is idempotent and never raises.
     """
 
     def __init__(
@@ -183,13 +183,11 @@ class PyOpenSSLStream:
         conn: SSL.Connection,
         sock: socket.socket,
         peer: str,
-        write_timeout: float | None,
         tls_info: TLSInfo,
     ) -> None:
         self._conn: SSL.Connection | None = conn
         self._sock = sock
         self._peer = peer
-        self._write_timeout = write_timeout
         self._tls_info = tls_info
         self._broken = False  # after a fatal error no close_notify may be sent
 
@@ -253,11 +251,12 @@ class PyOpenSSLStream:
                     f"read from {self._peer} timed out after {timeout} s", timed_out=True
                 )
 
-    def write(self, data: bytes) -> None:
-        """Send all of ``data`` within the write timeout (as a whole)."""
+    def write(self, data: bytes, timeout: float | None) -> None:
+        """Send all of ``data``; fail when no byte goes for ``timeout`` seconds
+        (RFC 5321's "data block" wait is per send, not for the whole message)."""
         conn = self._live()
         view = memoryview(data).cast("B")
-        deadline = _deadline(self._write_timeout)
+        deadline = _deadline(timeout)
         while view:
             try:
                 # After WantWrite the same bytes are offered again, as OpenSSL
@@ -274,6 +273,7 @@ class PyOpenSSLStream:
                 ) from exc
             else:
                 view = view[sent:]
+                deadline = _deadline(timeout)
                 continue
             try:
                 ready = _wait(self._sock, writable=writable, deadline=deadline)
@@ -281,7 +281,7 @@ class PyOpenSSLStream:
                 raise ConnectionLostError(f"write to {self._peer} failed: {exc}") from exc
             if not ready:
                 raise ConnectionLostError(
-                    f"write to {self._peer} timed out after {self._write_timeout} s",
+                    f"write to {self._peer} made no progress for {timeout} s",
                     timed_out=True,
                 )
 
@@ -428,7 +428,7 @@ class PyOpenSSLBackend:
                 raise
             verified = True
 
-        return PyOpenSSLStream(conn, sock, peer, timeout, self._info(conn, verified))
+        return PyOpenSSLStream(conn, sock, peer, self._info(conn, verified))
 
     @staticmethod
     def _verify_peer(

@@ -121,7 +121,7 @@ class StdlibBackend:
             channel_bindings=bindings,
             resumed=bool(tls_sock.session_reused),
         )
-        return SocketStream(tls_sock, peer, timeout, tls_info=info)
+        return SocketStream(tls_sock, peer, tls_info=info)
 
 
 @hookimpl
