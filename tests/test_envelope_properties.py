@@ -85,9 +85,12 @@ def field_names(prepared: PreparedMessage) -> list[str]:
 
 
 def assert_sendable(prepared: PreparedMessage) -> None:
-    """Every envelope address goes through the MAIL/RCPT encoders as one clean line."""
-    lines = [commands.mail(prepared.sender)]
-    lines += [commands.rcpt(address) for address in prepared.recipients]
+    """Every envelope address goes through the MAIL/RCPT encoders as one clean line
+    (with SMTPUTF8 for a non-ASCII address: the session asks the server for it)."""
+    lines = [commands.mail(prepared.sender, smtputf8=not prepared.sender.isascii())]
+    lines += [
+        commands.rcpt(address, smtputf8=not address.isascii()) for address in prepared.recipients
+    ]
     for line in lines:
         assert line.endswith(b"\r\n")
         assert line.count(b"\r") == line.count(b"\n") == 1
@@ -555,7 +558,7 @@ def test_tricky_text_gives_clear_addresses(text: str) -> None:
         raise
     assert len(addresses) <= text.count(",") + 1
     for address in addresses:
-        commands.rcpt(address)
+        commands.rcpt(address, smtputf8=not address.isascii())
         domain = address.rpartition("@")[2]
         assert domain and not set(domain) & set('"(),;:<>@\\ \t')
 
