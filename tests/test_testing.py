@@ -576,6 +576,52 @@ def test_bytes_pipelined_after_starttls_are_discarded(tls):
     assert session.received == b"STARTTLS\r\nMAIL FROM:<injected@x>\r\nNOOP\r\n"
 
 
+def tls_with_first_command(sock: socket.socket, context: ssl.SSLContext, data: bytes) -> bytes:
+    """Handshake over ``sock`` and send ``data`` in the same write as the
+    client's last handshake message; return everything the server answers."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            sock.sendall(outgoing.read())
+            incoming.write(sock.recv(65536))
+    tls.write(data)
+    sock.sendall(outgoing.read())  # Finished and the commands, one segment
+    answer = b""
+    while True:
+        try:
+            data = tls.read(65536)
+        except ssl.SSLWantReadError:
+            received = sock.recv(65536)
+            if not received:
+                return answer
+            incoming.write(received)
+            continue
+        if not data:  # the server's close_notify
+            return answer
+        answer += data
+
+
+def test_commands_with_the_last_handshake_message_are_kept(tls):
+    # The client's first command can arrive together with its Finished
+    # message, before start_tls returns on the server side.
+    cafile, context = tls
+    client_context = ssl.create_default_context(cafile=cafile)
+    with ScriptedServer(tls_context=context) as server:
+        for _ in range(5):
+            client = Raw(server.port)
+            client.reply()
+            assert client.ask(b"STARTTLS\r\n").startswith(b"220")
+            answer = tls_with_first_command(client.sock, client_context, b"NOOP\r\nQUIT\r\n")
+            client.close()
+            assert answer == b"250 2.0.0 OK\r\n221 2.0.0 Bye\r\n"
+        server.wait_idle()
+    assert all(s.verbs == ["STARTTLS", "NOOP", "QUIT"] for s in server.sessions)
+
+
 # --- life cycle --------------------------------------------------------------------------
 
 

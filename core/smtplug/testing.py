@@ -396,8 +396,17 @@ class _Connection(asyncio.Protocol):
             else:
                 pieces = (chunk[i : i + drip[0]] for i in range(0, len(chunk), drip[0]))
             for piece in pieces:
-                if drip is not None and not first:
-                    await asyncio.sleep(drip[1])
+                if not first:
+                    # Between pieces, never after the last (after a 220 to
+                    # STARTTLS the handshake must start with no pause): the
+                    # drip's delay, flow control, a look at the connection.
+                    if drip is not None:
+                        await asyncio.sleep(drip[1])
+                    if self._paused:
+                        self._drain_waiter = self.loop.create_future()
+                        await self._drain_waiter
+                    elif drip is None:
+                        await asyncio.sleep(0)
                 first = False
                 if self.closed:
                     raise ConnectionResetError("the client closed the connection")
@@ -405,11 +414,6 @@ class _Connection(asyncio.Protocol):
                 self.transport.write(piece)
                 self.session._sent += piece
                 head = (head + piece)[:3]
-                if self._paused:
-                    self._drain_waiter = self.loop.create_future()
-                    await self._drain_waiter
-                else:
-                    await asyncio.sleep(0)  # let the loop notice a closed connection
         return head
 
     # -- the script ---------------------------------------------------------
@@ -538,8 +542,11 @@ class _Connection(asyncio.Protocol):
     async def _start_tls(self) -> None:
         context = self.server.tls_context
         assert context is not None and self.transport is not None
-        # Written with no await before start_tls pauses reading: the client's
-        # handshake cannot be read as plain text.
+        # Whatever the client sent before the handshake is never read as if it
+        # came over TLS. No await between the 220 and start_tls, which pauses
+        # reading at once: the handshake cannot be read as plain text, and what
+        # arrives over TLS (even before start_tls returns) is kept.
+        self.buffer.clear()
         transport = await self.loop.start_tls(
             self.transport,
             self,
@@ -550,7 +557,6 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.session.tls = True
-        self.buffer.clear()  # sent before the handshake: never read as if over TLS
 
 
 class ScriptedServer:
