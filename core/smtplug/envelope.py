@@ -25,6 +25,7 @@ connection is opened.
 
 from __future__ import annotations
 
+import email.headerregistry
 import email.message
 import email.policy
 import email.utils
@@ -32,6 +33,7 @@ import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from email.errors import NonASCIILocalPartDefect
 
 from smtplug.errors import InvalidInputError
 from smtplug.protocol.commands import check_address
@@ -67,6 +69,9 @@ class PreparedMessage:
     header: bytes
     body: Body
     resent: bool
+    smtputf8: bool = False
+    """An address (in the envelope or a header field smtplug wrote) is not
+    ASCII: the message needs a server that offers SMTPUTF8 (RFC 6531)."""
 
     @property
     def size(self) -> int | None:
@@ -137,19 +142,43 @@ def _parse_addresses(value: str, hostname: str) -> tuple[str, ...]:
         if _LOCAL_PART.fullmatch(stripped):
             part = f"{stripped}@{hostname}"
         items.append(part)
-    header = email.policy.default.header_factory("To", ", ".join(items))
-    defects = list(header.defects)
+    try:
+        header = email.policy.default.header_factory("To", ", ".join(items))
+        header.addresses  # noqa: B018 (parsed lazily; may raise too)
+    except Exception as exc:  # the stdlib parser raises IndexError and more on junk
+        raise _AddressError("malformed address", f"{value!r}: {type(exc).__name__}") from None
+    # A non-ASCII local part is no defect under SMTPUTF8; whether the server
+    # offers it is checked before MAIL.
+    defects = [d for d in header.defects if not isinstance(d, NonASCIILocalPartDefect)]
     if defects:
         raise _AddressError("malformed address", f"{value!r}: {defects[0]}")
-    addresses = tuple(address.addr_spec for address in header.addresses)
+    addresses = tuple(_addr_spec(address) for address in header.addresses)
     for address in addresses:
-        if "@" not in address or address.startswith("@"):
-            raise _AddressError("malformed address", repr(address))
         try:
-            check_address(address)
+            check_address(address, smtputf8=True)
         except InvalidInputError as exc:
             raise _AddressError("invalid address", exc.diagnostic) from None
     return addresses
+
+
+# RFC 5322 dot-atom (and RFC 6532's UTF-8 in it), and a domain literal's dtext.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+"
+_DOT_ATOM = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
+_DOMAIN_LITERAL = re.compile(r"\[[\x21-\x5a\x5e-\x7e]*\]")
+
+
+def _addr_spec(address: email.headerregistry.Address) -> str:
+    """The address as it goes on the wire: a local part that is no dot-atom
+    quoted (the stdlib's ``addr_spec`` drops the quotes of ``"a..b"``); a domain
+    that is neither a dot-atom nor a plain domain literal refused."""
+    local, domain = address.username, address.domain
+    if not local or not domain:
+        raise _AddressError("malformed address", repr(address.addr_spec))
+    if _DOT_ATOM.fullmatch(local) is None:
+        local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if _DOT_ATOM.fullmatch(domain) is None and _DOMAIN_LITERAL.fullmatch(domain) is None:
+        raise _AddressError("malformed domain", repr(address.addr_spec))
+    return f"{local}@{domain}"
 
 
 _LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+")
@@ -168,14 +197,14 @@ def _split_top_level(value: str) -> list[str]:
             escaped = True
         elif quoted:
             quoted = char != '"'
-        elif char == '"':
-            quoted = True
         elif char == "(":
             depth_comment += 1
         elif char == ")" and depth_comment:
             depth_comment -= 1
         elif depth_comment:
-            pass
+            pass  # a quote inside a comment starts nothing
+        elif char == '"':
+            quoted = True
         elif char == "<":
             depth_angle += 1
         elif char == ">" and depth_angle:
@@ -212,12 +241,23 @@ def _parse_fields(head: bytes) -> list[_Field]:
 
 
 def _render(name: str, value: str) -> bytes:
-    """One header field, folded and encoded as needed, CRLF-terminated."""
+    """One header field, folded and encoded as needed, CRLF-terminated.
+
+    Non-ASCII text becomes RFC 2047 encoded words, except in an address
+    (an encoded word is not allowed there): a field holding a non-ASCII
+    address is written in UTF-8 (RFC 6532), for an SMTPUTF8 server only.
+    """
     line = f"{name}: {value}\r\n"
     if line.isascii() and len(line) <= _MAX_LINE + 2:
         return line.encode("ascii")
     policy = email.policy.SMTP
-    folded: str = policy.header_factory(name, value).fold(policy=policy)
+    field = policy.header_factory(name, value)
+    if name.lower() in _ADDRESS_FIELDS and not all(
+        address.addr_spec.isascii() for address in getattr(field, "addresses", ())
+    ):
+        utf8 = email.policy.SMTPUTF8
+        return str(utf8.header_factory(name, value).fold(policy=utf8)).encode("utf-8")
+    folded: str = field.fold(policy=policy)
     return folded.encode("ascii")
 
 
@@ -364,4 +404,13 @@ def prepare(
             out.extend(_render(name, value) for value in field_values)
     out.extend(_render(name, value) for name, value in added)
     out.append(b"\r\n")
-    return PreparedMessage(sender, tuple(rcpt), b"".join(out), body, resent)
+    header_bytes = b"".join(out)
+    smtputf8 = not (sender.isascii() and all(address.isascii() for address in rcpt))
+    if not smtputf8 and (given or added) and not header_bytes.isascii():
+        # A field written here in UTF-8 (an address no encoded word may hold).
+        smtputf8 = any(
+            not _render(name, value).isascii()
+            for name, value in [*pairs, *added]
+            if name.lower() in _ADDRESS_FIELDS
+        )
+    return PreparedMessage(sender, tuple(rcpt), header_bytes, body, resent, smtputf8)

@@ -329,16 +329,28 @@ def transaction(
             "the message has 8-bit octets and the server does not offer 8BITMIME: "
             "encode it (quoted-printable or base64), or use a server that offers 8BITMIME"
         )
+    smtputf8 = capabilities.has("SMTPUTF8")
+    if message.smtputf8 and not smtputf8:
+        raise InvalidInputError(
+            "an address is not ASCII and the server does not offer SMTPUTF8 (RFC 6531): "
+            "use an ASCII address (an IDNA A-label domain such as xn--...), or a server "
+            "that offers SMTPUTF8"
+        )
     # A body not checked before (a stream) is checked as it goes; a violation
     # aborts the transaction before its end is sent, so nothing is delivered.
     check = None if message.body.checked else LineCheck(eight_bit=eight_bit)
     params: list[str] = []
     if capabilities.size_limit is not None and message.size is not None:
         params.append(f"SIZE={message.size}")
-    if capabilities.has("8BITMIME") and message.ascii is not True:
+    if eight_bit and message.ascii is not True:
         params.append("BODY=8BITMIME")
-    lines = [commands.mail(message.sender, params)]
-    lines += [commands.rcpt(address) for address in message.recipients]
+    # SMTPUTF8 is declared for a non-ASCII address, and for UTF-8 in the
+    # header (RFC 6532) where the server allows it.
+    utf8 = message.smtputf8 or (smtputf8 and not message.header.isascii())
+    if utf8:
+        params.append("SMTPUTF8")
+    lines = [commands.mail(message.sender, params, smtputf8=utf8)]
+    lines += [commands.rcpt(address, smtputf8=utf8) for address in message.recipients]
     trailer = commands.quit() if quit_after and pipelining else b""
     # DATA (or BDAT) may join the MAIL/RCPT flight when no refusal could make
     # the client regret it: with atleastone, or with a single recipient (if it
