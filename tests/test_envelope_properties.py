@@ -14,13 +14,11 @@ import base64
 import contextlib
 import copy
 import email.policy
-import os
-import traceback
 from collections.abc import Sequence
 from email.message import EmailMessage
 
 import pytest
-from hypothesis import assume, example, given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from smtplug.envelope import PreparedMessage, parse_addresses, prepare
@@ -52,31 +50,12 @@ def run(
     )
 
 
-def stdlib_parser_crash(exc: BaseException) -> bool:
-    """An exception raised inside the standard library's email parser."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    return bool(frames) and f"{os.sep}email{os.sep}" in frames[-1].filename
-
-
-def tolerate_known_crash(exc: Exception) -> None:
-    """Discard an example that hits the known BUG (see
-    ``test_malformed_addresses_raise_only_invalid_input_error``) so that the
-    other properties keep being checked; re-raise anything else. Remove once
-    ``prepare`` turns the parser's own exceptions into InvalidInputError."""
-    if isinstance(exc, InvalidInputError) or not stdlib_parser_crash(exc):
-        raise exc
-    assume(False)
-
-
 def attempt(message: object, **options: object) -> PreparedMessage | None:
     """``run``, with InvalidInputError (the only error allowed) as None."""
     try:
         return run(message, **options)  # type: ignore[arg-type]
     except InvalidInputError:
         return None
-    except Exception as exc:
-        tolerate_known_crash(exc)
-        raise
 
 
 def field_names(prepared: PreparedMessage) -> list[str]:
@@ -553,9 +532,6 @@ def test_tricky_text_gives_clear_addresses(text: str) -> None:
         addresses = parse_addresses("recipients", text, hostname=HOST)
     except InvalidInputError:
         return
-    except Exception as exc:
-        tolerate_known_crash(exc)
-        raise
     assert len(addresses) <= text.count(",") + 1
     for address in addresses:
         commands.rcpt(address, smtputf8=not address.isascii())
@@ -563,14 +539,9 @@ def test_tricky_text_gives_clear_addresses(text: str) -> None:
         assert domain and not set(domain) & set('"(),;:<>@\\ \t')
 
 
-# --- known bugs ---------------------------------------------------------------------------
+# --- bugs these properties found (fixed) ---------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: prepare accepts an address longer than the 512-octet MAIL/RCPT line allows; "
-    "the RCPT encoder refuses it only after the connection is opened",
-)
 @given(st.integers(1, 1000))
 @example(500)
 def test_every_accepted_address_fits_a_command_line(length: int) -> None:
@@ -580,12 +551,6 @@ def test_every_accepted_address_fits_a_command_line(length: int) -> None:
         assert_sendable(prepared)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the address sent is not the one written: quotes a dot-string needs are "
-    'dropped ("a..b"@x -> a..b@x) and quoted-pairs in a domain literal unescaped '
-    "(a@[x\\]y] -> a@[x]y]); neither result parses again",
-)
 @given(st.one_of(address_lists().map(lambda case: case[0]), _TRICKY))
 @example('"a..b"@example.org')
 @example("a@[x\\]y]")
@@ -594,19 +559,10 @@ def test_accepted_addresses_parse_again_to_themselves(text: str) -> None:
         addresses = parse_addresses("recipients", text, hostname=HOST)
     except InvalidInputError:
         return
-    except Exception as exc:
-        tolerate_known_crash(exc)
-        raise
     for address in addresses:
         assert parse_addresses("again", address, hostname=HOST) == [address]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: envelope._split_top_level takes a double quote inside a comment for the "
-    "start of a quoted string, splits inside a later quoted local part and rejoins it with "
-    '", ": (") "),x"@example.org gives the recipient "), x"@example.org',
-)
 @given(address_lists(comments=st.sampled_from(_PLAIN_COMMENTS + _QUOTE_COMMENTS)))
 @example(('(") "),x"@example.org', ['"),x"@example.org']))
 def test_double_quote_in_a_comment_changes_nothing(case: tuple[str, list[str]]) -> None:
@@ -618,12 +574,6 @@ def test_double_quote_in_a_comment_changes_nothing(case: tuple[str, list[str]]) 
     assert addresses == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the standard library's address parser raises IndexError, AttributeError, "
-    "TypeError or HeaderParseError on some malformed text ('a@', '<', '\"', ' :', '>,.'), "
-    "and prepare lets it escape instead of raising InvalidInputError",
-)
 @given(_TRICKY)
 @example("a@")
 @example("<")

@@ -177,19 +177,29 @@ def test_positions_accept_plain_text(name: str, encode: Callable[[str], bytes]) 
 
 
 def test_mail_line_limit() -> None:
-    # "MAIL FROM:<" (11) + address + ">" (1) + CRLF (2) = 512
-    address = "a" * 200 + "@" + "b" * (512 - 14 - 201)
-    line = commands.mail(address)
+    # "MAIL FROM:<a@b>" (15) + " X=" (3) + value + CRLF (2) = 512
+    value = "v" * (512 - 20)
+    line = commands.mail("a@b", [f"X={value}"])
     assert len(line) == 512
     with pytest.raises(InvalidInputError, match="512"):
-        commands.mail(address + "b")
+        commands.mail("a@b", [f"X={value}v"])
+
+
+def test_address_limit_is_rfc_5321s_path() -> None:
+    # A path holds 256 octets with "<" and ">": 254 for the address.
+    address = "a" * 64 + "@" + "b" * (254 - 65)
+    assert len(commands.mail(address)) == 11 + 254 + 1 + 2
+    assert len(commands.rcpt(address)) == 9 + 254 + 1 + 2
+    for encoder in (commands.mail, commands.rcpt):
+        with pytest.raises(InvalidInputError, match="254 octets"):
+            encoder(address + "b")
 
 
 def test_limit_counts_octets_not_characters() -> None:
-    address = "ü" * 200 + "@x"  # 402 octets, 202 characters
-    assert len(commands.rcpt(address, smtputf8=True)) == 402 + 12
-    with pytest.raises(InvalidInputError):
-        commands.rcpt("ü" * 250 + "@x", smtputf8=True)  # 502 octets + 12
+    address = "ü" * 120 + "@x"  # 242 octets, 122 characters
+    assert len(commands.rcpt(address, smtputf8=True)) == 242 + 12
+    with pytest.raises(InvalidInputError, match="254 octets"):
+        commands.rcpt("ü" * 127 + "@x", smtputf8=True)  # 256 octets, 129 characters
 
 
 def test_limit_includes_params() -> None:

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from smtplug.errors import InvalidInputError, ProtocolError
 
 __all__ = [
+    "MAX_ADDRESS",
     "MAX_AUTH_LINE",
     "MAX_COMMAND_LINE",
     "auth",
@@ -52,6 +53,9 @@ __all__ = [
 
 MAX_COMMAND_LINE = 512
 """Octets in a command line, CRLF included (RFC 5321 section 4.5.3.1.4)."""
+
+MAX_ADDRESS = 254
+"""Octets in an address: a path holds 256 with its "<" and ">" (RFC 5321 4.5.3.1.3)."""
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SPACE = re.compile(r"\s")
@@ -125,7 +129,8 @@ def check_address(address: str, *, allow_empty: bool = False, smtputf8: bool = F
 
     Refuses control characters, ``<``, ``>``, whitespace outside a quoted
     local part, the empty address (unless ``allow_empty``: the null reverse
-    path) and non-ASCII text unless ``smtputf8``.
+    path), non-ASCII text unless ``smtputf8``, and more than
+    :data:`MAX_ADDRESS` octets.
     """
     _check_text("address", address)
     if not address:
@@ -142,6 +147,11 @@ def check_address(address: str, *, allow_empty: bool = False, smtputf8: bool = F
             address.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidInputError(f"address {_show(address)} is not valid Unicode") from None
+    if len(address.encode("utf-8", "surrogatepass")) > MAX_ADDRESS:
+        raise InvalidInputError(
+            f"address {_show(address)} is longer than the {MAX_ADDRESS} octets a path "
+            "may hold (RFC 5321 section 4.5.3.1.3: 256 with its angle brackets)"
+        )
     if "<" in address or ">" in address:
         raise InvalidInputError(f"address {_show(address)} contains '<' or '>'")
     outside = address
