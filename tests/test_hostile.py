@@ -477,6 +477,21 @@ def test_unsolicited_bytes_after_a_reply_are_never_paired(extra):
     assert server.sessions[0].verbs == ["EHLO", "MAIL"]  # RCPT never sent
 
 
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+def test_a_fake_final_reply_with_the_354_stops_the_message(pipelining):
+    # A "250 queued" sent with the 354 must not be taken as the answer to the
+    # final "." (and the message must not follow it).
+    capabilities = ["8BITMIME", "PIPELINING"] if pipelining else ["8BITMIME"]
+    script = {"DATA": b"354 go ahead\r\n250 2.0.0 queued as FAKE\r\n"}
+    with ScriptedServer(script, capabilities=capabilities) as server:
+        with pytest.raises(ProtocolError):
+            send(server)
+        server.wait_idle()
+    session = server.sessions[0]
+    assert session.verbs == ["EHLO", "MAIL", "RCPT", "DATA"]
+    assert session.received.endswith(b"DATA\r\n")  # not one octet of the message
+
+
 # --- control characters in replies --------------------------------------------------------
 
 

@@ -75,6 +75,7 @@ from typing import TypeAlias
 
 __all__ = [
     "CLOSE",
+    "GREETING",
     "RESET",
     "SILENT",
     "STALL",
@@ -130,6 +131,17 @@ class Answer:
 
 
 Rule: TypeAlias = "bytes | Answer | Action | Iterable[bytes] | Callable[[Command], Rule | None]"
+
+
+def _key(key: object) -> str | tuple[str, int]:
+    """A script key, verb upper-cased; ValueError if it is not one."""
+    if isinstance(key, str):
+        return key.upper()
+    if isinstance(key, tuple) and len(key) == 2:
+        verb, occurrence = key
+        if isinstance(verb, str) and isinstance(occurrence, int) and occurrence >= 1:
+            return verb.upper(), occurrence
+    raise ValueError(f"script keys are verbs or (verb, occurrence >= 1), not {key!r}")
 
 
 def _check_drip(drip: tuple[int, float]) -> None:
@@ -588,23 +600,7 @@ class ScriptedServer:
         drip: tuple[int, float] | None = None,
         hostname: str = "scripted.test",
     ) -> None:
-        self.script: dict[str | tuple[str, int], Rule] = dict(script or {})
-        for key in self.script:
-            if not (
-                isinstance(key, str)
-                or (
-                    isinstance(key, tuple)
-                    and len(key) == 2
-                    and isinstance(key[0], str)
-                    and isinstance(key[1], int)
-                    and key[1] >= 1
-                )
-            ):
-                raise ValueError(f"script keys are verbs or (verb, occurrence >= 1), not {key!r}")
-        self.script = {
-            (key.upper() if isinstance(key, str) else (key[0].upper(), key[1])): rule
-            for key, rule in self.script.items()
-        }
+        self.script = {_key(key): rule for key, rule in (script or {}).items()}
         self.greeting = greeting
         if implicit_tls and tls_context is None:
             raise ValueError("implicit_tls needs a tls_context")
@@ -737,10 +733,11 @@ class ScriptedServer:
             await asyncio.wait_for(self._server.wait_closed(), _STOP_TIMEOUT)
 
     def _new_session(self, connection: _Connection) -> Session:
+        self._connections.add(connection)
+        connection.lost.add_done_callback(lambda _: self._connections.discard(connection))
         with self._changed:
             session = Session(index=len(self.sessions))
             self.sessions.append(session)
-            self._connections.add(connection)
             self._changed.notify_all()
         return session
 
