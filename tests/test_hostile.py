@@ -37,6 +37,7 @@ from tlsfixtures import server_context, tls_ca, write_files
 
 USER = "alice"
 PASSWORD = "Tr0ub4dor&3-s3cret"
+TOKEN = "ya29.s3cretBearerToken-0123456789"
 
 
 def message() -> EmailMessage:
@@ -99,6 +100,8 @@ SECRETS = [
     _b64(f"\0{USER}\0{PASSWORD}"),  # PLAIN's answer
     _b64(f"{USER}\0{USER}\0{PASSWORD}"),
     base64.b64encode(PASSWORD.encode()).decode().rstrip("="),
+    TOKEN,
+    _b64(f"user={USER}\x01auth=Bearer {TOKEN}\x01\x01"),  # XOAUTH2's answer
 ]
 
 
@@ -822,6 +825,43 @@ def test_no_credential_in_logs_transcript_or_errors(watch, case):
     assert _b64(PASSWORD) in received or _b64(f"\0{USER}\0{PASSWORD}") in received
     text = watch(exc)
     assert "AUTH" in text
+    assert_no_secret(text)
+
+
+OAUTH_ERROR = base64.b64encode(b'{"status":"401","schemes":"bearer"}')
+OAUTH_CASES = {
+    "xoauth2-ok": ("XOAUTH2", {"AUTH": b"235 2.7.0 OK\r\n"}, None),
+    "xoauth2-refused": (
+        "XOAUTH2",
+        {"AUTH": b"334 " + OAUTH_ERROR + b"\r\n", "SASL": b"535 5.7.8 Bad token\r\n"},
+        AuthenticationError,
+    ),
+    "oauthbearer-refused": (
+        "OAUTHBEARER",
+        {"AUTH": b"334 " + OAUTH_ERROR + b"\r\n", "SASL": b"535 5.7.8 Bad token\r\n"},
+        AuthenticationError,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", OAUTH_CASES)
+def test_no_token_in_logs_transcript_or_errors(watch, case):
+    mechanism, script, error = OAUTH_CASES[case]
+    capabilities = ["8BITMIME", "AUTH XOAUTH2 OAUTHBEARER"]
+    with ScriptedServer(script, capabilities=capabilities) as server:
+        options = dict(username=USER, oauth_token=TOKEN, mechanisms=[mechanism], debug=True)
+        if error is None:
+            assert send(server, **options).accepted
+            exc = None
+        else:
+            with pytest.raises(error) as info:
+                send(server, **options)
+            exc = info.value
+        server.wait_idle()
+    wire = base64.b64decode(server.sessions[0].commands[1].args.split()[1])
+    assert f"auth=Bearer {TOKEN}".encode() in wire  # it was sent: the check means something
+    text = watch(exc)
+    assert f"AUTH {mechanism}" in text
     assert_no_secret(text)
 
 
