@@ -38,7 +38,15 @@ from typing import Any, Literal
 
 from smtplug import session
 from smtplug.driver import Connection
-from smtplug.errors import AuthenticationError, ConnectError, ServerFailure, SMTPError, TLSError
+from smtplug.errors import (
+    AuthenticationError,
+    ConnectError,
+    ConnectionLostError,
+    ResponseError,
+    ServerFailure,
+    SMTPError,
+    TLSError,
+)
 from smtplug.interfaces import (
     ConnectionInfo,
     SASLCredentials,
@@ -136,10 +144,18 @@ def open_session(
             failures.append(ServerFailure(server, port, exc))
             continue
         if plan.auth is not None:
-            # Authentication failures are not failed over: the credentials are
-            # the caller's, and Tcllib does not move on either.
+            # A refused login is not failed over: the credentials are the
+            # caller's, and Tcllib does not move on either. A server that is
+            # closing (421) or gone is a server failure like any other.
             try:
                 _authenticate(plan, plan.auth, connection, capabilities)
+            except (ResponseError, ConnectionLostError) as exc:
+                connection.close()
+                if isinstance(exc, ResponseError) and exc.code != 421:
+                    raise
+                hook.smtplug_on_event(info=connection.info, event=f"server failed: {exc}")
+                failures.append(ServerFailure(server, port, exc))
+                continue
             except BaseException:
                 connection.close()
                 raise
