@@ -416,9 +416,17 @@ def test_poisoned_after_error() -> None:
 
 
 def test_poisoned_even_when_error_follows_a_good_reply() -> None:
+    # The good reply before the violation is still returned (a 250 to the
+    # final "." followed by a broken reply to a pipelined QUIT), then the
+    # parser raises for good.
     parser = ReplyParser()
+    parser.feed(b"250 ok\r\n999 bad\r\n")
+    assert parser.broken and parser.has_pending()
+    assert parser.next_reply() == Reply(250, ("ok",))
+    with pytest.raises(ProtocolError, match="malformed"):
+        parser.next_reply()
     with pytest.raises(ProtocolError):
-        parser.feed(b"250 ok\r\n999 bad\r\n")
+        parser.feed(b"250 ok\r\n")
     with pytest.raises(ProtocolError):
         parser.next_reply()
 

@@ -14,14 +14,17 @@ The parser works line by line. :meth:`ReplyParser.feed` appends the new bytes
 to a buffer holding at most one incomplete line, cuts every complete line off
 the front, validates it and adds it to the reply being assembled; a final line
 closes that reply and queues it. All of this happens eagerly, so a violation is
-reported by the ``feed`` call that delivered the offending byte.
+reported by the ``feed`` call that delivered the offending byte (or, when
+complete replies came before it, by the ``next_reply`` call after them).
 
 The server is not trusted. Every quantity is bounded by :class:`ReplyLimits`
 (octets per line, lines per reply, octets per reply); an overlong line is
 refused as soon as the buffer proves it too long, without waiting for its end.
 Any violation raises :class:`~smtplug.errors.ProtocolError` and *poisons* the
 parser: once the byte stream is out of step there is no safe way to resync, so
-every later call raises again. Whatever the bytes, nothing but
+every later call raises again. Replies completed before the violation are not
+lost: ``feed`` then keeps quiet and :meth:`ReplyParser.next_reply` returns them
+first, raising once they are gone. Whatever the bytes, nothing but
 ``ProtocolError`` escapes.
 
 Reply text is decoded as UTF-8 (invalid bytes become ``\\xNN``) and every
@@ -210,13 +213,20 @@ class ReplyParser:
         return self._limits
 
     def has_pending(self) -> bool:
-        """True if any received byte is not part of a reply already returned."""
-        return bool(self._buffer or self._lines or self._ready)
+        """True if any received byte is not part of a reply already returned
+        (bytes that broke the parser included)."""
+        return bool(self._buffer or self._lines or self._ready or self._error)
 
     def next_reply(self) -> Reply | None:
-        """Pop the next complete reply, or None if none is complete yet."""
+        """Pop the next complete reply, or None if none is complete yet.
+
+        Replies completed before a violation are still returned, in order;
+        the violation is raised once they are gone.
+        """
+        if self._ready:
+            return self._ready.popleft()
         self._check()
-        return self._ready.popleft() if self._ready else None
+        return None
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes and parse every complete line in them.
@@ -228,11 +238,19 @@ class ReplyParser:
         try:
             self._feed(data)
         except ProtocolError as exc:
-            self._error = exc.diagnostic
-            raise
+            self._fail(exc.diagnostic)
+            if not self._ready:
+                raise
         except Exception as exc:  # a bug must not let anything else escape
-            self._error = f"internal error while parsing a reply: {exc!r}"
-            raise ProtocolError(self._error) from exc
+            self._fail(f"internal error while parsing a reply: {exc!r}")
+            raise ProtocolError(f"internal error while parsing a reply: {exc!r}") from exc
+
+    def _fail(self, diagnostic: str) -> None:
+        """Break the parser for good; keep only the replies already complete
+        (a reply to a pipelined QUIT gone wrong must not hide the 250 before it)."""
+        self._error = diagnostic
+        self._buffer.clear()
+        self._lines = []
 
     def _check(self) -> None:
         if self._error is not None:
