@@ -591,6 +591,22 @@ def test_buffered_data_is_read_without_waiting(backend, make_server, certs, file
         stream.close()
 
 
+def test_a_read_that_may_not_wait(backend, make_server, certs, files) -> None:
+    # timeout=0 looks without waiting (a kept connection's liveness check):
+    # nothing to read is a timeout, at once, and the stream stays usable.
+    server = make_server(certs.server)
+    stream = connect(backend, server, "localhost", TLSOptions(cafile=files.cafile))
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConnectionLostError) as caught:
+            stream.read(1024, 0)
+        assert caught.value.timed_out is True
+        assert time.monotonic() - started < 1
+        round_trip(stream)
+    finally:
+        stream.close()
+
+
 def test_large_write_arrives_whole(backend, make_server, certs, files) -> None:
     data = bytes(range(256)) * (12 * 1024 + 7)  # about 3 MB
     server = make_server(certs.server, action="digest", expect=len(data))

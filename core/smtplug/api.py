@@ -553,6 +553,18 @@ class Client:
         while True:
             attempt += 1
             reused = self._connection is not None
+            if (
+                self._connection is not None
+                and self._capabilities is not None
+                and self._capabilities.has("CHUNKING")
+                and self._capabilities.has("PIPELINING")
+                and self._connection.peer_closed()
+            ):
+                # The whole message would go in the first write: make sure
+                # the kept session is still there, or the delivery could end
+                # unknown. Any other transaction finds out at MAIL.
+                self._connection.event("the kept session is gone; reconnecting")
+                self._drop()
             if self._connection is None or self._capabilities is None:
                 self._connection, self._capabilities = open_session(
                     self._plan, self._observers, failed=failed

@@ -171,6 +171,24 @@ class Connection:
                 )
             self._parser.feed(data)
 
+    def peer_closed(self) -> bool:
+        """Whether the server closed this idle connection, or sent something
+        unasked (a 421 before closing it): a look without waiting.
+
+        A kept connection is checked before a transaction that puts the whole
+        message in its first write (BDAT in the MAIL flight): a connection found
+        dead only after that write would leave the delivery unknown.
+        """
+        if self._parser.has_pending():
+            return True
+        try:
+            data = self._stream.read(_READ_SIZE, 0)
+        except ConnectionLostError as exc:
+            return not exc.timed_out  # timed out at once: nothing to read, alive
+        if data:
+            self._parser.feed(data)  # unsolicited bytes: the session ends here
+        return True
+
     def close(self) -> None:
         """Close the stream (idempotent); the connection is unusable afterwards."""
         self.broken = True

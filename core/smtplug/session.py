@@ -31,6 +31,7 @@ from smtplug.errors import (
     ConnectionLostError,
     DeliveryUnknownError,
     InvalidInputError,
+    ProtocolError,
     ResponseError,
     SMTPError,
 )
@@ -268,13 +269,13 @@ def _data_body(
 def _bdat_frames(
     message: PreparedMessage,
     timeouts: Timeouts,
-    outcome: TransactionOutcome,
     trailer: bytes,
     progress: Callable[[int], None] | None,
     check: LineCheck | None,
 ) -> Iterator[tuple[Send, bool]]:
     """``BDAT n`` frames (command and octets in one write), the last marked
-    LAST and followed by ``trailer``; yields (frame, is_last)."""
+    LAST and followed by ``trailer``; yields (frame, is_last). The caller marks
+    the outcome "sent" once the last frame is written."""
     encoder = BodyEncoder()
     previous = b""
     for piece in _pieces(message, check):
@@ -291,7 +292,6 @@ def _bdat_frames(
     display = f"BDAT {len(last)} LAST <message: {encoder.bytes_in} octets>"
     display += "\nQUIT" if trailer else ""
     yield Send(line + last + trailer, display, timeouts.block), True
-    outcome.stage = "sent"
     if progress is not None:
         progress(encoder.bytes_in)
 
@@ -375,7 +375,7 @@ def transaction(
         if early and last_flight and chunking:
             # The whole message rides in this flight: the first BDAT frame goes
             # in the same write as MAIL and the RCPTs.
-            for frame, _ in _bdat_frames(message, timeouts, outcome, trailer, progress, check):
+            for frame, last in _bdat_frames(message, timeouts, trailer, progress, check):
                 if payload:
                     frame = Send(
                         payload + frame.data, f"{display}\n{frame.display}", timeouts.block
@@ -383,6 +383,8 @@ def transaction(
                     payload = b""
                 yield frame
                 bdat_replies += 1
+                if last:
+                    outcome.stage = "sent"  # before any reply is read
         else:
             if early and last_flight:
                 payload += commands.data()
@@ -392,12 +394,15 @@ def transaction(
             if index == 0:
                 reply = yield from _receive(timeouts.mail, "MAIL", outcome)
                 if reply.code != 250:
+                    # No transaction: whatever followed MAIL in the flight
+                    # (even a whole BDAT message) was void; nothing delivered.
+                    outcome.stage = "mail"
                     mail_error = ResponseError(
                         reply.diagnostic, reply.code, command="MAIL", enhanced=reply.enhanced
                     )
                     if reply.code == 421 or not pipelining:
                         raise mail_error
-                else:
+                elif outcome.stage == "mail":
                     outcome.stage = "rcpt"
             else:
                 address = message.recipients[index - 1]
@@ -462,9 +467,11 @@ def transaction(
     if chunking:
         outcome.stage = "data"
         frames = 0
-        for frame, last in _bdat_frames(message, timeouts, outcome, trailer, progress, check):
+        for frame, last in _bdat_frames(message, timeouts, trailer, progress, check):
             yield frame
             frames += 1
+            if last:
+                outcome.stage = "sent"  # before the reply to BDAT LAST is read
             if not pipelining or last:
                 # Without PIPELINING each chunk waits for its reply.
                 for number in range(frames):
@@ -508,7 +515,9 @@ def _quit_reply(
 ) -> Generator[Action, Reply | None, None]:
     """The reply to a pipelined QUIT: the session is over whatever it says."""
     outcome.quit_sent = True
-    with contextlib.suppress(ConnectionLostError):
+    # The message is delivered by now: no answer to QUIT, however broken,
+    # may turn that into an error (a caller would send the message again).
+    with contextlib.suppress(ConnectionLostError, ProtocolError):
         yield Receive(timeouts.command, "QUIT")
 
 

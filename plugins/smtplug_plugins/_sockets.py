@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 
 from smtplug.errors import ConnectError, ConnectionLostError
 from smtplug.interfaces import TLSInfo
@@ -72,7 +73,9 @@ class SocketStream:
         try:
             self._timeout(sock, timeout)
             return sock.recv(max_bytes)
-        except TimeoutError as exc:
+        except (TimeoutError, BlockingIOError, ssl.SSLWantReadError) as exc:
+            # A timeout of 0 makes the socket non-blocking: nothing to read
+            # yet is a timeout too (ssl raises its own WantRead for it).
             raise ConnectionLostError(
                 f"read from {self._peer} timed out after {timeout} s", timed_out=True
             ) from exc
