@@ -569,12 +569,6 @@ def test_421_to_starttls_fails_over(tls):
     assert first.sessions[0].verbs == ["EHLO", "STARTTLS"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a 421 to AUTH raises ResponseError out of open_session (connect._authenticate "
-    "handles only AuthenticationError), so smtplug neither fails over to the next server "
-    "nor reports a ConnectError, although nothing was delivered",
-)
 def test_421_to_auth_fails_over(watch):
     auth = ["8BITMIME", "AUTH PLAIN"]
     with (
@@ -601,15 +595,6 @@ def test_421_to_auth_sends_nothing_more(watch):
     assert_no_secret(watch(info.value))
 
 
-BDAT_STAGE_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with CHUNKING, outcome.stage is not 'sent' while the reply to BDAT LAST "
-    "is read (session._bdat_frames sets it only when resumed after that read; with the "
-    "pipelined flight the MAIL reply then resets it to 'rcpt'), so a lost connection or "
-    "timeout after BDAT LAST raises ConnectionLostError ('not delivered') instead of "
-    "DeliveryUnknownError, and a 421 to BDAT LAST is retried on the next server",
-)
-
 # How the end of the message goes: (capabilities, recipients, the first server's verbs
 # when it is answered with CLOSE/STALL/421)
 TRANSFERS = {
@@ -627,10 +612,7 @@ TRANSFERS = {
         ["EHLO", "MAIL", "RCPT", "RCPT", "BDAT"],
     ),
 }
-TRANSFER_PARAMS = [
-    pytest.param(name, marks=BDAT_STAGE_BUG) if name.startswith("bdat") else name
-    for name in TRANSFERS
-]
+TRANSFER_PARAMS = list(TRANSFERS)
 
 
 def send_end(first: ScriptedServer, second: ScriptedServer, recipients: int, **options):
@@ -728,22 +710,13 @@ def test_client_never_reuses_a_timed_out_connection(stage):
     assert second.verbs == ["EHLO", "MAIL", "RCPT", "DATA", ".", "QUIT"]
 
 
-STALE_SESSION_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with CHUNKING and PIPELINING the whole message goes in the MAIL flight and "
-    "_bdat_frames marks it 'sent' before the MAIL reply is read, so a kept session the "
-    "server closed while idle gives DeliveryUnknownError (before any reply to MAIL!) "
-    "instead of the transparent reconnect smtplug.Client promises",
-)
-
-
 @pytest.mark.parametrize(
     "capabilities",
     [
         ["8BITMIME"],
         ["8BITMIME", "PIPELINING"],
         ["8BITMIME", "CHUNKING"],
-        pytest.param(["8BITMIME", "CHUNKING", "PIPELINING"], marks=STALE_SESSION_BUG),
+        ["8BITMIME", "CHUNKING", "PIPELINING"],
     ],
     ids=["data", "data-pipelining", "bdat", "bdat-pipelining"],
 )
@@ -772,15 +745,6 @@ def endless_quit_reply() -> Iterator[bytes]:
         yield b"221-x\r\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with PIPELINING, sendmessage pipelines QUIT behind the message and reads its "
-    "reply after the 250 to the final '.' (or BDAT LAST); session._quit_reply suppresses only "
-    "ConnectionLostError, so a malformed or oversized reply to QUIT raises ProtocolError "
-    "although the message was accepted (a caller that retries sends it twice). When the bad "
-    "octets arrive in the same read as the 250 ('together'), the eager ReplyParser raises "
-    "while the 250 itself is being read",
-)
 @pytest.mark.parametrize("arrival", ["separate", "together"])
 @pytest.mark.parametrize("bad", ["malformed", "endless"])
 @pytest.mark.parametrize("chunking", [False, True], ids=["data", "bdat"])
