@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from smtplug.protocol.data import DataEncoder, decode_data, encode_data, normalise_line_endings
 
-# Bodies that some server might take for the end of data (SMTP smuggling).
+# Bodies that some server might take for the end of data (SMTP smuggling): the
+# nine sequences of the December 2023 research, and a lone "." line at the start.
 SMUGGLING = [
     b"\n.\n",
     b"\n.\r\n",
@@ -19,8 +20,9 @@ SMUGGLING = [
     b"\r.\n",
     b"\r\n.\n",
     b"\n.\r",
-    b".\r\n",
+    b"\r.\r\n",
     b"\r\n.\r\n",
+    b".\r\n",  # at the very start of the body: a line of its own
 ]
 
 
