@@ -286,12 +286,9 @@ def no_bare_cr_or_lf(data: bytes) -> bool:
     return data.count(b"\r") == crlf and data.count(b"\n") == crlf
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("evil", SMUGGLING, ids=[repr(e)[2:-1] for e in SMUGGLING])
-def test_no_smuggling_over_data(tmp_path, evil, kind):
-    body = smuggling_body(evil)
-    source = as_input(kind, HEAD + body, tmp_path)
-    with ScriptedServer() as server:
+def send_smuggled(source: object, capabilities: list[str] | None = None) -> Session:
+    """Send ``source`` (closed afterwards) and return the server's record of it."""
+    with ScriptedServer(capabilities=capabilities) as server:
         try:
             result = send(server, source)
         finally:
@@ -299,7 +296,14 @@ def test_no_smuggling_over_data(tmp_path, evil, kind):
                 source.close()
         server.wait_idle()
     assert result.accepted
-    session = server.sessions[0]
+    return server.sessions[0]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("evil", SMUGGLING, ids=[repr(e)[2:-1] for e in SMUGGLING])
+def test_no_smuggling_over_data(tmp_path, evil, kind):
+    body = smuggling_body(evil)
+    session = send_smuggled(as_input(kind, HEAD + body, tmp_path))
     # Exactly one end of data: the smuggled MAIL/RCPT/DATA are message text.
     assert session.verbs == ["EHLO", "MAIL", "RCPT", "DATA", ".", "QUIT"]
     data = session.transactions[0].data
@@ -318,16 +322,7 @@ def test_no_smuggling_over_data(tmp_path, evil, kind):
 @pytest.mark.parametrize("evil", SMUGGLING, ids=[repr(e)[2:-1] for e in SMUGGLING])
 def test_no_smuggling_over_bdat(tmp_path, evil, kind):
     body = smuggling_body(evil)
-    source = as_input(kind, HEAD + body, tmp_path)
-    with ScriptedServer(capabilities=["8BITMIME", "CHUNKING"]) as server:
-        try:
-            result = send(server, source)
-        finally:
-            if hasattr(source, "close"):
-                source.close()
-        server.wait_idle()
-    assert result.accepted
-    session = server.sessions[0]
+    session = send_smuggled(as_input(kind, HEAD + body, tmp_path), ["8BITMIME", "CHUNKING"])
     assert session.verbs == ["EHLO", "MAIL", "RCPT", "BDAT", "QUIT"]
     assert session.commands[3].args == f"{len(session.transactions[0].bdat)} LAST"
     payload = session.transactions[0].bdat

@@ -597,11 +597,9 @@ def test_a_read_that_may_not_wait(backend, make_server, certs, files) -> None:
     server = make_server(certs.server)
     stream = connect(backend, server, "localhost", TLSOptions(cafile=files.cafile))
     try:
-        started = time.monotonic()
         with pytest.raises(ConnectionLostError) as caught:
             stream.read(1024, 0)
         assert caught.value.timed_out is True
-        assert time.monotonic() - started < 1
         round_trip(stream)
     finally:
         stream.close()
