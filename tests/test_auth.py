@@ -100,6 +100,25 @@ def test_scram_plus_over_tls_1_2(make_server, tls):
         assert server.sessions[-1].authenticated == ("SCRAM-SHA-256-PLUS", "alice")
 
 
+@pytest.mark.parametrize("backend", ["stdlib", "pyopenssl"])
+def test_scram_plus_over_a_resumed_tls_1_2_session(make_server, tls, backend):
+    # tls-unique is the first Finished message of the handshake: the server's
+    # on a resumed one (RFC 5929). The server checks the binding it computes.
+    files, context = tls
+    server = make_server(
+        auth_users=USERS, tls_context=context(maximum_version=ssl.TLSVersion.TLSv1_2)
+    )
+    with smtplug.Client(
+        servers="127.0.0.1", ports=server.port, client="localhost", username="alice",
+        password=SECRET, cafile=files.cafile, tls_backend=backend, timeout=10,
+    ) as client:  # fmt: skip
+        client.sendmessage(message())
+        server.drop_connections()
+        result = client.sendmessage(message())
+    assert result.tls is not None and result.tls.resumed
+    assert server.sessions[-1].authenticated == ("SCRAM-SHA-256-PLUS", "alice")
+
+
 def test_mechanisms_restricts_and_orders(make_server):
     server = make_server(auth_users=USERS)
     send(server, mechanisms=["plain"])

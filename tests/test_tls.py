@@ -341,15 +341,27 @@ def test_response_injection_after_starttls_aborts(make_server, backend, injected
     assert server.messages == []
 
 
-def test_reconnecting_client_resumes_its_tls_session(make_server, good_context, cafile):
-    server = make_server(tls_context=good_context)
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_reconnecting_client_resumes_its_tls_session(
+    make_server, backend, context_for, cafile, version
+):
+    context = context_for("server")
+    context.maximum_version = getattr(ssl.TLSVersion, version)
+    server = make_server(tls_context=context)
     options = dict(servers="127.0.0.1", ports=server.port, client="localhost", cafile=cafile)
-    with smtplug.Client(**options) as client:
+    with smtplug.Client(tls_backend=backend, **options) as client:
         first = client.sendmessage(message())
         server.drop_connections()
         second = client.sendmessage(message())
     assert len(server.sessions) == 2
     assert first.tls is not None and not first.tls.resumed
     assert second.tls is not None and second.tls.resumed and second.tls.verified
+    assert second.tls.peer_certificate == first.tls.peer_certificate
+    assert second.tls.version == version.replace("_", ".")
+    if version == "TLSv1_2":
+        # RFC 5929: tls-unique is the first Finished message, the server's on a
+        # resumed handshake; it differs from connection to connection.
+        unique = first.tls.channel_bindings["tls-unique"]
+        assert second.tls.channel_bindings["tls-unique"] != unique
     # A new client starts afresh.
-    assert not send(server, "stdlib", cafile=cafile).tls.resumed
+    assert not send(server, backend, cafile=cafile).tls.resumed

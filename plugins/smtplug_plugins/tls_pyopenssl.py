@@ -19,11 +19,19 @@ It behaves as the ``stdlib`` backend does:
 The socket is driven in non-blocking mode with explicit waits, so every
 handshake, read and write is bounded by its deadline however OpenSSL splits
 the work into ``WantRead``/``WantWrite`` steps.
+
+Contexts are built once per set of options and shared by the connections
+that use them (each connection's verification failures are recorded through
+its app data), and a session saved from one connection is offered to the
+next one to the same server: a resumed handshake skips the certificate
+exchange, the chain having been verified when the session was made; the host
+name is still checked against the certificate the session holds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import math
 import select
@@ -51,6 +59,15 @@ _EXPORTER_LENGTH = 32
 
 # The largest slice handed to one SSL_write (its length argument is an int).
 _WRITE_CHUNK = 1 << 20
+
+# pyOpenSSL has no wrapper for SSL_session_reused; its binding library does.
+# Without it no session is offered: a resumed handshake must be told apart.
+try:
+    from OpenSSL._util import lib as _openssl
+
+    _session_reused = _openssl.SSL_session_reused
+except (ImportError, AttributeError):  # pragma: no cover - older bindings
+    _session_reused = None
 
 # Texts for the X509_V_ERR_* codes a server certificate commonly fails with
 # (their values are fixed by OpenSSL's x509_vfy.h).
@@ -208,6 +225,12 @@ class PyOpenSSLStream:
             raise ConnectionLostError(f"connection to {self._peer} is closed")
         return self._conn
 
+    def tls_session(self) -> object | None:
+        """The session to resume on the next connection (None once closed)."""
+        if self._conn is None or _session_reused is None:
+            return None
+        return self._conn.get_session()
+
     def read(self, max_bytes: int, timeout: float | None) -> bytes:
         """At most ``max_bytes`` decrypted bytes; ``b""`` once the peer closed.
 
@@ -293,6 +316,13 @@ class PyOpenSSLStream:
         if not self._broken:
             with contextlib.suppress(Exception):
                 conn.shutdown()
+        else:
+            # No close_notify can go (the socket failed). OpenSSL would void the
+            # session when the connection is freed; TLS 1.1 and later no longer
+            # ask for that (RFC 5246 section 7.2.1). After a TLS-level error
+            # OpenSSL has voided it already, and this does not undo that.
+            with contextlib.suppress(Exception):
+                conn.set_shutdown(conn.get_shutdown() | SSL.SENT_SHUTDOWN)
         with contextlib.suppress(OSError):
             self._sock.close()
 
@@ -312,14 +342,21 @@ class PyOpenSSLBackend:
             )
         check_tls_files(options)
 
-    def context(self, options: TLSOptions, record: _VerifyRecord) -> SSL.Context:
-        """A fresh client context the options describe, reporting chain
-        failures to ``record``. Raises :class:`TLSError` naming the file
-        OpenSSL cannot load."""
+    @functools.lru_cache(maxsize=32)  # noqa: B019 - one backend object per registry
+    def context(self, options: TLSOptions) -> SSL.Context:
+        """The client context the options describe, built once and shared;
+        each connection's chain failures go to the :class:`_VerifyRecord` in
+        its app data. Raises :class:`TLSError` naming the file OpenSSL cannot
+        load."""
         context = SSL.Context(SSL.TLS_CLIENT_METHOD)
         context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        # A server that closes without close_notify (many do, on an idle
+        # timeout) would otherwise be a fatal TLS error that voids the session
+        # for resumption. SMTP finds a truncation by itself (a reply or the
+        # message is incomplete), and an end of file reads as b"" either way.
+        context.set_options(getattr(SSL, "OP_IGNORE_UNEXPECTED_EOF", 0))
         if options.verify:
-            context.set_verify(SSL.VERIFY_PEER, record.callback)
+            context.set_verify(SSL.VERIFY_PEER, _record_failure)
             try:
                 if options.cafile is not None or options.capath is not None:
                     context.load_verify_locations(options.cafile, options.capath)
@@ -350,13 +387,12 @@ class PyOpenSSLBackend:
         """Handshake on ``sock`` within ``timeout`` seconds and verify the peer.
 
         Raises :class:`TLSError` (``certificate=True`` for a chain or host-name
-        failure) and closes ``sock`` on any failure. ``session`` is ignored:
-        each connection gets its own context (its verify callback records that
-        connection's failures), and OpenSSL resumes only within one context.
+        failure) and closes ``sock`` on any failure. ``session`` (from an
+        earlier connection's stream) is offered for resumption.
         """
         peer = server_hostname
         try:
-            return self._wrap(sock, server_hostname, options, timeout)
+            return self._wrap(sock, server_hostname, options, timeout, session)
         except TLSError:
             with contextlib.suppress(OSError):
                 sock.close()
@@ -372,6 +408,7 @@ class PyOpenSSLBackend:
         server_hostname: str,
         options: TLSOptions,
         timeout: float | None,
+        session: object | None,
     ) -> PyOpenSSLStream:
         peer = server_hostname
         deadline = _deadline(timeout)
@@ -382,7 +419,7 @@ class PyOpenSSLBackend:
             # options.verify) decides; pyOpenSSL cannot carry a host-name check.
             check_host = bool(context.get_verify_mode() & SSL.VERIFY_PEER)
         else:
-            context = self.context(options, record)
+            context = self.context(options)
             check_host = options.verify
 
         if not server_hostname or server_hostname.startswith("."):
@@ -396,9 +433,13 @@ class PyOpenSSLBackend:
 
         sock.setblocking(False)
         conn = SSL.Connection(context, sock)
+        conn.set_app_data(record)
         conn.set_connect_state()
         if address is None:
             conn.set_tlsext_host_name(name.encode("ascii"))
+        if isinstance(session, SSL.Session) and _session_reused is not None:
+            with contextlib.suppress(SSL.Error):  # not resumable here: a full handshake
+                conn.set_session(session)
 
         while True:
             try:
@@ -418,17 +459,18 @@ class PyOpenSSLBackend:
             if not _wait(sock, writable=writable, deadline=deadline):
                 raise TLSError(f"TLS handshake with {peer} timed out after {timeout} s")
 
+        resumed = _session_reused is not None and bool(_session_reused(conn._ssl))
         verified = False
         if check_host:
             try:
-                self._verify_peer(conn, record, peer, name, address)
+                self._verify_peer(conn, record, peer, name, address, resumed=resumed)
             except TLSError:
                 with contextlib.suppress(Exception):
                     conn.shutdown()  # a courtesy close_notify, without waiting
                 raise
             verified = True
 
-        return PyOpenSSLStream(conn, sock, peer, self._info(conn, verified))
+        return PyOpenSSLStream(conn, sock, peer, self._info(conn, verified, resumed))
 
     @staticmethod
     def _verify_peer(
@@ -437,12 +479,21 @@ class PyOpenSSLBackend:
         peer: str,
         name: str,
         address: str | None,
+        *,
+        resumed: bool,
     ) -> None:
         """After the handshake: the chain verified, and the certificate is
-        valid for ``address`` (an IP literal) or else ``name``."""
+        valid for ``address`` (an IP literal) or else ``name``.
+
+        A resumed session sent no certificate chain (it was verified when the
+        session was made, under this same context); its certificate is still
+        checked against the name.
+        """
         # Under VERIFY_PEER the handshake itself fails on a chain error; the
         # record and the verified chain are checked as further witnesses.
-        if record.error is not None or not conn.get_verified_chain():
+        if resumed and conn.get_peer_certificate() is None:
+            raise TLSError(f"the resumed session with {peer} holds no certificate")
+        if record.error is not None or not (resumed or conn.get_verified_chain()):
             reason = record.describe() if record.error is not None else "no verified chain"
             raise TLSError(f"the certificate of {peer} did not verify: {reason}", certificate=True)
         what = "IP address" if address is not None else "host name"
@@ -463,7 +514,7 @@ class PyOpenSSLBackend:
                 certificate=True,
             ) from exc
 
-    def _info(self, conn: SSL.Connection, verified: bool) -> TLSInfo:
+    def _info(self, conn: SSL.Connection, verified: bool, resumed: bool) -> TLSInfo:
         """What the handshake negotiated, with the channel bindings available:
         ``tls-server-end-point`` always (when the certificate's hash is
         known), ``tls-unique`` on TLS 1.2, ``tls-exporter`` on TLS 1.3."""
@@ -481,9 +532,9 @@ class PyOpenSSLBackend:
             if end_point is not None:
                 bindings["tls-server-end-point"] = end_point
         if version == "TLSv1.2":
-            # RFC 5929: the first Finished message of the handshake, which
-            # is the client's on a full handshake (sessions are not resumed).
-            finished = conn.get_finished()
+            # RFC 5929: the first Finished message of the handshake: the
+            # client's on a full handshake, the server's on a resumed one.
+            finished = conn.get_peer_finished() if resumed else conn.get_finished()
             if finished:
                 bindings["tls-unique"] = finished
         elif version == "TLSv1.3":
@@ -497,7 +548,19 @@ class PyOpenSSLBackend:
             peer_certificate=der,
             verified=verified,
             channel_bindings=bindings,
+            resumed=resumed,
         )
+
+
+def _record_failure(
+    conn: SSL.Connection, cert: crypto.X509, error: int, depth: int, ok: int
+) -> bool:
+    """The shared contexts' verify callback: OpenSSL's verdict, a failure
+    recorded in the connection's :class:`_VerifyRecord`."""
+    record = conn.get_app_data()
+    if isinstance(record, _VerifyRecord):
+        return record.callback(conn, cert, error, depth, ok)
+    return bool(ok)
 
 
 @hookimpl
