@@ -63,6 +63,16 @@ _DIGITS = b"0123456789"
 _FIRST_DIGITS = b"2345"
 _SHOW = 100  # characters of an offending line shown in an error message
 
+# Servers say the same few things over and over ("250 2.1.5 Ok"): a line, or a
+# whole read of complete replies, that parsed cleanly before is looked up
+# rather than parsed again. Both memos are bounded (emptied when full) and
+# shared by every parser; a Reply is immutable, so sharing one is safe.
+_KNOWN_LINES: dict[bytes, Reply] = {}  # one-line replies, by their line (without LF)
+_KNOWN_BLOCKS: dict[bytes, tuple[Reply, ...]] = {}  # reads of whole replies (default limits)
+_KNOWN_LINES_MAX = 256
+_KNOWN_BLOCKS_MAX = 32
+_KNOWN_BLOCK_SIZE = 8192  # octets; longer reads are not remembered
+
 
 def escape_text(text: str) -> str:
     """Return ``text`` with control characters (except TAB) shown as ``\\xNN``."""
@@ -174,6 +184,9 @@ class Reply:
         )
 
 
+_DEFAULT_LIMITS = ReplyLimits()
+
+
 class ReplyParser:
     """Turns received bytes into :class:`Reply` values; performs no I/O.
 
@@ -190,6 +203,7 @@ class ReplyParser:
         "_limits",
         "_lines",
         "_ready",
+        "_remember",
         "_size",
     )
 
@@ -201,6 +215,9 @@ class ReplyParser:
         self._size = 0  # its octets so far
         self._ready: deque[Reply] = deque()
         self._error: str | None = None
+        # Whole reads are remembered only under the default limits (a line's
+        # own bounds are checked again on every use of a remembered line).
+        self._remember = self._limits == _DEFAULT_LIMITS
 
     @property
     def broken(self) -> bool:
@@ -260,6 +277,21 @@ class ReplyParser:
         if not data:
             return
         buffer = self._buffer
+        # A read that starts a reply may have been seen whole before.
+        block: bytes | None = None
+        before = 0
+        if (
+            self._remember
+            and not buffer
+            and self._code is None
+            and type(data) is bytes
+            and len(data) <= _KNOWN_BLOCK_SIZE
+        ):
+            known = _KNOWN_BLOCKS.get(data)
+            if known is not None:
+                self._ready.extend(known)
+                return
+            block, before = data, len(self._ready)
         # The buffered bytes hold no LF: search only the new ones.
         search = len(buffer)
         buffer += data
@@ -282,9 +314,19 @@ class ReplyParser:
                 f"reply line longer than {limit} octets (no end of line after "
                 f"{len(buffer)} octets): {_show(buffer)}"
             )
+        if block is not None and not buffer and self._code is None:
+            if len(_KNOWN_BLOCKS) >= _KNOWN_BLOCKS_MAX:
+                _KNOWN_BLOCKS.clear()
+            _KNOWN_BLOCKS[block] = tuple(self._ready)[before:]
 
     def _line(self, raw: bytes, size: int) -> None:
         """Validate one line (``raw`` without its LF) and add it to the reply."""
+        if self._code is None:
+            known = _KNOWN_LINES.get(raw)
+            if known is not None and size <= self._limits.max_reply_size:
+                self._ready.append(known)
+                return
+        key = raw
         if raw.endswith(b"\r"):
             raw = raw[:-1]
         if (
@@ -311,7 +353,12 @@ class ReplyParser:
         self._size += size
         if raw[3:4] != b"-":
             lines = tuple(self._lines)
-            self._ready.append(Reply(code, lines, enhanced_status(code, lines[0])))
+            reply = Reply(code, lines, enhanced_status(code, lines[0]))
+            self._ready.append(reply)
+            if len(lines) == 1:
+                if len(_KNOWN_LINES) >= _KNOWN_LINES_MAX:
+                    _KNOWN_LINES.clear()
+                _KNOWN_LINES[key] = reply
             self._code = None
             self._lines = []
             self._size = 0
