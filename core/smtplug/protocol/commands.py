@@ -63,6 +63,9 @@ _VERB = re.compile(r"[A-Za-z0-9]+\Z")
 # esmtp-param = esmtp-keyword ["=" esmtp-value]; value: %d33-60 / %d62-126
 _PARAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*(?:=[\x21-\x3c\x3e-\x7e]+)?\Z")
 _SHOW = 60
+# An address every rule of check_address accepts at a glance: printable ASCII
+# without space, quote, backslash, "<" or ">", and short enough.
+_PLAIN_ADDRESS = re.compile(rf"[\x21\x23-\x3b\x3d\x3f-\x5b\x5d-\x7e]{{1,{MAX_ADDRESS}}}\Z")
 _MECHANISM = re.compile(r"[A-Z0-9_-]{1,20}\Z")  # RFC 4422 sasl-mech
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}\Z")
 
@@ -132,6 +135,8 @@ def check_address(address: str, *, allow_empty: bool = False, smtputf8: bool = F
     path), non-ASCII text unless ``smtputf8``, and more than
     :data:`MAX_ADDRESS` octets.
     """
+    if type(address) is str and _PLAIN_ADDRESS.match(address) is not None:
+        return address  # the common case, decided by one match
     _check_text("address", address)
     if not address:
         if allow_empty:
@@ -182,6 +187,8 @@ def _path_command(
     if isinstance(params, str):  # a lone string would be split into characters
         raise InvalidInputError("ESMTP parameters must be a sequence of strings, not a string")
     check_address(address, allow_empty=allow_empty, smtputf8=smtputf8)
+    if not params and address.isascii():  # at most 9 + 256 + 2 octets: within the limit
+        return f"{prefix}<{address}>\r\n".encode("ascii")
     checked = [check_param(param) for param in params]
     return _line(" ".join([f"{prefix}<{address}>", *checked]))
 
