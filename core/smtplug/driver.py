@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Generator
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from smtplug.errors import (
     AuthenticationError,
@@ -30,8 +30,9 @@ from smtplug.interfaces import (
     TLSStream,
     UpgradableStream,
 )
+from smtplug.observe import Observers
 from smtplug.protocol import Reply, ReplyParser
-from smtplug.session import Action, Send, Upgrade
+from smtplug.session import Action, Receive, Send, Upgrade
 
 __all__ = ["Connection"]
 
@@ -47,7 +48,7 @@ class Connection:
         self,
         stream: Stream,
         info: ConnectionInfo,
-        hook: Any,
+        hook: Observers,
         *,
         sessions: dict[tuple[str, int], object] | None = None,
     ) -> None:
@@ -103,9 +104,14 @@ class Connection:
             raise
 
     def _perform(self, action: Action) -> Reply | None:
-        if isinstance(action, Upgrade):
-            self._upgrade(action.timeout)
-            return None
+        if type(action) is Receive:
+            # Pipelined replies often arrived together: take one already parsed.
+            reply = self._parser.next_reply()
+            if reply is None:
+                reply = self._read_reply(action.timeout, action.command)
+            if self._hook.watching():
+                self._hook.smtplug_on_reply(info=self.info, reply=reply)
+            return reply
         if isinstance(action, Send):
             if self._parser.has_pending():
                 # Bytes the server sent that answer nothing we asked: never pair
@@ -114,12 +120,14 @@ class Connection:
                     f"{self.info.server} sent data before the command {action.display!r}"
                 )
             self._stream.write(action.data, action.timeout)
-            for line in action.display.split("\n") if action.display else ():
-                self._hook.smtplug_on_command(info=self.info, command=line)
+            if action.display and self._hook.watching():
+                for line in action.display.split("\n"):
+                    self._hook.smtplug_on_command(info=self.info, command=line)
             return None
-        reply = self._read_reply(action.timeout, action.command)
-        self._hook.smtplug_on_reply(info=self.info, reply=reply)
-        return reply
+        if isinstance(action, Upgrade):
+            self._upgrade(action.timeout)
+            return None
+        raise TypeError(f"unknown session action {action!r}")
 
     def _upgrade(self, timeout: float | None) -> None:
         if self._parser.has_pending():

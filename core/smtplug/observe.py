@@ -31,6 +31,17 @@ class Observers:
         self._command = hook.smtplug_on_command if hook.smtplug_on_command.get_hookimpls() else None
         self._reply = hook.smtplug_on_reply if hook.smtplug_on_reply.get_hookimpls() else None
 
+    def watching(self) -> bool:
+        """Whether anyone listens to commands and replies (checked per action:
+        the logger's level may change at any time); when nobody does, the
+        driver skips the calls and the work of building their text."""
+        return (
+            self._debug
+            or self._command is not None
+            or self._reply is not None
+            or logger.isEnabledFor(logging.DEBUG)
+        )
+
     def _emit(self, info: ConnectionInfo, text: str) -> None:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s:%s %s", info.server, info.port, text)

@@ -21,7 +21,7 @@ without RSET or QUIT.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 
 from smtplug import source
@@ -205,6 +205,17 @@ def queue(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
 BATCH = 100
 
 
+def _after_end(exc: ConnectionLostError, what: str, outcome: TransactionOutcome) -> None:
+    """Once the message's end is on the wire, a lost connection means the
+    delivery is unknown: raise that instead (the caller re-raises otherwise)."""
+    if outcome.stage == "sent":
+        raise DeliveryUnknownError(
+            f"the connection was lost after the end of the message was sent and before "
+            f"the server's reply to {what}: the message may or may not have been "
+            f"delivered ({exc.diagnostic})"
+        ) from exc
+
+
 def _receive(
     timeout: float | None, what: str, outcome: TransactionOutcome
 ) -> Generator[Action, Reply | None, Reply]:
@@ -213,19 +224,15 @@ def _receive(
     try:
         reply = yield Receive(timeout, what)
     except ConnectionLostError as exc:
-        if outcome.stage != "sent":
-            raise
-        raise DeliveryUnknownError(
-            f"the connection was lost after the end of the message was sent and before "
-            f"the server's reply to {what}: the message may or may not have been "
-            f"delivered ({exc.diagnostic})"
-        ) from exc
+        _after_end(exc, what, outcome)
+        raise
     assert reply is not None
     return reply
 
 
-def _display(lines: Sequence[bytes]) -> str:
-    return "\n".join(line[:-2].decode("utf-8", "backslashreplace") for line in lines)
+def _display(payload: bytes) -> str:
+    """What observers are shown for CRLF-terminated command lines: one per line."""
+    return payload[:-2].decode("utf-8", "backslashreplace").replace("\r\n", "\n")
 
 
 def _pieces(message: PreparedMessage, check: LineCheck | None) -> Iterator[bytes]:
@@ -368,10 +375,12 @@ def transaction(
     )
     index = 0
     data_reply: Reply | None = None
+    # One action per kind of wait, reused for every reply of that kind.
+    mail_wait, rcpt_wait = Receive(timeouts.mail, "MAIL"), Receive(timeouts.rcpt, "RCPT")
     for number, flight in enumerate(flights):
         last_flight = number == len(flights) - 1
         payload = b"".join(flight)
-        display = _display(flight)
+        display = _display(payload)
         if early and last_flight and chunking:
             # The whole message rides in this flight: the first BDAT frame goes
             # in the same write as MAIL and the RCPTs.
@@ -390,30 +399,36 @@ def transaction(
                 payload += commands.data()
                 display += "\nDATA"
             yield Send(payload, display, timeouts.command)
-        for _ in flight:
-            if index == 0:
-                reply = yield from _receive(timeouts.mail, "MAIL", outcome)
-                if reply.code != 250:
-                    # No transaction: whatever followed MAIL in the flight
-                    # (even a whole BDAT message) was void; nothing delivered.
-                    outcome.stage = "mail"
-                    mail_error = ResponseError(
-                        reply.diagnostic, reply.code, command="MAIL", enhanced=reply.enhanced
-                    )
-                    if reply.code == 421 or not pipelining:
-                        raise mail_error
-                elif outcome.stage == "mail":
-                    outcome.stage = "rcpt"
-            else:
-                address = message.recipients[index - 1]
-                reply = yield from _receive(timeouts.rcpt, "RCPT", outcome)
-                if reply.code in (250, 251):
-                    outcome.accepted_recipients.append(address)
-                elif reply.code == 421:
-                    _expect(reply, "RCPT", 250, 251)
-                elif mail_error is None:
-                    outcome.refused.append((address, reply.code, reply.diagnostic))
-            index += 1
+        try:
+            for _ in flight:
+                if index == 0:
+                    reply = yield mail_wait
+                    assert reply is not None
+                    if reply.code != 250:
+                        # No transaction: whatever followed MAIL in the flight
+                        # (even a whole BDAT message) was void; nothing delivered.
+                        outcome.stage = "mail"
+                        mail_error = ResponseError(
+                            reply.diagnostic, reply.code, command="MAIL", enhanced=reply.enhanced
+                        )
+                        if reply.code == 421 or not pipelining:
+                            raise mail_error
+                    elif outcome.stage == "mail":
+                        outcome.stage = "rcpt"
+                else:
+                    reply = yield rcpt_wait
+                    assert reply is not None
+                    if reply.code in (250, 251):
+                        outcome.accepted_recipients.append(message.recipients[index - 1])
+                    elif reply.code == 421:
+                        _expect(reply, "RCPT", 250, 251)
+                    elif mail_error is None:
+                        address = message.recipients[index - 1]
+                        outcome.refused.append((address, reply.code, reply.diagnostic))
+                index += 1
+        except ConnectionLostError as exc:
+            _after_end(exc, "MAIL" if index == 0 else "RCPT", outcome)
+            raise
         if early and last_flight and not chunking:
             data_reply = yield from _receive(timeouts.data, "DATA", outcome)
 
