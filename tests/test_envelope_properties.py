@@ -21,6 +21,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from smtplug import source
 from smtplug.envelope import PreparedMessage, parse_addresses, prepare
 from smtplug.errors import InvalidInputError
 from smtplug.protocol import commands
@@ -592,3 +593,35 @@ def test_malformed_addresses_raise_only_invalid_input_error(text: str) -> None:
             run(b"\r\nbody", **options)  # type: ignore[arg-type]
     with contextlib.suppress(InvalidInputError):
         run(f"To: {text}\r\n\r\nbody".encode("utf-8", "surrogatepass"))
+
+
+# -- the one-match fast path agrees with the line-by-line scan ----------------
+
+# Pieces a header block is made of, the awkward ones included: line endings of
+# every kind, bare CRs inside lines, continuations, non-field lines, empty lines.
+_HEADER_PIECES = st.sampled_from(
+    [
+        b"Subject: hello",
+        b"To: a@example.org",
+        b"X-Empty:",
+        b"Name-With-Dash : spaced",
+        b" folded",
+        b"\tfolded",
+        b"not a field",
+        b":no name",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"a\rb",
+        b"body text",
+        b"",
+    ]
+)
+
+
+@given(st.lists(_HEADER_PIECES, max_size=12).map(b"".join), st.booleans())
+@example(b"Subject: a\rb\r\n\r\nbody", True)
+@example(b" x\r\n\r\nbody", False)
+@example(b"Subject: a\r\n", False)
+def test_header_scan_fast_path_agrees_with_the_line_scan(data: bytes, final: bool) -> None:
+    assert source.scan_header(data, final) == source._scan_lines(data, final)

@@ -91,17 +91,18 @@ class PreparedMessage:
         return self.header + b"".join(bytes(chunk) for chunk in self.body.chunks())
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Field:
     name: str  # as written
     lower: str
     raw: bytes  # the whole field, folding and line ending included
+    value: str  # unfolded, for address parsing
 
-    @property
-    def value(self) -> str:
-        """The unfolded value, for address parsing."""
-        text = self.raw.split(b":", 1)[1].decode("utf-8", "surrogateescape")
-        return re.sub(r"\r?\n(?=[ \t])", "", text).strip("\r\n").strip()
+
+def _field(raw: bytes, name: str) -> _Field:
+    text = raw.split(b":", 1)[1].decode("utf-8", "surrogateescape")
+    value = re.sub(r"\r?\n(?=[ \t])", "", text).strip("\r\n").strip()
+    return _Field(name, name.lower(), raw, value)
 
 
 def _check_text(what: str, value: object) -> str:
@@ -121,19 +122,34 @@ def parse_addresses(what: str, value: str, *, hostname: str) -> list[str]:
     address parser does. Results are cached: a bulk sender parses the same
     From and To fields again and again.
     """
-    _check_text(what, value)
+    return list(_addresses(what, value, hostname))
+
+
+def _addresses(
+    what: str, value: object, hostname: str, index: int | None = None
+) -> tuple[str, ...]:
+    """:func:`parse_addresses` as a tuple; ``what`` (``what[index]``) is
+    worded only for an error, and a value seen before costs one cache lookup."""
+    if not isinstance(value, str):
+        _check_text(what if index is None else f"{what}[{index}]", value)
     try:
-        return list(_parse_addresses(value, hostname))
+        return _parse_addresses(value, hostname)
     except _AddressError as exc:
-        raise InvalidInputError(f"{exc.args[0]} in {what}: {exc.args[1]}") from None
+        name = what if index is None else f"{what}[{index}]"
+        problem, text = exc.args
+        if text is None:
+            raise InvalidInputError(f"{name} {problem}") from None
+        raise InvalidInputError(f"{problem} in {name}: {text}") from None
 
 
 class _AddressError(Exception):
-    """(what is wrong, the offending text), for :func:`parse_addresses` to word."""
+    """(what is wrong, the offending text or None), for :func:`_addresses` to word."""
 
 
 @functools.lru_cache(maxsize=4096)
 def _parse_addresses(value: str, hostname: str) -> tuple[str, ...]:
+    if _BAD_VALUE_CHARS.search(value):  # cached values passed this check
+        raise _AddressError("contains a CR, LF, NUL or other control character", None)
     # A bare local part: Tcllib's parser appends the host name; so do we, before
     # the strict parser sees it (it would call it a defect).
     items: list[str] = []
@@ -225,19 +241,34 @@ def _single_mailbox(what: str, value: str, hostname: str) -> str:
     return addresses[0]
 
 
-def _parse_fields(head: bytes) -> list[_Field]:
-    """The header fields of a header block (as :func:`read_message` returns it)."""
-    fields: list[_Field] = []
+_REMEMBERED_HEADER = 16384  # octets: longer header blocks are parsed every time
+
+
+def _parse_fields(head: bytes) -> tuple[_Field, ...]:
+    """The header fields of a header block (as :func:`read_message` returns it).
+
+    A bulk sender sends the same header block again and again (to other
+    recipients): a block seen before is not parsed again.
+    """
+    if len(head) <= _REMEMBERED_HEADER:
+        return _remembered_fields(head)
+    return _split_fields(head)
+
+
+def _split_fields(head: bytes) -> tuple[_Field, ...]:
+    fields: list[tuple[bytes, str]] = []  # (raw, name)
     for line in head.splitlines(keepends=True):
         if line[:1] in (b" ", b"\t") and fields:
-            fields[-1].raw += line
+            fields[-1] = (fields[-1][0] + line, fields[-1][1])
             continue
         match = FIELD_LINE.match(line)
-        if match is None:  # cannot happen: read_message stops the block there
+        if match is None:  # a bare CR split a line (read_message splits at LF only)
             raise InvalidInputError(f"malformed header line: {line[:60]!r}")
-        name = match.group(1).decode("ascii")
-        fields.append(_Field(name, name.lower(), line))
-    return fields
+        fields.append((line, match.group(1).decode("ascii")))
+    return tuple(_field(raw, name) for raw, name in fields)
+
+
+_remembered_fields = functools.lru_cache(maxsize=256)(_split_fields)
 
 
 def _render(name: str, value: str) -> bytes:
@@ -367,7 +398,7 @@ def prepare(
                     raise InvalidInputError(
                         f"recipients[{index}] must be a str, not {type(item).__name__}"
                     )
-                rcpt.extend(parse_addresses(f"recipients[{index}]", item, hostname=hostname))
+                rcpt += _addresses("recipients", item, hostname, index)
         else:
             raise InvalidInputError("recipients must be a str or a list of str")
         if not rcpt:

@@ -44,6 +44,9 @@ MessageInput = (
 
 #: A header field's first line: its name (group 1, RFC 5322 ftext) and the colon.
 FIELD_LINE = re.compile(rb"([!-9;-~]+)[ \t]*:")
+#: Whole header fields (a first line and its continuation lines, each ending
+#: in LF): what a header block normally consists of, up to its empty line.
+FIELDS = re.compile(rb"(?:[!-9;-~]+[ \t]*:[^\n]*\n(?:[ \t][^\n]*\n)*)*")
 
 
 class Body:
@@ -91,6 +94,17 @@ def scan_header(buffer: bytes | memoryview, final: bool) -> tuple[int, int] | No
     ``body_start`` (after the empty line, or at the first non-header line).
     """
     data = bytes(buffer) if isinstance(buffer, memoryview) else buffer
+    # The usual case in one match: fields, then an empty line.
+    end = FIELDS.match(data).end()  # type: ignore[union-attr]  # matches the empty string
+    if data.startswith(b"\r\n", end):
+        return end, end + 2
+    if data.startswith(b"\n", end):
+        return end, end + 1
+    return _scan_lines(data, final)
+
+
+def _scan_lines(data: bytes, final: bool) -> tuple[int, int] | None:
+    """:func:`scan_header` line by line: the general case."""
     pos = 0
     length = len(data)
     seen_field = False

@@ -173,7 +173,12 @@ class LineCheck:
                 "the message has 8-bit octets and the server does not offer 8BITMIME: "
                 "encode it (quoted-printable or base64), or use a server that offers 8BITMIME"
             )
-        # Fast path: split on LF only. A CR (of a CRLF, or a bare one, which
+        if self._carry + len(chunk) <= self._max_line:
+            # No line can be longer than the chunk and what came before it.
+            end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+            self._carry = self._carry + len(chunk) if end < 0 else len(chunk) - end - 1
+            return
+        # Then split on LF only. A CR (of a CRLF, or a bare one, which
         # also ends a line) can only make these lengths longer than the truth,
         # so when even they fit, the chunk is fine.
         lines = chunk.split(b"\n")
