@@ -202,8 +202,10 @@ class Connection:
         self.broken = True
         if not self._closed:
             self._closed = True
-            if self._sessions is not None and isinstance(self._stream, ResumableStream):
-                session = self._stream.tls_session()
+            # (A protocol isinstance check is slow: only a TLS stream can resume.)
+            stream = self._stream
+            if self._sessions is not None and stream.tls and isinstance(stream, ResumableStream):
+                session = stream.tls_session()
                 if session is not None:
                     self._sessions[(self.info.server, self.info.port)] = session
             self._stream.close()
