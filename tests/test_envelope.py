@@ -281,6 +281,21 @@ def test_control_characters_in_header_values_refused(bad):
         run(simple(To="b@example.org"), header=[("Subject", bad)])
 
 
+@pytest.mark.parametrize("name", ["Subject", "To", "Reply-To"])
+def test_lone_surrogate_in_a_header_value_refused(name):
+    # No encoding can write it; the stdlib's header code would raise UnicodeEncodeError.
+    with pytest.raises(InvalidInputError, match="not valid Unicode"):
+        run(simple(To="b@example.org"), header=[(name, "\ud800")])
+
+
+@pytest.mark.parametrize("bad", ["\ud800@example.org", "a@\udcff.example"])
+def test_lone_surrogate_in_an_address_refused(bad):
+    with pytest.raises(InvalidInputError):
+        run(simple(), recipients=bad)
+    with pytest.raises(InvalidInputError):
+        run(simple(To="b@example.org"), originator=bad)
+
+
 @pytest.mark.parametrize("bad", ["a@example.com\r\nRCPT TO:<x@y>", "a@example.com\n", "x\x00@y.z"])
 def test_control_characters_in_addresses_refused(bad):
     with pytest.raises(InvalidInputError):

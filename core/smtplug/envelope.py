@@ -110,6 +110,11 @@ def _check_text(what: str, value: object) -> str:
         raise InvalidInputError(f"{what} must be a str, not {type(value).__name__}")
     if _BAD_VALUE_CHARS.search(value):
         raise InvalidInputError(f"{what} contains a CR, LF, NUL or other control character")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: no bytes can say it
+            raise InvalidInputError(f"{what} is not valid Unicode text") from None
     return value
 
 
