@@ -31,9 +31,10 @@ import email.policy
 import email.utils
 import functools
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email.errors import NonASCIILocalPartDefect
+from types import MappingProxyType
 
 from smtplug.errors import InvalidInputError
 from smtplug.protocol.commands import check_address
@@ -246,34 +247,52 @@ def _single_mailbox(what: str, value: str, hostname: str) -> str:
     return addresses[0]
 
 
+@dataclass(frozen=True, slots=True)
+class _Header:
+    """A message's header block, split into fields (shared: never mutated)."""
+
+    fields: tuple[_Field, ...]
+    by_name: Mapping[str, tuple[_Field, ...]]  # lower-cased name -> its fields
+    kept: bytes  # every field but Bcc/Dcc, each ending in a line break
+
+
 _REMEMBERED_HEADER = 16384  # octets: longer header blocks are parsed every time
 
 
-def _parse_fields(head: bytes) -> tuple[_Field, ...]:
+def _parse_header(head: bytes) -> _Header:
     """The header fields of a header block (as :func:`read_message` returns it).
 
     A bulk sender sends the same header block again and again (to other
     recipients): a block seen before is not parsed again.
     """
     if len(head) <= _REMEMBERED_HEADER:
-        return _remembered_fields(head)
-    return _split_fields(head)
+        return _remembered_header(head)
+    return _split_header(head)
 
 
-def _split_fields(head: bytes) -> tuple[_Field, ...]:
-    fields: list[tuple[bytes, str]] = []  # (raw, name)
+def _split_header(head: bytes) -> _Header:
+    lines: list[tuple[bytes, str]] = []  # (raw, name) of each field
     for line in head.splitlines(keepends=True):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] = (fields[-1][0] + line, fields[-1][1])
+        if line[:1] in (b" ", b"\t") and lines:
+            lines[-1] = (lines[-1][0] + line, lines[-1][1])
             continue
         match = FIELD_LINE.match(line)
         if match is None:  # a bare CR split a line (read_message splits at LF only)
             raise InvalidInputError(f"malformed header line: {line[:60]!r}")
-        fields.append((line, match.group(1).decode("ascii")))
-    return tuple(_field(raw, name) for raw, name in fields)
+        lines.append((line, match.group(1).decode("ascii")))
+    fields = tuple(_field(raw, name) for raw, name in lines)
+    by_name: dict[str, tuple[_Field, ...]] = {}
+    for f in fields:
+        by_name[f.lower] = (*by_name.get(f.lower, ()), f)
+    kept = b"".join(_line_ended(f.raw) for f in fields if f.lower not in _NEVER_SENT)
+    return _Header(fields, MappingProxyType(by_name), kept)
 
 
-_remembered_fields = functools.lru_cache(maxsize=256)(_split_fields)
+_remembered_header = functools.lru_cache(maxsize=256)(_split_header)
+
+
+def _line_ended(raw: bytes) -> bytes:
+    return raw if raw.endswith(b"\n") else raw + b"\r\n"
 
 
 def _render(name: str, value: str) -> bytes:
@@ -339,7 +358,7 @@ def prepare(
     if originator is not None:
         _check_text("originator", originator)
     head, body = read_message(message)
-    fields = _parse_fields(head)
+    parsed = _parse_header(head)
 
     # The header option: lower-cased name -> (name as first written, values).
     given: dict[str, tuple[str, list[str]]] = {}
@@ -349,9 +368,7 @@ def prepare(
     resent = any(lower.startswith("resent-") for lower in given)
     prefix_lower, prefix = ("resent-", "Resent-") if resent else ("", "")
 
-    own: dict[str, list[_Field]] = {}
-    for f in fields:
-        own.setdefault(f.lower, []).append(f)
+    own = parsed.by_name
 
     def values(field: str) -> list[str]:
         """A field's values: from the header option, else from the message."""
@@ -427,9 +444,13 @@ def prepare(
 
     # --- the transmitted header block ---------------------------------------
     out: list[bytes] = [
-        f.raw if f.raw.endswith(b"\n") else f.raw + b"\r\n"
-        for f in fields
-        if f.lower not in given and f.lower not in _NEVER_SENT
+        parsed.kept
+        if not given
+        else b"".join(
+            _line_ended(f.raw)
+            for f in parsed.fields
+            if f.lower not in given and f.lower not in _NEVER_SENT
+        )
     ]
     for lower, (name, field_values) in given.items():
         if lower in _NEVER_SENT:
@@ -441,7 +462,7 @@ def prepare(
     out.extend(_render(name, value) for name, value in added)
     out.append(b"\r\n")
     header_bytes = b"".join(out)
-    smtputf8 = not (sender.isascii() and all(address.isascii() for address in rcpt))
+    smtputf8 = not (sender.isascii() and "".join(rcpt).isascii())
     if not smtputf8 and (given or added) and not header_bytes.isascii():
         # A field written here in UTF-8 (an address no encoded word may hold).
         smtputf8 = any(
