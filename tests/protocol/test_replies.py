@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from smtplug.errors import ProtocolError
+from smtplug.protocol import replies
 from smtplug.protocol.replies import Reply, ReplyLimits, ReplyParser, enhanced_status
 
 
@@ -526,3 +527,45 @@ def test_valid_replies_round_trip_through_any_split(
             for i, t in enumerate(reply.lines)
         ]
         assert str(reply) == "\n".join(lines)
+
+
+# --- the memo of lines and reads seen before changes nothing ----------------
+
+
+def _outcome(chunks: list[bytes], limits: ReplyLimits | None) -> list[object]:
+    """Everything a parser says about ``chunks``: replies, and where it broke."""
+    parser = ReplyParser(limits)
+    said: list[object] = []
+    try:
+        for chunk in chunks:
+            parser.feed(chunk)
+            while (reply := parser.next_reply()) is not None:
+                said.append(reply)
+            said.append(parser.has_pending())
+    except ProtocolError as exc:
+        said.append(exc.diagnostic)
+    return said
+
+
+_REPLY_PIECES = st.sampled_from(
+    [
+        *(b"250 ok\r\n", b"250-a\r\n", b"250 b\n", b"354 go\r\n", b"550 5.1.1 no\r\n"),
+        *(b"250", b"25", b"\r\n", b"-x\r\n", b" " * 50 + b"\r\n", b"\x00", b"\xff\r\n"),
+    ]
+)
+
+
+@given(
+    st.lists(st.lists(_REPLY_PIECES, max_size=6).map(b"".join), max_size=6),
+    st.sampled_from([None, SMALL, ReplyLimits(max_reply_size=12)]),
+    st.sampled_from([None, SMALL]),
+)
+def test_remembered_replies_change_nothing(
+    chunks: list[bytes], limits: ReplyLimits | None, warm_with: ReplyLimits | None
+) -> None:
+    replies._KNOWN_LINES.clear()
+    replies._KNOWN_BLOCKS.clear()
+    fresh = _outcome(chunks, limits)
+    _outcome(chunks, warm_with)  # remember what these limits allow
+    assert _outcome(chunks, limits) == fresh  # now from the memo where it can be
+    assert _outcome(chunks, limits) == fresh
