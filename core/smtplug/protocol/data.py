@@ -52,6 +52,8 @@ def normalise_line_endings(body: bytes) -> bytes:
     """Turn every CRLF, bare CR and bare LF into CRLF."""
     if b"\r" not in body:
         return body.replace(b"\n", b"\r\n")
+    if body.count(b"\r\n") == body.count(b"\n") == body.count(b"\r"):
+        return body  # every CR is half of a CRLF, and every LF: nothing to do
     return body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
