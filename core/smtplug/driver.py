@@ -60,6 +60,7 @@ class Connection:
         self._closed = False
         self._tls_info = self._tls_of(stream)
         self._sessions = sessions
+        self._watching = True
 
     def event(self, text: str) -> None:
         self._hook.smtplug_on_event(info=self.info, event=text)
@@ -81,6 +82,7 @@ class Connection:
         """
         if self.broken:
             raise ConnectionLostError(f"connection to {self.info.server} is no longer usable")
+        self._watching = self._hook.watching()  # once per step: observers cost only when used
         try:
             action = next(step)
             while True:
@@ -109,7 +111,7 @@ class Connection:
             reply = self._parser.next_reply()
             if reply is None:
                 reply = self._read_reply(action.timeout, action.command)
-            if self._hook.watching():
+            if self._watching:
                 self._hook.smtplug_on_reply(info=self.info, reply=reply)
             return reply
         if isinstance(action, Send):
@@ -120,7 +122,7 @@ class Connection:
                     f"{self.info.server} sent data before the command {action.display!r}"
                 )
             self._stream.write(action.data, action.timeout)
-            if action.display and self._hook.watching():
+            if action.display and self._watching:
                 for line in action.display.split("\n"):
                     self._hook.smtplug_on_command(info=self.info, command=line)
             return None

@@ -21,6 +21,7 @@ without RSET or QUIT.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 
@@ -205,6 +206,12 @@ def queue(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
 BATCH = 100
 
 
+@functools.lru_cache(maxsize=64)
+def _wait(timeout: float | None, what: str) -> Receive:
+    """The action for one kind of wait; actions are immutable, so each is made once."""
+    return Receive(timeout, what)
+
+
 def _after_end(exc: ConnectionLostError, what: str, outcome: TransactionOutcome) -> None:
     """Once the message's end is on the wire, a lost connection means the
     delivery is unknown: raise that instead (the caller re-raises otherwise)."""
@@ -222,7 +229,7 @@ def _receive(
     """Read one reply; once the message's end is on the wire, a lost
     connection means the delivery is unknown."""
     try:
-        reply = yield Receive(timeout, what)
+        reply = yield _wait(timeout, what)
     except ConnectionLostError as exc:
         _after_end(exc, what, outcome)
         raise
@@ -375,8 +382,7 @@ def transaction(
     )
     index = 0
     data_reply: Reply | None = None
-    # One action per kind of wait, reused for every reply of that kind.
-    mail_wait, rcpt_wait = Receive(timeouts.mail, "MAIL"), Receive(timeouts.rcpt, "RCPT")
+    mail_wait, rcpt_wait = _wait(timeouts.mail, "MAIL"), _wait(timeouts.rcpt, "RCPT")
     for number, flight in enumerate(flights):
         last_flight = number == len(flights) - 1
         payload = b"".join(flight)
@@ -533,7 +539,7 @@ def _quit_reply(
     # The message is delivered by now: no answer to QUIT, however broken,
     # may turn that into an error (a caller would send the message again).
     with contextlib.suppress(ConnectionLostError, ProtocolError):
-        yield Receive(timeouts.command, "QUIT")
+        yield _wait(timeouts.command, "QUIT")
 
 
 def _empty_data(
