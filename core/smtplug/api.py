@@ -15,6 +15,7 @@ import getpass
 import math
 import os
 import platform
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -114,13 +115,12 @@ def _timeouts(timeout: object, maxsecs: object, timeouts: object) -> session.Tim
     if timeouts is not None and (timeout is not None or maxsecs is not None):
         raise InvalidInputError("give either timeouts, or timeout and maxsecs, not both")
     if timeouts is None:
-        values: dict[str, float] = {}
-        if timeout is not None:
-            every = _seconds("timeout", timeout)
-            values = {phase: every for phase in session.PHASES if phase != "final"}
-        if maxsecs is not None:
-            values["final"] = _seconds("maxsecs", maxsecs)
-    elif isinstance(timeouts, session.Timeouts):
+        return _simple_timeouts(
+            None if timeout is None else _seconds("timeout", timeout),
+            None if maxsecs is None else _seconds("maxsecs", maxsecs),
+        )
+    values: dict[str, float]
+    if isinstance(timeouts, session.Timeouts):
         values = {phase: getattr(timeouts, phase) for phase in session.PHASES}
     elif isinstance(timeouts, Mapping):
         unknown = sorted(str(name) for name in timeouts if name not in session.PHASES)
@@ -138,6 +138,17 @@ def _timeouts(timeout: object, maxsecs: object, timeouts: object) -> session.Tim
     return session.Timeouts(**checked)
 
 
+@functools.lru_cache(maxsize=64)
+def _simple_timeouts(every: float | None, final: float | None) -> session.Timeouts:
+    """``timeout`` for every wait but the final one, ``maxsecs`` for that one
+    (both checked already; the result is immutable, so it is made once)."""
+    values = {} if every is None else dict.fromkeys(session.PHASES, every)
+    values.pop("final", None)
+    if final is not None:
+        values["final"] = final
+    return session.Timeouts(**values)
+
+
 def _as_list(name: str, value: object, kind: type) -> list[Any]:
     items = [value] if isinstance(value, kind) else value
     if isinstance(items, str | bytes) or not isinstance(items, Iterable):
@@ -149,15 +160,16 @@ def _as_list(name: str, value: object, kind: type) -> list[Any]:
     return items
 
 
+_NOT_IN_A_NAME = re.compile(r"[\s/]")  # whitespace (any script's) or a slash
+
+
 def _servers_and_ports(servers: object, ports: object) -> list[tuple[str, int]]:
     server_list: list[str] = _as_list("servers", servers, str)
     port_list: list[int] = _as_list("ports", ports, int)
     if not server_list:
         raise InvalidInputError("servers is empty")
     for server in server_list:
-        if not server or server.strip() != server or any(c.isspace() for c in server):
-            raise InvalidInputError(f"invalid server name {server!r}")
-        if not server.isprintable() or "/" in server:
+        if not server or not server.isprintable() or _NOT_IN_A_NAME.search(server):
             raise InvalidInputError(f"invalid server name {server!r}")
     for port in port_list:
         if not 0 < port < 65536:
