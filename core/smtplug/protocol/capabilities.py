@@ -21,6 +21,7 @@ control character into a log.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -98,24 +99,11 @@ class Capabilities:
         """
         if not reply.is_positive:
             raise ValueError(f"not a positive EHLO reply: {reply.code}")
-        first = reply.lines[0].split() if reply.lines else []
-        keywords: dict[str, tuple[str, ...]] = {}
-        for line in reply.lines[1:]:
-            words = line.split()
-            if not words:
-                continue
-            keyword, params = words[0], tuple(words[1:])
-            if keyword[:5].upper() == "AUTH=":
-                keyword = "AUTH"
-                params = (words[0][5:], *params) if words[0][5:] else params
-            elif _KEYWORD.match(keyword) is None:
-                continue
-            keyword = keyword.upper()
-            if keyword == "AUTH":
-                keywords[keyword] = _dedupe(keywords.get(keyword, ()) + params)
-            else:
-                keywords.setdefault(keyword, params)
-        return cls(first[0] if first else "", keywords, esmtp=True)
+        if cls is Capabilities:
+            # A server answers every EHLO alike: an answer seen before is not
+            # parsed again (the result is immutable, so it can be shared).
+            return _remembered_ehlo(reply.lines)
+        return cls(*_ehlo(reply.lines), esmtp=True)
 
     @classmethod
     def from_helo(cls, reply: Reply) -> Capabilities:
@@ -124,3 +112,30 @@ class Capabilities:
             raise ValueError(f"not a positive HELO reply: {reply.code}")
         first = reply.lines[0].split() if reply.lines else []
         return cls(first[0] if first else "", {}, esmtp=False)
+
+
+def _ehlo(lines: tuple[str, ...]) -> tuple[str, dict[str, tuple[str, ...]]]:
+    """The domain and the keywords of an EHLO reply's lines."""
+    first = lines[0].split() if lines else []
+    keywords: dict[str, tuple[str, ...]] = {}
+    for line in lines[1:]:
+        words = line.split()
+        if not words:
+            continue
+        keyword, params = words[0], tuple(words[1:])
+        if keyword[:5].upper() == "AUTH=":
+            keyword = "AUTH"
+            params = (words[0][5:], *params) if words[0][5:] else params
+        elif _KEYWORD.match(keyword) is None:
+            continue
+        keyword = keyword.upper()
+        if keyword == "AUTH":
+            keywords[keyword] = _dedupe(keywords.get(keyword, ()) + params)
+        else:
+            keywords.setdefault(keyword, params)
+    return (first[0] if first else ""), keywords
+
+
+@functools.lru_cache(maxsize=64)
+def _remembered_ehlo(lines: tuple[str, ...]) -> Capabilities:
+    return Capabilities(*_ehlo(lines), esmtp=True)
