@@ -208,7 +208,7 @@ class ReplyParser:
     )
 
     def __init__(self, limits: ReplyLimits | None = None) -> None:
-        self._limits = limits if limits is not None else ReplyLimits()
+        self._limits = limits if limits is not None else _DEFAULT_LIMITS
         self._buffer = bytearray()  # at most one incomplete line
         self._code: int | None = None  # code of the reply being assembled
         self._lines: list[str] = []  # its lines so far
@@ -217,7 +217,7 @@ class ReplyParser:
         self._error: str | None = None
         # Whole reads are remembered only under the default limits (a line's
         # own bounds are checked again on every use of a remembered line).
-        self._remember = self._limits == _DEFAULT_LIMITS
+        self._remember = limits is None or limits == _DEFAULT_LIMITS
 
     @property
     def broken(self) -> bool:
