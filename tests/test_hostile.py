@@ -15,6 +15,7 @@ import io
 import itertools
 import logging
 import re
+import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -762,6 +763,23 @@ def test_a_bad_reply_to_a_pipelined_quit_does_not_undo_a_delivery(arrival, bad, 
     session = server.sessions[0]
     assert session.received.endswith(b"QUIT\r\n") and session.transactions[0].complete
     assert result.accepted
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["quit-alone", "quit-pipelined"])
+def test_a_quit_never_answered_does_not_hold_up_the_caller(monkeypatch, pipelining):
+    # The command wait is 300 s; the goodbye is awaited only QUIT_WAIT (made short
+    # here). Were the command wait used, the thread would still be waiting at the join.
+    monkeypatch.setattr(smtplug.session, "QUIT_WAIT", 0.2)
+    capabilities = ["8BITMIME"] + (["PIPELINING"] if pipelining else [])
+    results: list[smtplug.SendResult] = []
+    with ScriptedServer({"QUIT": STALL}, capabilities=capabilities) as server:
+        worker = threading.Thread(target=lambda: results.append(send(server, timeout=300)))
+        worker.start()
+        worker.join(60)
+        assert not worker.is_alive(), "sendmessage still waits for the reply to QUIT"
+        server.wait_idle()
+    assert results[0].accepted
+    assert server.sessions[0].verbs == ["EHLO", "MAIL", "RCPT", "DATA", ".", "QUIT"]
 
 
 # --- credentials ------------------------------------------------------------------------------

@@ -201,6 +201,11 @@ def queue(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
     return (yield from _tolerant(commands.qued(), "QUED", timeouts))
 
 
+#: Seconds the reply to QUIT is awaited at most (or the ``command`` wait, if
+#: shorter). QUIT comes when the work is done: a server that never says
+#: goodbye must not hold up the caller for the whole ``command`` wait.
+QUIT_WAIT = 5.0
+
 #: Commands per pipelined flight: replies to at most this many wait unread, so
 #: neither side can fill its buffers and stall the other (RFC 2920 section 3.5).
 BATCH = 100
@@ -539,7 +544,7 @@ def _quit_reply(
     # The message is delivered by now: no answer to QUIT, however broken,
     # may turn that into an error (a caller would send the message again).
     with contextlib.suppress(ConnectionLostError, ProtocolError):
-        yield _wait(timeouts.command, "QUIT")
+        yield _wait(min(timeouts.command, QUIT_WAIT), "QUIT")
 
 
 def _empty_data(
@@ -556,9 +561,12 @@ def reset(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
 
 
 def quit(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
-    """QUIT; the caller ignores its failures (the work is done by then)."""
+    """QUIT; the caller ignores its failures (the work is done by then).
+
+    Its reply is awaited at most :data:`QUIT_WAIT` seconds.
+    """
     yield _command(commands.quit(), timeouts)
-    reply = yield Receive(timeouts.command, "QUIT")
+    reply = yield _wait(min(timeouts.command, QUIT_WAIT), "QUIT")
     assert reply is not None
     return reply
 
