@@ -256,7 +256,7 @@ class _Header:
     kept: bytes  # every field but Bcc/Dcc, each ending in a line break
 
 
-_REMEMBERED_HEADER = 16384  # octets: longer header blocks are parsed every time
+_REMEMBERED_HEADER = 8192  # octets: longer header blocks are parsed every time
 
 
 def _parse_header(head: bytes) -> _Header:
@@ -288,7 +288,7 @@ def _split_header(head: bytes) -> _Header:
     return _Header(fields, MappingProxyType(by_name), kept)
 
 
-_remembered_header = functools.lru_cache(maxsize=256)(_split_header)
+_remembered_header = functools.lru_cache(maxsize=64)(_split_header)
 
 
 def _line_ended(raw: bytes) -> bytes:
