@@ -210,3 +210,11 @@ def test_any_text_lines_never_fail(lines: list[str]) -> None:
         assert keyword.isascii()
     caps.size_limit  # noqa: B018
     caps.auth_mechanisms  # noqa: B018
+
+
+def test_from_ehlo_takes_a_reply_built_with_a_list_of_lines() -> None:
+    # Reply does not convert its fields; the memo of EHLO answers must cope.
+    reply = Reply(250, ["mx.example", "PIPELINING", "SIZE 1000"])  # type: ignore[arg-type]
+    capabilities = Capabilities.from_ehlo(reply)
+    assert capabilities.domain == "mx.example"
+    assert capabilities.has("PIPELINING") and capabilities.size_limit == 1000

@@ -102,7 +102,7 @@ class Capabilities:
         if cls is Capabilities:
             # A server answers every EHLO alike: an answer seen before is not
             # parsed again (the result is immutable, so it can be shared).
-            return _remembered_ehlo(reply.lines)
+            return _remembered_ehlo(tuple(reply.lines))
         return cls(*_ehlo(reply.lines), esmtp=True)
 
     @classmethod
