@@ -265,3 +265,14 @@ def test_normalise_is_idempotent_and_crlf_only(body: bytes) -> None:
     assert normalise_line_endings(once) == once
     assert not has_bare_cr_or_lf(once)
     assert once.replace(b"\r\n", b"") == body.replace(b"\r", b"").replace(b"\n", b"")
+
+
+@pytest.mark.parametrize("text", [b"line one\r\nline two\r\n", b"no line break", b"a\rb\nc"])
+def test_encoders_never_return_the_callers_buffer(text: bytes) -> None:
+    # The output must not change when the caller reuses its bytearray afterwards.
+    for encode in (normalise_line_endings, DataEncoder().encode):
+        given = bytearray(text)
+        out = encode(given)  # type: ignore[operator]
+        before = bytes(out)
+        given[0:1] = b"."
+        assert bytes(out) == before

@@ -53,7 +53,9 @@ def normalise_line_endings(body: bytes) -> bytes:
     if b"\r" not in body:
         return body.replace(b"\n", b"\r\n")
     if body.count(b"\r\n") == body.count(b"\n") == body.count(b"\r"):
-        return body  # every CR is half of a CRLF, and every LF: nothing to do
+        # Every CR is half of a CRLF, and every LF: nothing to change. (A slice:
+        # the same object for bytes, a copy of a caller's mutable bytearray.)
+        return body[:]
     return body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
