@@ -244,6 +244,14 @@ def test_params_as_string_refused() -> None:
         commands.mail("a@b", "SIZE=1")
 
 
+@pytest.mark.parametrize("params", [None, 0, False, b"SIZE=1", {"SIZE": "1"}.keys()])
+def test_params_not_a_sequence_refused(params: object) -> None:
+    # Not even with a plain address, which takes the short way to its bytes.
+    for encode in (commands.mail, commands.rcpt):
+        with pytest.raises(InvalidInputError, match="sequence of strings"):
+            encode("a@example.org", params)  # type: ignore[arg-type]
+
+
 # --- ehlo / helo / generic command ------------------------------------------
 
 

@@ -184,8 +184,13 @@ def check_param(param: str) -> str:
 def _path_command(
     prefix: str, address: str, params: Sequence[str], *, allow_empty: bool, smtputf8: bool
 ) -> bytes:
-    if isinstance(params, str):  # a lone string would be split into characters
-        raise InvalidInputError("ESMTP parameters must be a sequence of strings, not a string")
+    # A list or tuple at a glance; a lone string would be split into characters.
+    if type(params) not in (list, tuple) and (
+        isinstance(params, str | bytes) or not isinstance(params, Sequence)
+    ):
+        raise InvalidInputError(
+            f"ESMTP parameters must be a sequence of strings, not {type(params).__name__}"
+        )
     check_address(address, allow_empty=allow_empty, smtputf8=smtputf8)
     if not params and address.isascii():  # at most 9 + 256 + 2 octets: within the limit
         return f"{prefix}<{address}>\r\n".encode("ascii")
