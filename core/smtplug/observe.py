@@ -32,9 +32,9 @@ class Observers:
         self._reply = hook.smtplug_on_reply if hook.smtplug_on_reply.get_hookimpls() else None
 
     def watching(self) -> bool:
-        """Whether anyone listens to commands and replies (checked per action:
-        the logger's level may change at any time); when nobody does, the
-        driver skips the calls and the work of building their text."""
+        """Whether anyone listens to commands and replies (the driver asks at
+        every step: the logger's level may change at any time); when nobody
+        does, it skips the calls."""
         return (
             self._debug
             or self._command is not None
