@@ -93,6 +93,7 @@ GREETING = b"220 scripted.test ESMTP ready\r\n"
 
 _HANDSHAKE_TIMEOUT = 10.0
 _STOP_TIMEOUT = 10.0
+_CLOSE_WAIT = 5.0  # seconds a closed session waits for its socket to be closed
 
 
 class Action(enum.Enum):
@@ -491,6 +492,7 @@ class _Connection(asyncio.Protocol):
 
     async def _serve(self) -> None:
         session = self.session
+        cancelled = False
         try:
             greeting = Command(b"", "GREETING", "", 1, session.tls, session)
             if await self._answer(greeting, ()) is None:
@@ -501,6 +503,7 @@ class _Connection(asyncio.Protocol):
                 if not await self._handle(command):
                     return
         except asyncio.CancelledError:
+            cancelled = True
             raise
         except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
             session.error = exc
@@ -510,6 +513,12 @@ class _Connection(asyncio.Protocol):
         finally:
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.close()
+            if not cancelled:
+                # Ended means closed: asyncio closes the socket a loop turn (or,
+                # with TLS, a shutdown) after close(); once wait_idle returns,
+                # the client can see that the server hung up.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self.lost), _CLOSE_WAIT)
             self.server._session_ended(session)
 
     async def _handle(self, command: Command) -> bool:
@@ -648,8 +657,8 @@ class ScriptedServer:
         return len(self.sessions)
 
     def wait_idle(self, timeout: float = 5.0) -> None:
-        """Wait until every session seen so far has ended; TimeoutError if not
-        within ``timeout`` seconds."""
+        """Wait until every session seen so far has ended and its socket is
+        closed; TimeoutError if not within ``timeout`` seconds."""
         with self._changed:
             if not self._changed.wait_for(
                 lambda: all(s.ended.is_set() for s in self.sessions), timeout
