@@ -255,6 +255,12 @@ def test_recipients_list_is_the_concatenation(cases: list[tuple[str, list[str]]]
     st.booleans(),
     st.sampled_from([b"\r\n", b"\n"]),
 )
+@example(
+    message_fields=[],
+    option_fields=[("To", '0: ;, " "@0.0', ['" "@0.0']), ("Dcc", '" "@0', ['" "@0'])],
+    fold=False,
+    ending=b"\r\n",
+)
 def test_recipients_from_fields_match_the_reference(
     message_fields: list[tuple[str, str, list[str]]],
     option_fields: list[tuple[str, str, list[str]]],
@@ -292,7 +298,8 @@ def test_recipients_from_fields_match_the_reference(
         for address in addresses
     }
     for address in hidden - shown:
-        assert address.encode() not in prepared.header
+        if not any(address in other for other in shown):  # '" "@0' is in '" "@0.0'
+            assert address.encode() not in prepared.header
 
 
 # --- Bcc and Dcc: never in the transmitted header --------------------------------------
@@ -342,8 +349,9 @@ def test_hidden_fields_in_the_header_option_never_transmitted(
     prepared = run(b"To: b@example.org\r\n\r\nbody", header=[(name, value), visible])
     assert list(prepared.recipients) == ["t@x.example", *expected]
     assert not {"bcc", "dcc", "resent-bcc", "resent-dcc"} & set(field_names(prepared))
-    for address in expected:
-        assert address.encode() not in prepared.header
+    # What is sent without the hidden field (an address may be part of it:
+    # "d@client.example.net" is in the Message-ID) is all that is sent with it.
+    assert prepared.header == run(b"To: b@example.org\r\n\r\nbody", header=[visible]).header
 
 
 # --- the caller's message and options are never changed -------------------------------
