@@ -93,7 +93,7 @@ GREETING = b"220 scripted.test ESMTP ready\r\n"
 
 _HANDSHAKE_TIMEOUT = 10.0
 _STOP_TIMEOUT = 10.0
-_CLOSE_WAIT = 5.0  # seconds a closed session waits for its socket to be closed
+_CLOSE_WAIT = 2.0  # seconds a closed session waits for its socket to be closed
 
 
 class Action(enum.Enum):
@@ -282,6 +282,10 @@ class _Connection(asyncio.Protocol):
         self._sasl = False  # the next line answers a 334
         self._ends = 0  # ends of messages seen
         self._counts: dict[str, int] = {}  # commands seen, by verb
+        # A plain TCP transport, never handed to TLS: closing it closes the
+        # socket a loop turn later (a TLS close waits for the peer, and a
+        # failed upgrade takes the transport away from this protocol).
+        self.plain = not server.implicit_tls
 
     # -- asyncio.Protocol ---------------------------------------------------
 
@@ -513,10 +517,10 @@ class _Connection(asyncio.Protocol):
         finally:
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.close()
-            if not cancelled:
-                # Ended means closed: asyncio closes the socket a loop turn (or,
-                # with TLS, a shutdown) after close(); once wait_idle returns,
-                # the client can see that the server hung up.
+            if self.plain and not cancelled:
+                # Ended means closed: asyncio closes the socket a loop turn
+                # after close(); once wait_idle returns, the client can see
+                # that the server hung up.
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self.lost), _CLOSE_WAIT)
             self.server._session_ended(session)
@@ -568,6 +572,7 @@ class _Connection(asyncio.Protocol):
         # reading at once: the handshake cannot be read as plain text, and what
         # arrives over TLS (even before start_tls returns) is kept.
         self.buffer.clear()
+        self.plain = False
         transport = await self.loop.start_tls(
             self.transport,
             self,
