@@ -662,8 +662,8 @@ class ScriptedServer:
         return len(self.sessions)
 
     def wait_idle(self, timeout: float = 5.0) -> None:
-        """Wait until every session seen so far has ended and its socket is
-        closed; TimeoutError if not within ``timeout`` seconds."""
+        """Wait until every session seen so far has ended (a plain one: its
+        socket closed); TimeoutError if not within ``timeout`` seconds."""
         with self._changed:
             if not self._changed.wait_for(
                 lambda: all(s.ended.is_set() for s in self.sessions), timeout
