@@ -573,13 +573,20 @@ class _Connection(asyncio.Protocol):
         # arrives over TLS (even before start_tls returns) is kept.
         self.buffer.clear()
         self.plain = False
-        transport = await self.loop.start_tls(
-            self.transport,
-            self,
-            context,
-            server_side=True,
-            ssl_handshake_timeout=_HANDSHAKE_TIMEOUT,
-        )
+        try:
+            transport = await self.loop.start_tls(
+                self.transport,
+                self,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=_HANDSHAKE_TIMEOUT,
+            )
+        except BaseException:
+            # The failed upgrade closes the connection, and this protocol may
+            # never hear of it (Python 3.10 gives it to the TLS layer): it is lost.
+            if not self.lost.done():
+                self.lost.set_result(None)
+            raise
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.session.tls = True
