@@ -217,6 +217,11 @@ def _wait(timeout: float | None, what: str) -> Receive:
     return Receive(timeout, what)
 
 
+def _quit_wait(timeouts: Timeouts) -> Receive:
+    """The wait for the reply to QUIT: the command wait, at most QUIT_WAIT."""
+    return _wait(min(timeouts.command, QUIT_WAIT), "QUIT")
+
+
 def _after_end(exc: ConnectionLostError, what: str, outcome: TransactionOutcome) -> None:
     """Once the message's end is on the wire, a lost connection means the
     delivery is unknown: raise that instead (the caller re-raises otherwise)."""
@@ -544,7 +549,7 @@ def _quit_reply(
     # The message is delivered by now: no answer to QUIT, however broken,
     # may turn that into an error (a caller would send the message again).
     with contextlib.suppress(ConnectionLostError, ProtocolError):
-        yield _wait(min(timeouts.command, QUIT_WAIT), "QUIT")
+        yield _quit_wait(timeouts)
 
 
 def _empty_data(
@@ -566,7 +571,7 @@ def quit(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
     Its reply is awaited at most :data:`QUIT_WAIT` seconds.
     """
     yield _command(commands.quit(), timeouts)
-    reply = yield _wait(min(timeouts.command, QUIT_WAIT), "QUIT")
+    reply = yield _quit_wait(timeouts)
     assert reply is not None
     return reply
 
