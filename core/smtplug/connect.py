@@ -276,6 +276,7 @@ def _decide(
             "going on without TLS",
             code,
             certificate=kind == "certificate",
+            policy=True,
         )
 
 

@@ -39,13 +39,26 @@ class SMTPError(Exception):
 
     @property
     def transient(self) -> bool:
-        """True for a temporary failure (4xx): trying again later may work."""
-        return 400 <= self.code < 500
+        """True when sending again later may work and cannot deliver twice:
+        a temporary failure (4xx) before the server could have the message.
+
+        Safe to drive a retry loop with. False for a permanent failure (5xx),
+        for :class:`DeliveryUnknownError` (see :attr:`may_have_been_delivered`)
+        and for TLS refusals that trying again cannot fix (a certificate or
+        host name that fails, a TLS policy that forbids going on).
+        """
+        return 400 <= self.code < 500 and not self.may_have_been_delivered
 
     @property
     def permanent(self) -> bool:
         """True for a permanent failure (5xx): the same request will fail again."""
         return 500 <= self.code < 600
+
+    @property
+    def may_have_been_delivered(self) -> bool:
+        """True when the server may have the message although the send failed
+        (:class:`DeliveryUnknownError`): sending it again may deliver it twice."""
+        return False
 
 
 class InvalidInputError(SMTPError, ValueError):
@@ -125,8 +138,10 @@ class TLSError(SMTPError):
 
     ``certificate`` is True when the server's certificate chain or host name
     failed verification; ``attack`` when the server (or someone on the path)
-    attacked the upgrade, e.g. by injecting replies before the handshake. No
-    policy downgrades an attack to plain text.
+    attacked the upgrade, e.g. by injecting replies before the handshake;
+    ``policy`` when the TLS policy refused to go on without TLS. No policy
+    downgrades an attack to plain text. None of those three is
+    :attr:`transient`: trying again cannot fix them.
     """
 
     default_code = 454
@@ -138,18 +153,32 @@ class TLSError(SMTPError):
         *,
         certificate: bool = False,
         attack: bool = False,
+        policy: bool = False,
     ) -> None:
         super().__init__(diagnostic, code)
         self.certificate = certificate
         self.attack = attack
+        self.policy = policy
+
+    @property
+    def transient(self) -> bool:
+        return super().transient and not (self.certificate or self.attack or self.policy)
 
 
 class DeliveryUnknownError(SMTPError):
     """The connection was lost (or the wait ran out) after the final "." was
     sent and before the server's reply: the server may or may not have taken
-    the message. Sending again may deliver it twice."""
+    the message. Sending again may deliver it twice.
+
+    Not :attr:`~SMTPError.transient` (although its code is 400): a retry loop
+    must not resend it blindly; :attr:`may_have_been_delivered` is True.
+    """
 
     default_code = 400
+
+    @property
+    def may_have_been_delivered(self) -> bool:
+        return True
 
 
 class ServerFailure:
@@ -186,6 +215,21 @@ class ConnectError(SMTPError):
     ) -> None:
         super().__init__(diagnostic, code)
         self.failures: tuple[ServerFailure, ...] = tuple(failures)
+
+    @property
+    def transient(self) -> bool:
+        """With ``failures``: True when trying again may reach a server, i.e.
+        when any server failed transiently; otherwise by the code."""
+        if self.failures:
+            return any(failure.error.transient for failure in self.failures)
+        return super().transient
+
+    @property
+    def permanent(self) -> bool:
+        """With ``failures``: True when every server failed permanently."""
+        if self.failures:
+            return all(failure.error.permanent for failure in self.failures)
+        return super().permanent
 
     @classmethod
     def from_failures(cls, failures: Sequence[ServerFailure]) -> ConnectError:
