@@ -4,7 +4,7 @@
 >>> refused = smtplug.sendmessage(msg, recipients="someone@example.org")  # doctest: +SKIP
 """
 
-from smtplug.api import Client, SendResult, sendmessage
+from smtplug.api import Client, sendmessage
 from smtplug.errors import (
     AuthenticationError,
     ConnectError,
@@ -21,6 +21,7 @@ from smtplug.errors import (
 from smtplug.hookspecs import hookimpl, hookspec
 from smtplug.interfaces import ConnectionInfo
 from smtplug.protocol import Reply
+from smtplug.results import RefusedRecipient, SendResult
 from smtplug.session import Timeouts
 
 __version__ = "0.1.0"
@@ -35,6 +36,7 @@ __all__ = [
     "InvalidInputError",
     "PluginError",
     "ProtocolError",
+    "RefusedRecipient",
     "Reply",
     "ResponseError",
     "SMTPError",

@@ -39,60 +39,17 @@ from smtplug.errors import (
 from smtplug.interfaces import (
     SASLCredentials,
     TLSBackend,
-    TLSInfo,
     TLSOptions,
     TLSPolicy,
 )
 from smtplug.observe import Observers
 from smtplug.plugins import Registry, build_registry
-from smtplug.protocol import Capabilities, Reply, commands
+from smtplug.protocol import Capabilities, commands
 from smtplug.protocol.data import LineCheck
+from smtplug.results import SendResult
 from smtplug.source import MessageInput
 
 __all__ = ["Client", "SendResult", "TLSPolicyCallable", "sendmessage"]
-
-
-class SendResult(list[tuple[str, int, str]]):
-    """The refused recipients, ``[(address, code, diagnostic), ...]``, as Tcllib
-    returns them; also says whether and where the message was accepted.
-
-    ``accepted`` is True only when the server answered the final "." with
-    success. A non-empty list with ``accepted`` True means the message went
-    to the other recipients (``atleastone=True``); with ``accepted`` False the
-    transaction was reset and nothing was sent.
-    """
-
-    accepted: bool
-    server: str | None
-    port: int | None
-    reply: Reply | None
-    recipients: tuple[str, ...]
-    tls: TLSInfo | None
-
-    def __init__(
-        self,
-        refused: Iterable[tuple[str, int, str]] = (),
-        *,
-        accepted: bool = False,
-        server: str | None = None,
-        port: int | None = None,
-        reply: Reply | None = None,
-        recipients: Sequence[str] = (),
-        tls: TLSInfo | None = None,
-    ) -> None:
-        super().__init__(refused)
-        self.accepted = accepted
-        self.server = server
-        self.port = port
-        self.reply = reply
-        self.recipients = tuple(recipients)  # the recipients the server accepted
-        self.tls = tls  # what TLS negotiated, None for a plain session
-
-    def __repr__(self) -> str:
-        return (
-            f"SendResult({list(self)!r}, accepted={self.accepted!r}, "
-            f"server={self.server!r}, port={self.port!r})"
-        )
 
 
 def _flag(name: str, value: object) -> bool:
@@ -634,7 +591,7 @@ class Client:
             except BaseException:
                 self._drop()
                 raise
-            if outcome.quit_sent:
+            if outcome.session_over:
                 self._drop()
             return SendResult(
                 outcome.refused,

@@ -135,6 +135,9 @@ class TransactionOutcome:
     reply: Reply | None = None
     stage: str = "mail"
     quit_sent: bool = False
+    session_over: bool = False
+    """The session cannot carry another transaction (QUIT sent, or the server
+    closed it after the outcome was known)."""
 
 
 def _expect(reply: Reply, command: str, *codes: int) -> Reply:
@@ -467,6 +470,10 @@ def transaction(
                 _expect(reply, "BDAT", 250)
             outcome.delivered = True
             outcome.reply = replies[-1]
+        elif not trailer:
+            # The accepted MAIL opened a transaction that the refused BDAT did
+            # not end (RFC 3030): reset it, or the next MAIL joins it.
+            yield from _reset_after_refusal(timeouts, outcome)
         return outcome
 
     if mail_error is not None:
@@ -479,19 +486,19 @@ def transaction(
         if data_reply.code != 354:
             if commit:
                 _expect(data_reply, "DATA", 354)
-            yield from reset(timeouts)
+            yield from _reset_after_refusal(timeouts, outcome)
             return outcome
         if not commit:
             # A 354 although no recipient was accepted: end the empty message.
             yield from _empty_data(timeouts, outcome)
-            yield from reset(timeouts)
+            yield from _reset_after_refusal(timeouts, outcome)
             return outcome
         outcome.stage = "data"
         yield from _data_body(message, timeouts, outcome, trailer, progress, check)
         return (yield from _final(timeouts, outcome, bool(trailer)))
 
     if not commit:
-        yield from reset(timeouts)
+        yield from _reset_after_refusal(timeouts, outcome)
         return outcome
 
     # -- BDAT after the RCPT replies ---------------------------------------------
@@ -545,7 +552,7 @@ def _quit_reply(
     timeouts: Timeouts, outcome: TransactionOutcome
 ) -> Generator[Action, Reply | None, None]:
     """The reply to a pipelined QUIT: the session is over whatever it says."""
-    outcome.quit_sent = True
+    outcome.quit_sent = outcome.session_over = True
     # The message is delivered by now: no answer to QUIT, however broken,
     # may turn that into an error (a caller would send the message again).
     with contextlib.suppress(ConnectionLostError, ProtocolError):
@@ -558,6 +565,18 @@ def _empty_data(
     """End a DATA the server accepted with 354 although nothing is to be sent."""
     yield Send(b".\r\n", ".", timeouts.block)
     yield from _receive(timeouts.final, 'the final "."', outcome)
+
+
+def _reset_after_refusal(
+    timeouts: Timeouts, outcome: TransactionOutcome
+) -> Generator[Action, Reply | None, None]:
+    """RSET after recipients were refused and nothing was sent. The outcome is
+    known by now: a server that closes (421) or is gone at the RSET changes
+    nothing in it, it only ends the session (``outcome.session_over``)."""
+    try:
+        yield from reset(timeouts)
+    except (ResponseError, ConnectionLostError):
+        outcome.session_over = True
 
 
 def reset(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
