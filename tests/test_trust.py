@@ -9,6 +9,9 @@ a Client shared by threads broke, and the SIZE limit was left to the server.
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from email.message import EmailMessage
 
 import pytest
@@ -21,7 +24,7 @@ from smtplug import (
     ResponseError,
     TLSError,
 )
-from smtplug.testing import CLOSE, ScriptedServer
+from smtplug.testing import CLOSE, Answer, ScriptedServer
 
 PIPE_CHUNK = ["PIPELINING", "CHUNKING", "8BITMIME"]
 
@@ -186,3 +189,225 @@ def test_connect_error_is_transient_when_any_server_may_work_later():
     first, second = info.value.failures
     assert not first.error.transient and second.error.transient
     assert info.value.transient and not info.value.permanent
+
+
+# -- a server reply lost to a write error ----------------------------------------
+
+
+class EarlyRefusal:
+    """A raw server on 127.0.0.1 that refuses a message while it is coming in:
+    after ``after`` octets of the body (DATA) or at the first BDAT command it
+    answers ``refusal`` and closes, the rest of the client's data unread (so
+    the client's writes fail with a reset)."""
+
+    def __init__(self, capabilities: list[str], refusal: bytes, *, after: int = 100_000):
+        self.capabilities = capabilities
+        self.refusal = refusal
+        self.after = after
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.body_octets = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.sendall(b"220 early ESMTP\r\n")
+            buffer = b""
+            while True:
+                while b"\r\n" not in buffer:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buffer += data
+                line, buffer = buffer.split(b"\r\n", 1)
+                verb = line.split(b" ", 1)[0].upper()
+                if verb == b"EHLO":
+                    lines = ["early", *self.capabilities]
+                    text = "".join(f"250-{c}\r\n" for c in lines[:-1]) + f"250 {lines[-1]}\r\n"
+                    conn.sendall(text.encode())
+                elif verb in (b"MAIL", b"RCPT"):
+                    conn.sendall(b"250 ok\r\n")
+                elif verb == b"DATA":
+                    conn.sendall(b"354 go on\r\n")
+                    self.body_octets = len(buffer)
+                    while self.body_octets < self.after:
+                        data = conn.recv(65536)
+                        if not data:
+                            return
+                        self.body_octets += len(data)
+                    self._refuse(conn)
+                    return
+                elif verb == b"BDAT":
+                    self._refuse(conn)
+                    return
+                else:
+                    conn.sendall(b"502 no\r\n")
+
+    def _refuse(self, conn: socket.socket) -> None:
+        conn.sendall(self.refusal)
+        # Let the replies leave before closing with unread data (which resets the
+        # connection and drops whatever is still queued), as a server that
+        # waits for its last write does.
+        time.sleep(0.2)
+
+    def close(self) -> None:
+        self.thread.join(10)
+        self.listener.close()
+
+
+def big_message(octets: int = 8_000_000) -> bytes:
+    line = b"x" * 998 + b"\r\n"
+    body = line * (octets // len(line))
+    return b"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: big\r\n\r\n" + body
+
+
+@pytest.mark.parametrize(
+    "capabilities",
+    [
+        ["8BITMIME"],
+        ["PIPELINING", "8BITMIME"],
+        ["CHUNKING", "8BITMIME"],
+        ["PIPELINING", "CHUNKING", "8BITMIME"],
+    ],
+)
+@pytest.mark.parametrize("one_shot", [True, False])
+def test_a_refusal_while_the_message_is_written_is_reported_as_the_server_gave_it(
+    capabilities, one_shot
+):
+    server = EarlyRefusal(capabilities, b"554 5.3.4 message too big for this system\r\n")
+    try:
+        with pytest.raises(ResponseError) as info:
+            if one_shot:
+                smtplug.sendmessage(
+                    big_message(),
+                    servers="127.0.0.1",
+                    ports=server.port,
+                    usetls=False,
+                    client="localhost",
+                    timeout=10,
+                )
+            else:
+                with smtplug.Client(
+                    servers="127.0.0.1", ports=server.port, usetls=False, timeout=10
+                ) as c:
+                    c.sendmessage(big_message())
+    finally:
+        server.close()
+    error = info.value
+    assert (error.code, error.enhanced) == (554, "5.3.4")
+    assert "too big" in error.diagnostic
+    assert error.permanent and not error.transient and not error.may_have_been_delivered
+
+
+def test_a_write_failure_without_a_reply_is_still_a_lost_connection():
+    server = EarlyRefusal(["8BITMIME"], b"")
+    try:
+        with pytest.raises(ConnectionLostError) as info:
+            smtplug.sendmessage(
+                big_message(),
+                servers="127.0.0.1",
+                ports=server.port,
+                usetls=False,
+                client="localhost",
+                timeout=10,
+            )
+    finally:
+        server.close()
+    assert not isinstance(info.value, DeliveryUnknownError)
+    assert info.value.transient
+
+
+# -- an unsolicited 421 --------------------------------------------------------
+
+
+def test_an_unsolicited_421_between_commands_fails_over_to_the_next_server():
+    closing = {"MAIL": Answer(b"250 ok\r\n421 4.3.2 shutting down\r\n", then=CLOSE)}
+    with ScriptedServer(closing) as first, ScriptedServer() as second:
+        result = smtplug.sendmessage(
+            message(),
+            servers=["127.0.0.1", "127.0.0.1"],
+            ports=[first.port, second.port],
+            usetls=False,
+            client="localhost",
+            timeout=5,
+        )
+        first.wait_idle()
+        second.wait_idle()
+    assert result.accepted and result.port == second.port
+    assert "RCPT" not in first.sessions[0].verbs
+    assert len(second.sessions[0].transactions) == 1
+
+
+def test_an_unsolicited_421_alone_is_a_421_not_a_protocol_error():
+    closing = {"MAIL": Answer(b"250 ok\r\n421 4.3.2 shutting down\r\n", then=CLOSE)}
+    with ScriptedServer(closing) as server, pytest.raises(ConnectError) as info:
+        send(server)
+    (failure,) = info.value.failures
+    assert isinstance(failure.error, ResponseError)
+    assert (failure.error.code, failure.error.enhanced) == (421, "4.3.2")
+    assert info.value.transient
+
+
+@pytest.mark.parametrize("capabilities", [["8BITMIME"], PIPE_CHUNK])
+def test_a_kept_client_reconnects_after_an_unsolicited_421(capabilities):
+    def close_after_first(command):
+        if command.session.index == 0:
+            return Answer(b"250 queued\r\n421 4.3.2 idle too long\r\n", then=CLOSE)
+        return None
+
+    with ScriptedServer({".": close_after_first}, capabilities=capabilities) as server:
+        with client(server) as c:
+            first = c.sendmessage(message("one"))
+            server.wait_idle()
+            second = c.sendmessage(message("two"))
+        server.wait_idle()
+    assert first.accepted and second.accepted
+    assert [len(s.transactions) for s in server.sessions] == [1, 1]
+
+
+# -- observers and callbacks after the end of the message ----------------------
+
+
+class RaisingObserver:
+    def __init__(self, when) -> None:
+        self.when = when
+
+    @smtplug.hookimpl
+    def smtplug_on_reply(self, info, reply):
+        if self.when(reply):
+            raise RuntimeError("observer failed")
+
+
+def test_an_observer_failing_at_the_reply_to_the_end_leaves_delivery_unknown():
+    observer = RaisingObserver(lambda reply: reply.text.startswith("queued"))
+    script = {".": b"250 queued as 1\r\n"}
+    with ScriptedServer(script) as server, pytest.raises(DeliveryUnknownError) as info:
+        send(server, plugins=[observer])
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert info.value.may_have_been_delivered
+
+
+def test_a_progress_callback_failing_after_the_end_leaves_delivery_unknown():
+    def progress(octets):
+        if octets >= 20:
+            raise RuntimeError("progress failed")
+
+    with ScriptedServer() as server, pytest.raises(DeliveryUnknownError):
+        send(server, progress=progress)
+
+
+def test_an_observer_failing_before_the_end_aborts_and_nothing_is_sent():
+    observer = RaisingObserver(lambda reply: reply.code == 354)
+    with ScriptedServer() as server, pytest.raises(RuntimeError):
+        send(server, plugins=[observer])
+    server.wait_idle()
+    assert not server.sessions[0].transactions[0].complete
+
+
+def test_an_observer_failing_at_quit_does_not_hide_a_delivery():
+    observer = RaisingObserver(lambda reply: reply.code == 221)
+    with ScriptedServer() as server:
+        result = send(server, plugins=[observer])
+    assert result.accepted

@@ -31,6 +31,7 @@ from smtplug.connect import (
 from smtplug.driver import Connection
 from smtplug.errors import (
     ConnectionLostError,
+    DeliveryUnknownError,
     InvalidInputError,
     ResponseError,
     ServerFailure,
@@ -42,7 +43,7 @@ from smtplug.interfaces import (
     TLSOptions,
     TLSPolicy,
 )
-from smtplug.observe import Observers
+from smtplug.observe import Observers, logger
 from smtplug.plugins import Registry, build_registry
 from smtplug.protocol import Capabilities, commands
 from smtplug.protocol.data import LineCheck
@@ -452,10 +453,14 @@ class Client:
         self._capabilities = None
         if connection is None:
             return
-        if not connection.broken:
-            with contextlib.suppress(SMTPError):
-                connection.run(session.quit(self._plan.timeouts))
-        connection.close()
+        try:
+            if not connection.broken:
+                with contextlib.suppress(SMTPError):
+                    connection.run(session.quit(self._plan.timeouts))
+        except Exception as exc:  # an observer's, at QUIT: the work is done
+            logger.error("while closing: %s", type(exc).__name__, exc_info=exc)
+        finally:
+            connection.close()
 
     def _drop(self) -> None:
         connection, self._connection = self._connection, None
@@ -588,20 +593,48 @@ class Client:
                     connection.event(f"server failed: {exc}; trying the next server")
                     continue
                 raise
-            except BaseException:
+            except BaseException as exc:
                 self._drop()
+                if not isinstance(exc, Exception) or isinstance(exc, DeliveryUnknownError):
+                    raise
+                if outcome.delivered:
+                    # The server said 250 to the message's end: that is not
+                    # undone by what failed afterwards (an observer at QUIT).
+                    logger.error(
+                        "after the message was delivered: %s", type(exc).__name__, exc_info=exc
+                    )
+                    return self._result(outcome, connection)
+                if outcome.stage == "sent":
+                    # The end is on the wire: whatever failed next (a broken
+                    # reply, an observer, a progress callback) leaves the
+                    # server's answer unknown, and so the delivery.
+                    raise DeliveryUnknownError(
+                        f"the end of the message was sent to {connection.info.server}, then "
+                        f"{_what_failed(exc)}: the message may or may not have been delivered"
+                    ) from exc
                 raise
             if outcome.session_over:
                 self._drop()
-            return SendResult(
-                outcome.refused,
-                accepted=outcome.delivered,
-                server=connection.info.server,
-                port=connection.info.port,
-                reply=outcome.reply,
-                recipients=outcome.accepted_recipients,
-                tls=connection.tls_info,
-            )
+            return self._result(outcome, connection)
+
+    @staticmethod
+    def _result(outcome: session.TransactionOutcome, connection: Connection) -> SendResult:
+        return SendResult(
+            outcome.refused,
+            accepted=outcome.delivered,
+            server=connection.info.server,
+            port=connection.info.port,
+            reply=outcome.reply,
+            recipients=outcome.accepted_recipients,
+            tls=connection.tls_info,
+        )
+
+
+def _what_failed(exc: Exception) -> str:
+    if isinstance(exc, SMTPError):
+        return f"{type(exc).__name__}: {exc}"
+    # Not the text of a foreign exception: it could hold anything.
+    return f"an observer or callback raised {type(exc).__name__}"
 
 
 def sendmessage(

@@ -30,7 +30,7 @@ from smtplug.interfaces import (
     TLSStream,
     UpgradableStream,
 )
-from smtplug.observe import Observers
+from smtplug.observe import Observers, logger
 from smtplug.protocol import Reply, ReplyParser
 from smtplug.session import Action, Receive, Send, Upgrade
 
@@ -39,6 +39,8 @@ __all__ = ["Connection"]
 T = TypeVar("T")
 
 _READ_SIZE = 65536
+#: Reads at most made to collect what the server sent before a write failed.
+_DRAIN_READS = 16
 
 
 class Connection:
@@ -61,6 +63,7 @@ class Connection:
         self._tls_info = self._tls_of(stream)
         self._sessions = sessions
         self._watching = True
+        self._write_error: ConnectionLostError | None = None
 
     def event(self, text: str) -> None:
         self._hook.smtplug_on_event(info=self.info, event=text)
@@ -110,26 +113,77 @@ class Connection:
             # Pipelined replies often arrived together: take one already parsed.
             reply = self._parser.next_reply()
             if reply is None:
+                if self._write_error is not None:
+                    # Every reply the server sent before the write failed is read.
+                    raise self._lost_after_write()
                 reply = self._read_reply(action.timeout, action.command)
             if self._watching:
                 self._hook.smtplug_on_reply(info=self.info, reply=reply)
             return reply
         if isinstance(action, Send):
+            if self._write_error is not None:
+                raise self._lost_after_write()
             if self._parser.has_pending():
-                # Bytes the server sent that answer nothing we asked: never pair
-                # them with the next command (RFC 5321 has no unsolicited replies).
-                raise ProtocolError(
-                    f"{self.info.server} sent data before the command {action.display!r}"
-                )
-            self._stream.write(action.data, action.timeout)
+                self._unsolicited(action.display)
+            # Observers first: one that raises stops the send before its bytes go.
             if action.display and self._watching:
                 for line in action.display.split("\n"):
                     self._hook.smtplug_on_command(info=self.info, command=line)
+            try:
+                self._stream.write(action.data, action.timeout)
+            except ConnectionLostError as exc:
+                # The server may have answered (a refusal, a 421) and closed:
+                # keep what it sent, so that the session reports its reply
+                # rather than the broken pipe it caused.
+                self._write_error = exc
+                self._drain()
+                raise self._lost_after_write() from exc
             return None
         if isinstance(action, Upgrade):
             self._upgrade(action.timeout)
             return None
         raise TypeError(f"unknown session action {action!r}")
+
+    def _unsolicited(self, command: str) -> None:
+        """Bytes the server sent that answer nothing we asked, found before a
+        command: never paired with it. A 421 is the server closing (RFC 5321
+        section 3.8 allows it at any time): it is raised as that reply.
+        Anything else breaks the protocol (RFC 5321 has no other unsolicited
+        replies)."""
+        reply = self._parser.peek_reply()
+        if reply is not None and reply.code == 421:
+            self._parser.next_reply()
+            if self._watching:
+                self._hook.smtplug_on_reply(info=self.info, reply=reply)
+            raise ResponseError(
+                reply.diagnostic, reply.code, command="(unsolicited)", enhanced=reply.enhanced
+            )
+        raise ProtocolError(f"{self.info.server} sent data before the command {command!r}")
+
+    def _drain(self) -> None:
+        """After a failed write: whatever the server sent, without waiting."""
+        for _ in range(_DRAIN_READS):
+            try:
+                data = self._stream.read(_READ_SIZE, 0)
+            except ConnectionLostError:
+                return
+            if not data:
+                return
+            try:
+                self._parser.feed(data)
+            except ProtocolError:
+                return  # the replies completed before the violation are kept
+
+    def _lost_after_write(self) -> ConnectionLostError:
+        """The error of the failed write, saying whether replies wait unread."""
+        exc = self._write_error
+        assert exc is not None
+        return ConnectionLostError(
+            exc.diagnostic,
+            exc.code,
+            timed_out=exc.timed_out,
+            replies_pending=self._parser.peek_reply() is not None,
+        )
 
     def _upgrade(self, timeout: float | None) -> None:
         if self._parser.has_pending():
@@ -211,4 +265,7 @@ class Connection:
                 if session is not None:
                     self._sessions[(self.info.server, self.info.port)] = session
             self._stream.close()
-            self.event("closed")
+            try:
+                self.event("closed")
+            except Exception as exc:  # an observer's: closing never raises
+                logger.error("observer failed at close: %s", type(exc).__name__, exc_info=exc)

@@ -86,13 +86,27 @@ class ProtocolError(SMTPError):
 
 class ConnectionLostError(SMTPError):
     """The connection closed, failed or a read timed out before the final "."
-    was sent: the message was not delivered."""
+    was sent: the message was not delivered.
+
+    ``replies_pending`` is True when a write failed but the server had sent
+    replies that are not read yet (typically a refusal, after which it
+    closed): the session reads them and reports what the server said rather
+    than the lost connection.
+    """
 
     default_code = 400
 
-    def __init__(self, diagnostic: str, code: int | None = None, *, timed_out: bool = False):
+    def __init__(
+        self,
+        diagnostic: str,
+        code: int | None = None,
+        *,
+        timed_out: bool = False,
+        replies_pending: bool = False,
+    ):
         super().__init__(diagnostic, code)
         self.timed_out = timed_out
+        self.replies_pending = replies_pending
 
 
 class ResponseError(SMTPError):

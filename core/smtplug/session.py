@@ -150,9 +150,44 @@ def _command(line: bytes, timeouts: Timeouts) -> Send:
     return Send(line, line[:-2].decode("utf-8", "backslashreplace"), timeouts.command)
 
 
+def _send(action: Send) -> Generator[Action, Reply | None, bool]:
+    """Write; False when the write failed but the server's replies wait unread
+    (a refusal or a 421, after which it closed): the caller stops writing and
+    reads them, so that what the server said is reported, not the broken pipe."""
+    try:
+        yield action
+    except ConnectionLostError as exc:
+        if not exc.replies_pending:
+            raise
+        return False
+    return True
+
+
+def _send_end(
+    action: Send, trailer: bytes, outcome: TransactionOutcome
+) -> Generator[Action, Reply | None, bool]:
+    """Write the bytes that end the message (and ``trailer``, a pipelined QUIT);
+    from then on the outcome's stage is "sent".
+
+    A failed write did not hand its last octet to the network, so a message
+    end that closes the write never reached the server; one followed by QUIT
+    may have: its delivery is then unknown until a reply says otherwise.
+    """
+    try:
+        written = yield from _send(action)
+    except ConnectionLostError as exc:
+        if trailer:
+            outcome.stage = "sent"
+            _after_end(exc, "the end of the message", outcome)
+        raise
+    if written or trailer:
+        outcome.stage = "sent"
+    return written
+
+
 def _tolerant(line: bytes, what: str, timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
     """A command whose answer the caller judges; only 421 (closing) raises."""
-    yield _command(line, timeouts)
+    yield from _send(_command(line, timeouts))
     reply = yield Receive(timeouts.command, what)
     assert reply is not None
     if reply.code == 421:
@@ -169,14 +204,14 @@ def greet(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
 
 def hello(client: str, timeouts: Timeouts) -> Generator[Action, Reply | None, Capabilities]:
     """EHLO, or HELO after a 5xx to EHLO (as Tcllib); anything else fails."""
-    yield _command(commands.ehlo(client), timeouts)
+    yield from _send(_command(commands.ehlo(client), timeouts))
     reply = yield Receive(timeouts.command, "EHLO")
     assert reply is not None
     if reply.code == 250:
         return Capabilities.from_ehlo(reply)
     if not reply.is_permanent:
         raise ResponseError(reply.diagnostic, reply.code, command="EHLO", enhanced=reply.enhanced)
-    yield _command(commands.helo(client), timeouts)
+    yield from _send(_command(commands.helo(client), timeouts))
     reply = yield Receive(timeouts.command, "HELO")
     assert reply is not None
     return Capabilities.from_helo(_expect(reply, "HELO", 250))
@@ -280,16 +315,16 @@ def _data_body(
     for piece in _pieces(message, check):
         out = encoder.encode(piece)
         if out and len(previous) >= source.CHUNK:
-            yield Send(previous, "", timeouts.block)
+            if not (yield from _send(Send(previous, "", timeouts.block))):
+                return  # the server refused mid-message: the caller reads why
             previous = b""
             if progress is not None:
                 progress(encoder.bytes_in - len(piece))
         previous += out
     tail = previous + encoder.finish()
     display = f"<message: {encoder.bytes_in} octets>" + ("\nQUIT" if trailer else "")
-    yield Send(tail + trailer, display, timeouts.block)
-    outcome.stage = "sent"
-    if progress is not None:
+    written = yield from _send_end(Send(tail + trailer, display, timeouts.block), trailer, outcome)
+    if written and progress is not None:
         progress(encoder.bytes_in)
 
 
@@ -409,15 +444,16 @@ def transaction(
                         payload + frame.data, f"{display}\n{frame.display}", timeouts.block
                     )
                     payload = b""
-                yield frame
                 bdat_replies += 1
-                if last:
-                    outcome.stage = "sent"  # before any reply is read
+                # "sent" once the last frame is written, before any reply is read.
+                written = yield from (_send_end(frame, trailer, outcome) if last else _send(frame))
+                if not written:
+                    break  # the server refused and closed: its replies say why
         else:
             if early and last_flight:
                 payload += commands.data()
                 display += "\nDATA"
-            yield Send(payload, display, timeouts.command)
+            yield from _send(Send(payload, display, timeouts.command))
         try:
             for _ in flight:
                 if index == 0:
@@ -446,6 +482,8 @@ def transaction(
                         outcome.refused.append((address, reply.code, reply.diagnostic))
                 index += 1
         except ConnectionLostError as exc:
+            if mail_error is not None:
+                raise mail_error from exc  # no transaction: nothing can be delivered
             _after_end(exc, "MAIL" if index == 0 else "RCPT", outcome)
             raise
         if early and last_flight and not chunking:
@@ -456,11 +494,25 @@ def transaction(
 
     # -- the whole message already went as BDAT in the flight ------------------
     if bdat_replies:
-        replies = []
-        for number in range(bdat_replies):
-            what = "BDAT LAST" if number == bdat_replies - 1 else "BDAT"
-            timeout = timeouts.final if number == bdat_replies - 1 else timeouts.data
-            replies.append((yield from _receive(timeout, what, outcome)))
+        replies: list[Reply] = []
+        try:
+            for number in range(bdat_replies):
+                what = "BDAT LAST" if number == bdat_replies - 1 else "BDAT"
+                timeout = timeouts.final if number == bdat_replies - 1 else timeouts.data
+                replies.append((yield from _receive(timeout, what, outcome)))
+        except (ConnectionLostError, DeliveryUnknownError):
+            # Gone before every reply came: a refusal already read (MAIL, every
+            # RCPT, or a chunk: RFC 3030 fails the whole transaction) still
+            # says the message cannot have been delivered.
+            if mail_error is not None:
+                raise mail_error from None
+            refused = next((reply for reply in replies if reply.code != 250), None)
+            if refused is not None:
+                _expect(refused, "BDAT", 250)
+            if not outcome.accepted_recipients:
+                outcome.session_over = True
+                return outcome
+            raise
         if trailer:
             yield from _quit_reply(timeouts, outcome)
         if mail_error is not None:
@@ -506,11 +558,10 @@ def transaction(
         outcome.stage = "data"
         frames = 0
         for frame, last in _bdat_frames(message, timeouts, trailer, progress, check):
-            yield frame
+            # "sent" once the last frame is written, before its reply is read.
+            written = yield from (_send_end(frame, trailer, outcome) if last else _send(frame))
             frames += 1
-            if last:
-                outcome.stage = "sent"  # before the reply to BDAT LAST is read
-            if not pipelining or last:
+            if not pipelining or last or not written:
                 # Without PIPELINING each chunk waits for its reply.
                 for number in range(frames):
                     final = last and number == frames - 1
@@ -528,7 +579,7 @@ def transaction(
         return outcome
 
     # -- DATA ---------------------------------------------------------------------
-    yield _command(commands.data(), timeouts)
+    yield from _send(_command(commands.data(), timeouts))
     reply = yield from _receive(timeouts.data, "DATA", outcome)
     _expect(reply, "DATA", 354)
     outcome.stage = "data"
@@ -563,7 +614,7 @@ def _empty_data(
     timeouts: Timeouts, outcome: TransactionOutcome
 ) -> Generator[Action, Reply | None, None]:
     """End a DATA the server accepted with 354 although nothing is to be sent."""
-    yield Send(b".\r\n", ".", timeouts.block)
+    yield from _send(Send(b".\r\n", ".", timeouts.block))
     yield from _receive(timeouts.final, 'the final "."', outcome)
 
 
@@ -589,7 +640,7 @@ def quit(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
 
     Its reply is awaited at most :data:`QUIT_WAIT` seconds.
     """
-    yield _command(commands.quit(), timeouts)
+    yield from _send(_command(commands.quit(), timeouts))
     reply = yield _quit_wait(timeouts)
     assert reply is not None
     return reply

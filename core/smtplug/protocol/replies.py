@@ -234,6 +234,10 @@ class ReplyParser:
         (bytes that broke the parser included)."""
         return bool(self._buffer or self._lines or self._ready or self._error)
 
+    def peek_reply(self) -> Reply | None:
+        """The next complete reply without taking it, or None."""
+        return self._ready[0] if self._ready else None
+
     def next_reply(self) -> Reply | None:
         """Pop the next complete reply, or None if none is complete yet.
 
