@@ -4,7 +4,8 @@ Every test that describes shared behaviour runs once per backend, each taken
 from the plugin registry as the core takes it. The server is a thread on
 loopback using :mod:`ssl` server-side with trustme certificates
 (:mod:`tlsfixtures`); it records the SNI host name it received, the client
-certificate's subject and its own view of tls-unique, then echoes, holds,
+certificate's subject, whether the session was resumed and its own view of
+tls-unique (or the exception of a failed handshake), then echoes, holds,
 sends and closes, or digests what it reads. Every server a test starts is
 stopped at teardown.
 """
@@ -84,6 +85,7 @@ class TLSServer:
         self.sni: list[str | None] = []
         self.client_subjects: list[str | None] = []
         self.tls_unique: list[bytes | None] = []
+        self.resumed: list[bool] = []
         self.errors: list[BaseException] = []
         self._stop = threading.Event()
         self._handshakes = threading.Event()
@@ -136,6 +138,7 @@ class TLSServer:
                     if key == "commonName":
                         subject = value
         self.client_subjects.append(subject)
+        self.resumed.append(tls.session_reused)
         self.tls_unique.append(tls.get_channel_binding("tls-unique"))
         if self.action == "echo":
             while data := tls.recv(65536):
@@ -478,6 +481,60 @@ def test_client_certificate_is_presented(backend, make_server, certs, files) -> 
     assert server.client_subjects == [CLIENT_COMMON_NAME]
 
 
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+@pytest.mark.parametrize(
+    ("host", "what"), [("localhost", "host name"), ("127.0.0.1", "IP address")]
+)
+def test_client_certificate_is_not_presented_to_a_wrong_host(
+    backend, make_server, certs, files, version, host, what
+) -> None:
+    # The server requests a client certificate and would go on without one,
+    # so only the client's own check can keep its certificate back: the name
+    # (or IP literal) must fail during the handshake, before the client's
+    # Certificate message, as Python's ssl does with check_hostname.
+    tls_version = getattr(ssl.TLSVersion, version)
+    server = make_server(
+        certs.wrong_host,
+        client_ca=certs.ca_pem,
+        client_verify=ssl.CERT_OPTIONAL,
+        minimum_version=tls_version,
+        maximum_version=tls_version,
+    )
+    options = TLSOptions(
+        cafile=files.cafile, client_cert=files.client_cert, client_key=files.client_key
+    )
+    with pytest.raises(TLSError) as caught:
+        connect(backend, server, host, options)
+    error = caught.value
+    assert error.certificate is True
+    if backend.name == "pyopenssl":
+        assert f"does not match the {what} {host!r}" in error.diagnostic, error.diagnostic
+        assert "it is for wrong.example" in error.diagnostic, error.diagnostic
+    server.wait_served()
+    assert server.client_subjects == [], "the client certificate went to a server that failed"
+    assert server.errors, "the server completed a handshake the client should have aborted"
+
+
+def test_shared_context_checks_each_connection_s_own_name(make_server, certs, files) -> None:
+    # One context serves every connection with these options; the name each
+    # connection expects reaches the verify callback through its app data.
+    backend = build_registry().tls_backends["pyopenssl"]
+    server = make_server(certs.wrong_host)
+    options = TLSOptions(cafile=files.cafile)
+    for host, good in [("wrong.example", True), ("localhost", False), ("wrong.example", True)]:
+        if good:
+            stream = connect(backend, server, host, options)
+            assert stream.tls_info.verified is True
+            stream.close()
+        else:
+            with pytest.raises(TLSError) as caught:
+                connect(backend, server, host, options)
+            assert "does not match the host name 'localhost'" in caught.value.diagnostic
+    # (SNI is recorded on the server before the client can have finished.)
+    assert server.sni == ["wrong.example", "localhost", "wrong.example"]
+    assert backend.context(options) is backend.context(TLSOptions(cafile=files.cafile))
+
+
 def test_unloadable_client_key_is_refused_before_connecting(
     backend, make_server, certs, files, tmp_path
 ):
@@ -638,6 +695,49 @@ def test_close_is_idempotent(backend, make_server, certs, files) -> None:
     with pytest.raises(ConnectionLostError):
         stream.write(b"x", 1)
     assert stream.tls is True
+
+
+# -- session resumption -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_resumed_session_is_checked_against_the_new_name(make_server, certs, files, version):
+    # A resumed handshake carries no certificate, so no chain is verified: the
+    # certificate the session holds must still be checked against the name.
+    # (pyopenssl only: the stdlib backend, Python's ssl, does not check the
+    # name on a resumed session; smtplug offers a session only to the host
+    # and port it came from.)
+    backend = build_registry().tls_backends["pyopenssl"]
+    tls_version = getattr(ssl.TLSVersion, version)
+    server = make_server(certs.server, minimum_version=tls_version, maximum_version=tls_version)
+    options = TLSOptions(cafile=files.cafile)
+
+    def wrap(hostname: str, session: object | None) -> TLSStream:
+        sock = socket.create_connection((server.host, server.port), timeout=5)
+        return backend.wrap(
+            sock, server_hostname=hostname, options=options, timeout=5, session=session
+        )
+
+    first = wrap("127.0.0.1", None)
+    round_trip(first)  # on TLS 1.3 the session arrives after the handshake
+    session = first.tls_session()
+    first.close()
+    assert session is not None
+    # Under the same IP literal the session resumes. No SNI goes for an IP
+    # literal, so the next ClientHello is the same but for the name the
+    # client expects: the server resumes it all the same.
+    second = wrap("127.0.0.1", session)
+    try:
+        assert second.tls_info.resumed is True
+        assert second.tls_info.verified is True
+        round_trip(second)
+    finally:
+        second.close()
+    with pytest.raises(TLSError) as caught:
+        wrap("127.0.0.2", session)
+    assert caught.value.certificate is True
+    assert "127.0.0.2" in caught.value.diagnostic
+    assert server.resumed[:2] == [False, True]
 
 
 # -- options ----------------------------------------------------------------------

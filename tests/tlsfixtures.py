@@ -223,6 +223,7 @@ def server_context(
     directory: Path,
     *,
     client_ca: bytes | None = None,
+    client_verify: ssl.VerifyMode = ssl.CERT_REQUIRED,
     minimum_version: ssl.TLSVersion | None = None,
     maximum_version: ssl.TLSVersion | None = None,
     sni: Callable[[object, str | None, ssl.SSLContext], None] | None = None,
@@ -230,8 +231,10 @@ def server_context(
     """A server-side context presenting ``cert``.
 
     ``client_ca`` (PEM) makes the server require a client certificate issued
-    by it; ``minimum_version``/``maximum_version`` limit the protocol (old
-    versions also lower the security level so OpenSSL may offer them);
+    by it (with ``client_verify=ssl.CERT_OPTIONAL``: request one, and accept
+    a client that sends none); ``minimum_version``/``maximum_version`` limit
+    the protocol (old versions also lower the security level so OpenSSL may
+    offer them);
     ``sni`` is installed as the ``sni_callback``.
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -248,7 +251,7 @@ def server_context(
                     context.minimum_version = ssl.TLSVersion.TLSv1
             context.maximum_version = maximum_version
     if client_ca is not None:
-        context.verify_mode = ssl.CERT_REQUIRED
+        context.verify_mode = client_verify
         context.load_verify_locations(cadata=client_ca.decode("ascii"))
     if sni is not None:
         context.sni_callback = sni

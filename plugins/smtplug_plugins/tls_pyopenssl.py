@@ -3,29 +3,34 @@
 It behaves as the ``stdlib`` backend does:
 
 * the certificate chain is verified (``VERIFY_PEER``, against ``cafile`` /
-  ``capath`` or else the default store) and, since pyOpenSSL checks no host
-  names, the host name is checked after the handshake with
+  ``capath`` or else the default store) and the host name is checked with
   :mod:`service_identity` (an IP literal against the certificate's IP
-  addresses); any failure is a :class:`~smtplug.errors.TLSError` with
-  ``certificate=True`` naming what failed;
+  addresses) during the handshake: the verify callback checks the server's
+  certificate (depth 0) once its chain has verified and aborts the handshake
+  when the name fails, so a client certificate is never presented to a
+  server whose name fails; any failure is a
+  :class:`~smtplug.errors.TLSError` with ``certificate=True`` naming what
+  failed;
 * SNI carries the configured host name, none for an IP literal;
 * TLS 1.2 is the minimum;
 * a context given by the caller (an :class:`OpenSSL.SSL.Context`) is used as
-  it is: its own verify mode decides whether the chain is verified, and the
-  host name is checked whenever that mode includes ``VERIFY_PEER`` (as with
-  the stdlib backend, the other options, ``verify`` included, do not apply
-  to a caller's context).
+  it is: its own verify mode (and callback) decides whether the chain is
+  verified, and the host name is checked after the handshake whenever that
+  mode includes ``VERIFY_PEER`` (its callback is not replaced, so the check
+  cannot run inside the handshake; as with the stdlib backend, the other
+  options, ``verify`` included, do not apply to a caller's context).
 
 The socket is driven in non-blocking mode with explicit waits, so every
 handshake, read and write is bounded by its deadline however OpenSSL splits
 the work into ``WantRead``/``WantWrite`` steps.
 
 Contexts are built once per set of options and shared by the connections
-that use them (each connection's verification failures are recorded through
-its app data), and a session saved from one connection is offered to the
-next one to the same server: a resumed handshake skips the certificate
-exchange, the chain having been verified when the session was made; the host
-name is still checked against the certificate the session holds.
+that use them (the verify callback finds each connection's expected name,
+and records its failures, through the connection's app data), and a session
+saved from one connection is offered to the next one to the same server: a
+resumed handshake skips the certificate exchange (and so the callback), the
+chain having been verified when the session was made; the host name is then
+checked after the handshake against the certificate the session holds.
 """
 
 from __future__ import annotations
@@ -44,7 +49,10 @@ import service_identity
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
-from service_identity.pyopenssl import verify_hostname, verify_ip_address
+from service_identity.cryptography import (
+    verify_certificate_hostname,
+    verify_certificate_ip_address,
+)
 
 from smtplug.errors import ConnectionLostError, InvalidInputError, TLSError
 from smtplug.hookspecs import hookimpl
@@ -133,13 +141,9 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _identities(conn: SSL.Connection) -> str:
-    """The DNS names and IP addresses the peer's certificate is valid for."""
+def _identities(certificate: x509.Certificate) -> str:
+    """The DNS names and IP addresses ``certificate`` is valid for."""
     try:
-        peer = conn.get_peer_certificate()
-        if peer is None:
-            return "no identity"
-        certificate = peer.to_cryptography()
         names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except (x509.ExtensionNotFound, ValueError):
         return "no subjectAltName"
@@ -158,23 +162,71 @@ def _ip_literal(host: str) -> str | None:
         return None
 
 
+def _name_mismatch(
+    certificate: x509.Certificate, peer: str, name: str, address: str | None
+) -> str | None:
+    """Why ``certificate`` is not valid for ``address`` (an IP literal) or
+    else ``name`` (A-label form), or None when it is."""
+    what = "IP address" if address is not None else "host name"
+    try:
+        if address is not None:
+            verify_certificate_ip_address(certificate, address)
+        else:
+            verify_certificate_hostname(certificate, name)
+    except service_identity.VerificationError:
+        return (
+            f"the certificate of {peer} does not match the {what} {peer!r}: "
+            f"it is for {_identities(certificate)}"
+        )
+    except Exception as exc:  # fail closed: service_identity's or idna's complaint
+        return f"the certificate of {peer} cannot be matched to the {what} {peer!r}: {exc}"
+    return None
+
+
 @dataclass
 class _VerifyRecord:
-    """The first failure OpenSSL reported while verifying the chain."""
+    """One connection's expected name and what its verify callback found:
+    the first failure OpenSSL reported while verifying the chain, or the host
+    name mismatch of the server's certificate."""
 
+    peer: str = ""
+    name: str = ""  # the host name in A-label form
+    address: str | None = None  # the IP literal, when the host is one
+    check_host: bool = False  # check the name in the callback
     error: int | None = None
     depth: int = 0
     subject: str = ""
+    mismatch: str | None = None  # why the server's certificate fails the name
+    host_checked: bool = False  # the callback found the name valid
 
     def callback(
         self, conn: SSL.Connection, cert: crypto.X509, error: int, depth: int, ok: int
     ) -> bool:
-        """The verify callback: keeps OpenSSL's verdict, remembering a failure."""
-        if not ok and self.error is None:
-            self.error, self.depth = error, depth
-            with contextlib.suppress(Exception):
-                self.subject = cert.to_cryptography().subject.rfc4514_string()
-        return bool(ok)
+        """The verify callback: keeps OpenSSL's verdict, remembering a failure;
+        once the server's certificate (depth 0) has verified, its name is
+        checked (once), and a mismatch aborts the handshake."""
+        if not ok:
+            if self.error is None:
+                self.error, self.depth = error, depth
+                with contextlib.suppress(Exception):
+                    self.subject = cert.to_cryptography().subject.rfc4514_string()
+            return False
+        if depth != 0 or not self.check_host:
+            return True
+        if not self.host_checked:
+            try:
+                certificate = cert.to_cryptography()
+                self.mismatch = _name_mismatch(certificate, self.peer, self.name, self.address)
+            except Exception as exc:  # fail closed: no exception may leave the callback
+                self.mismatch = f"the certificate of {self.peer} cannot be checked: {exc}"
+            self.host_checked = self.mismatch is None
+        return self.host_checked
+
+    def failure(self) -> str | None:
+        """The failure the callback recorded, as a message, or None."""
+        if self.error is not None:
+            return f"the certificate of {self.peer} did not verify: {self.describe()}"
+        return self.mismatch
 
     def describe(self) -> str:
         text = _VERIFY_ERRORS.get(self.error or 0, f"X509 verification error {self.error}")
@@ -412,7 +464,6 @@ class PyOpenSSLBackend:
     ) -> PyOpenSSLStream:
         peer = server_hostname
         deadline = _deadline(timeout)
-        record = _VerifyRecord()
         if isinstance(options.context, SSL.Context):
             context = options.context
             # Used as given, like the stdlib backend's: its verify mode (not
@@ -430,6 +481,9 @@ class PyOpenSSLBackend:
         name = server_hostname
         if address is None:
             name = server_hostname.encode("idna").decode("ascii")
+        # Read by _record_failure, the shared contexts' callback; a caller's
+        # context keeps its own callback, and its name is checked afterwards.
+        record = _VerifyRecord(peer=peer, name=name, address=address, check_host=check_host)
 
         sock.setblocking(False)
         conn = SSL.Connection(context, sock)
@@ -450,11 +504,9 @@ class PyOpenSSLBackend:
             except SSL.WantWriteError:
                 writable = True
             except SSL.Error as exc:
-                if record.error is not None:
-                    raise TLSError(
-                        f"the certificate of {peer} did not verify: {record.describe()}",
-                        certificate=True,
-                    ) from exc
+                failure = record.failure()
+                if failure is not None:
+                    raise TLSError(failure, certificate=True) from exc
                 raise TLSError(f"TLS handshake with {peer} failed: {_describe(exc)}") from exc
             if not _wait(sock, writable=writable, deadline=deadline):
                 raise TLSError(f"TLS handshake with {peer} timed out after {timeout} s")
@@ -485,34 +537,28 @@ class PyOpenSSLBackend:
         """After the handshake: the chain verified, and the certificate is
         valid for ``address`` (an IP literal) or else ``name``.
 
-        A resumed session sent no certificate chain (it was verified when the
-        session was made, under this same context); its certificate is still
-        checked against the name.
+        On a full handshake with a shared context the callback has checked
+        the name already (a mismatch aborted the handshake); otherwise it is
+        checked here: a resumed session sent no certificate chain (it was
+        verified when the session was made, under this same context), and a
+        caller's context has its own callback. Either way the certificate the
+        connection holds is checked against the name.
         """
         # Under VERIFY_PEER the handshake itself fails on a chain error; the
         # record and the verified chain are checked as further witnesses.
-        if resumed and conn.get_peer_certificate() is None:
+        peer_certificate = conn.get_peer_certificate()
+        if resumed and peer_certificate is None:
             raise TLSError(f"the resumed session with {peer} holds no certificate")
         if record.error is not None or not (resumed or conn.get_verified_chain()):
             reason = record.describe() if record.error is not None else "no verified chain"
             raise TLSError(f"the certificate of {peer} did not verify: {reason}", certificate=True)
-        what = "IP address" if address is not None else "host name"
-        try:
-            if address is not None:
-                verify_ip_address(conn, address)
-            else:
-                verify_hostname(conn, name)
-        except service_identity.VerificationError as exc:
-            raise TLSError(
-                f"the certificate of {peer} does not match the {what} {peer!r}: "
-                f"it is for {_identities(conn)}",
-                certificate=True,
-            ) from exc
-        except (service_identity.CertificateError, ValueError) as exc:
-            raise TLSError(
-                f"the certificate of {peer} cannot be matched to the {what} {peer!r}: {exc}",
-                certificate=True,
-            ) from exc
+        if record.host_checked and not resumed:
+            return
+        if peer_certificate is None:
+            raise TLSError(f"{peer} presented no certificate", certificate=True)
+        mismatch = _name_mismatch(peer_certificate.to_cryptography(), peer, name, address)
+        if mismatch is not None:
+            raise TLSError(mismatch, certificate=True)
 
     def _info(self, conn: SSL.Connection, verified: bool, resumed: bool) -> TLSInfo:
         """What the handshake negotiated, with the channel bindings available:
