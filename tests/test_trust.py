@@ -411,3 +411,70 @@ def test_an_observer_failing_at_quit_does_not_hide_a_delivery():
     with ScriptedServer() as server:
         result = send(server, plugins=[observer])
     assert result.accepted
+
+
+# -- a Client shared by threads ------------------------------------------------
+
+
+def _send_from_threads(c: smtplug.Client, threads: int, each: int) -> list[object]:
+    outcomes: list[object] = []
+    lock = threading.Lock()
+    start = threading.Barrier(threads)
+
+    def work(number: int) -> None:
+        start.wait()
+        for k in range(each):
+            try:
+                outcome: object = c.sendmessage(message(f"t{number}-{k}"))
+            except Exception as exc:
+                outcome = exc
+            with lock:
+                outcomes.append(outcome)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert not any(worker.is_alive() for worker in workers)
+    return outcomes
+
+
+@pytest.mark.parametrize("capabilities", [["8BITMIME"], PIPE_CHUNK])
+def test_a_client_shared_by_40_threads_sends_each_message_once(capabilities):
+    with ScriptedServer(capabilities=capabilities) as server:
+        with client(server) as c:
+            outcomes = _send_from_threads(c, 40, 5)
+        server.wait_idle()
+    assert all(isinstance(o, smtplug.SendResult) and o.accepted for o in outcomes), [
+        o for o in outcomes if not isinstance(o, smtplug.SendResult)
+    ][:3]
+    subjects = [
+        line
+        for session in server.sessions
+        for transaction in session.transactions
+        for line in transaction.content.split(b"\r\n")
+        if line.startswith(b"Subject: ")
+    ]
+    assert len(subjects) == 200 and len(set(subjects)) == 200
+    assert len(server.sessions) == 1  # one connection, used by one thread at a time
+
+
+def test_a_client_called_from_its_own_observer_refuses():
+    holder: dict[str, smtplug.Client] = {}
+    seen: list[BaseException] = []
+
+    class Reentrant:
+        @smtplug.hookimpl
+        def smtplug_on_reply(self, info, reply):
+            if reply.code == 354 and not seen:
+                try:
+                    holder["client"].sendmessage(message("inner"))
+                except smtplug.InvalidInputError as exc:
+                    seen.append(exc)
+
+    with ScriptedServer() as server, client(server, plugins=[Reentrant()]) as c:
+        holder["client"] = c
+        result = c.sendmessage(message("outer"))
+    assert result.accepted
+    assert len(seen) == 1 and "observer or callback" in str(seen[0])

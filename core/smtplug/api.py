@@ -16,7 +16,8 @@ import math
 import os
 import platform
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -373,6 +374,12 @@ class Client:
     connection, or answers 421, before a transaction's MAIL was accepted, the
     client reconnects once and tries again; never once the message's end was
     sent.
+
+    A Client may be shared between threads: its calls are serialised (one
+    message at a time over its one connection; a thread waits for the one
+    before it). Calling it again from inside one of its own sends (an
+    observer or a ``progress`` callback) raises :class:`InvalidInputError`.
+    For parallel sending, use one Client per thread.
     """
 
     def __init__(
@@ -430,6 +437,8 @@ class Client:
         )
         self._connection: Connection | None = None
         self._capabilities: Capabilities | None = None
+        self._lock = threading.Lock()
+        self._owner: int | None = None  # the thread inside a call, if any
 
     def __enter__(self) -> Client:
         return self
@@ -447,8 +456,34 @@ class Client:
         """True while a session is open (it may still turn out to be stale)."""
         return self._connection is not None and not self._connection.broken
 
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One call at a time: other threads wait; a call from inside a call of
+        the same thread (an observer or callback) is refused, not deadlocked."""
+        me = threading.get_ident()
+        if self._owner == me:
+            raise InvalidInputError(
+                "this Client is in the middle of a send on this thread (the call came "
+                "from an observer or callback): use another Client"
+            )
+        with self._lock:
+            self._owner = me
+            try:
+                yield
+            finally:
+                self._owner = None
+
     def close(self) -> None:
-        """QUIT (when the session is still sound) and close; never raises."""
+        """QUIT (when the session is still sound) and close; never raises
+        (waits for a send in progress in another thread)."""
+        if self._owner == threading.get_ident():
+            # From inside a send (an observer): that send ends the session.
+            self._drop()
+            return
+        with self._exclusive():
+            self._close()
+
+    def _close(self) -> None:
         connection, self._connection = self._connection, None
         self._capabilities = None
         if connection is None:
@@ -485,16 +520,17 @@ class Client:
         ``progress``, if given, is called with the number of the message's
         octets sent so far, after each chunk.
         """
-        return self._send(
-            message,
-            originator=originator,
-            recipients=recipients,
-            header=header,
-            atleastone=atleastone,
-            queue=queue,
-            progress=progress,
-            last=False,
-        )
+        with self._exclusive():
+            return self._send(
+                message,
+                originator=originator,
+                recipients=recipients,
+                header=header,
+                atleastone=atleastone,
+                queue=queue,
+                progress=progress,
+                last=False,
+            )
 
     def _send(
         self,
