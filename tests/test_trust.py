@@ -478,3 +478,43 @@ def test_a_client_called_from_its_own_observer_refuses():
         result = c.sendmessage(message("outer"))
     assert result.accepted
     assert len(seen) == 1 and "observer or callback" in str(seen[0])
+
+
+# -- SIZE ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("capabilities", [["SIZE 1000"], ["SIZE 1000", *PIPE_CHUNK]])
+def test_a_message_over_the_servers_size_is_refused_before_mail(capabilities):
+    msg = message()
+    msg.set_content("x" * 2000 + "\n")
+    with ScriptedServer(capabilities=capabilities) as server:
+        with pytest.raises(smtplug.MessageTooLargeError) as info:
+            send(server, msg)
+        server.wait_idle()
+    assert info.value.code == 552 and info.value.permanent and not info.value.transient
+    assert "SIZE limit (1000 octets" in info.value.diagnostic
+    assert "MAIL" not in server.sessions[0].verbs
+
+
+@pytest.mark.parametrize("capabilities", [["SIZE 1000"], ["SIZE 1000", *PIPE_CHUNK]])
+def test_a_stream_growing_over_the_servers_size_is_abandoned_before_its_end(capabilities):
+    def lines():
+        yield b"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: s\r\n\r\n"
+        for _ in range(100):
+            yield b"y" * 78 + b"\r\n"
+
+    with ScriptedServer(capabilities=capabilities) as server:
+        with pytest.raises(smtplug.MessageTooLargeError):
+            send(server, lines())
+        server.wait_idle()
+    assert not any(t.complete for s in server.sessions for t in s.transactions)
+
+
+def test_size_zero_means_no_limit_and_a_message_at_the_limit_goes():
+    msg = message()
+    msg.set_content("x" * 2000 + "\n")
+    with ScriptedServer(capabilities=["SIZE 0"]) as server:
+        assert send(server, msg).accepted
+    size = len(msg.as_bytes().replace(b"\n", b"\r\n")) + 200  # with the added fields
+    with ScriptedServer(capabilities=[f"SIZE {size}"]) as server:
+        assert send(server, msg).accepted

@@ -18,6 +18,7 @@ __all__ = [
     "ConnectionLostError",
     "DeliveryUnknownError",
     "InvalidInputError",
+    "MessageTooLargeError",
     "PluginError",
     "ProtocolError",
     "ResponseError",
@@ -69,6 +70,14 @@ class InvalidInputError(SMTPError, ValueError):
     """
 
     default_code = 501
+
+
+class MessageTooLargeError(SMTPError):
+    """The message is larger than the server's ``SIZE`` limit (RFC 1870):
+    refused by smtplug before MAIL (or, for a stream of unknown size, before
+    its end was sent), so the server never has it. Permanent for that server."""
+
+    default_code = 552
 
 
 class PluginError(SMTPError):

@@ -32,6 +32,7 @@ from smtplug.errors import (
     ConnectionLostError,
     DeliveryUnknownError,
     InvalidInputError,
+    MessageTooLargeError,
     ProtocolError,
     ResponseError,
     SMTPError,
@@ -290,7 +291,34 @@ def _display(payload: bytes) -> str:
     return payload[:-2].decode("utf-8", "backslashreplace").replace("\r\n", "\n")
 
 
-def _pieces(message: PreparedMessage, check: LineCheck | None) -> Iterator[bytes]:
+class _StreamGuard:
+    """What a body not checked before sending must pass as it is sent: the
+    line rules, and the server's SIZE limit when the size was not known."""
+
+    __slots__ = ("limit", "lines", "octets")
+
+    def __init__(self, lines: LineCheck | None, limit: int | None, octets: int) -> None:
+        self.lines = lines
+        self.limit = limit
+        self.octets = octets
+
+    def feed(self, piece: bytes) -> None:
+        if self.lines is not None:
+            self.lines.feed(piece)
+        if self.limit is not None:
+            self.octets += len(piece)
+            if self.octets > self.limit:
+                raise _too_large(f"more than {self.octets}", self.limit)
+
+
+def _too_large(size: str, limit: int) -> MessageTooLargeError:
+    return MessageTooLargeError(
+        f"the message ({size} octets) is larger than the server's SIZE limit ({limit} "
+        "octets, RFC 1870): not sent"
+    )
+
+
+def _pieces(message: PreparedMessage, check: _StreamGuard | None) -> Iterator[bytes]:
     """The message's octets in chunks, checked on the way when not checked before."""
     yield message.header
     for chunk in message.body.chunks():
@@ -306,7 +334,7 @@ def _data_body(
     outcome: TransactionOutcome,
     trailer: bytes,
     progress: Callable[[int], None] | None,
-    check: LineCheck | None,
+    check: _StreamGuard | None,
 ) -> Generator[Action, Reply | None, None]:
     """The message after a 354: CRLF-normalised, dot-stuffed, chunk by chunk;
     the last chunk, the final "." and ``trailer`` (a pipelined QUIT) in one write."""
@@ -333,7 +361,7 @@ def _bdat_frames(
     timeouts: Timeouts,
     trailer: bytes,
     progress: Callable[[int], None] | None,
-    check: LineCheck | None,
+    check: _StreamGuard | None,
 ) -> Iterator[tuple[Send, bool]]:
     """``BDAT n`` frames (command and octets in one write), the last marked
     LAST and followed by ``trailer``; yields (frame, is_last). The caller marks
@@ -398,9 +426,19 @@ def transaction(
             "use an ASCII address (an IDNA A-label domain such as xn--...), or a server "
             "that offers SMTPUTF8"
         )
-    # A body not checked before (a stream) is checked as it goes; a violation
-    # aborts the transaction before its end is sent, so nothing is delivered.
-    check = None if message.body.checked else LineCheck(eight_bit=eight_bit)
+    # RFC 1870: a message larger than the server takes is not offered at all
+    # (SIZE 0 means no fixed limit).
+    limit = capabilities.size_limit or None
+    if limit is not None and message.size is not None and message.size > limit:
+        raise _too_large(str(message.size), limit)
+    # A body not checked before (a stream) is checked as it goes, and one of
+    # unknown size counted; a violation aborts the transaction before its end
+    # is sent, so nothing is delivered.
+    rules = None if message.body.checked else LineCheck(eight_bit=eight_bit)
+    count = limit if message.size is None else None
+    check = (
+        None if rules is None and count is None else _StreamGuard(rules, count, len(message.header))
+    )
     params: list[str] = []
     if capabilities.size_limit is not None and message.size is not None:
         params.append(f"SIZE={message.size}")

@@ -93,3 +93,22 @@ def test_one_client_shared_by_40_threads_over_starttls(postfix_clean, backend):
     got = delivered(pf, threads * each)
     subjects = Counter(m["Subject"] for m in got)
     assert len(subjects) == threads * each and set(subjects.values()) == {1}
+
+
+def test_a_message_over_postfix_size_limit_is_refused_before_mail(postfix_clean):
+    pf = postfix_clean
+    with smtplug.Client(
+        servers=[pf.host], ports=[pf.plain_port], usetls=False, client="localhost", timeout=30
+    ) as c:
+        # Postfix announces SIZE 10240000 (message_size_limit's default).
+        assert c.sendmessage(message("probe")).accepted
+        msg = message("too big")
+        msg.set_content(("x" * 76 + "\n") * 140_000)  # about 10.8 MB
+        with pytest.raises(smtplug.MessageTooLargeError) as info:
+            c.sendmessage(msg)
+        assert "10240000" in info.value.diagnostic
+        assert c.sendmessage(message("after")).accepted
+    got = delivered(pf, 2)
+    time.sleep(0.5)
+    assert sorted(m["Subject"] for m in got) == ["after", "probe"]
+    assert len(pf.messages()) == 2
