@@ -9,6 +9,7 @@ a Client shared by threads broke, and the SIZE limit was left to the server.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -24,7 +25,7 @@ from smtplug import (
     ResponseError,
     TLSError,
 )
-from smtplug.testing import CLOSE, Answer, ScriptedServer
+from smtplug.testing import CLOSE, STALL, Answer, ScriptedServer
 
 PIPE_CHUNK = ["PIPELINING", "CHUNKING", "8BITMIME"]
 
@@ -518,3 +519,89 @@ def test_size_zero_means_no_limit_and_a_message_at_the_limit_goes():
     size = len(msg.as_bytes().replace(b"\n", b"\r\n")) + 200  # with the added fields
     with ScriptedServer(capabilities=[f"SIZE {size}"]) as server:
         assert send(server, msg).accepted
+
+
+# -- what the user sees: warnings ------------------------------------------------
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_a_downgrade_to_plain_text_is_a_warning(caplog):
+    caplog.set_level(logging.WARNING, logger="smtplug")
+    with ScriptedServer() as server:  # no STARTTLS offered
+        assert send(server, usetls=True).accepted
+    (text,) = _warnings(caplog)
+    assert "WITHOUT TLS" in text and "does not offer STARTTLS" in text
+
+
+def test_a_refused_starttls_downgrade_is_a_warning(caplog):
+    caplog.set_level(logging.WARNING, logger="smtplug")
+    script = {"STARTTLS": b"454 4.7.0 TLS not available\r\n"}
+    with ScriptedServer(script, capabilities=["STARTTLS", "8BITMIME"]) as server:
+        assert send(server, usetls=True).accepted
+    (text,) = _warnings(caplog)
+    assert "WITHOUT TLS" in text and "454" in text
+
+
+def test_no_warning_when_plain_text_was_asked_for(caplog):
+    caplog.set_level(logging.WARNING, logger="smtplug")
+    with ScriptedServer() as server:
+        assert send(server, usetls=False).accepted
+    assert _warnings(caplog) == []
+
+
+def test_a_message_left_unsent_by_a_refused_recipient_is_a_warning(caplog):
+    caplog.set_level(logging.WARNING, logger="smtplug")
+    script = {("RCPT", 2): b"550 5.1.1 no such user\r\n"}
+    with ScriptedServer(script) as server:
+        result = send(server, message(to="bob@example.org, carol@example.org"))
+    assert not result.accepted
+    (text,) = _warnings(caplog)
+    assert "NOT sent" in text and "carol@example.org: 550" in text and "atleastone" in text
+
+
+def test_tls_verify_false_is_a_warning(caplog, tmp_path):
+    from tlsfixtures import server_context, tls_ca
+
+    caplog.set_level(logging.WARNING, logger="smtplug")
+    context = server_context(tls_ca().untrusted, tmp_path)
+    with ScriptedServer(tls_context=context) as server:
+        result = send(server, usetls=True, tls_verify=False)
+    assert result.accepted and result.tls is not None and not result.tls.verified
+    (text,) = _warnings(caplog)
+    assert "tls_verify=False" in text
+
+
+# -- the wrong kind of port ------------------------------------------------------
+
+
+def test_plain_smtp_to_port_465_says_it_expects_implicit_tls():
+    try:
+        listener = socket.create_server(("127.0.0.1", 465))
+    except OSError as exc:  # pragma: no cover - the suite runs as root, 465 free
+        pytest.fail(f"this test needs 127.0.0.1:465 (root, port free): {exc}")
+    # The kernel accepts; nothing greets, as with a server waiting for TLS.
+    with listener, pytest.raises(ConnectError) as info:
+        smtplug.sendmessage(
+            message(), servers="127.0.0.1", ports=465, usetls=False, client="localhost", timeout=0.3
+        )
+    (failure,) = info.value.failures
+    assert "port 465 expects implicit TLS: use tlsimport=True" in failure.error.diagnostic
+
+
+def test_a_greeting_that_never_comes_suggests_implicit_tls():
+    with ScriptedServer(greeting=STALL) as server, pytest.raises(ConnectError) as info:
+        send(server, timeout=0.3)
+    (failure,) = info.value.failures
+    assert "if this port expects implicit TLS (usually 465)" in failure.error.diagnostic
+
+
+@pytest.mark.parametrize("backend", ["stdlib", "pyopenssl"])
+def test_implicit_tls_to_a_plain_smtp_port_says_so(backend):
+    with ScriptedServer() as server, pytest.raises(ConnectError) as info:
+        send(server, tlsimport=True, tls_backend=backend)
+    (failure,) = info.value.failures
+    assert isinstance(failure.error, TLSError)
+    assert "the server spoke plain text, not TLS" in failure.error.diagnostic

@@ -651,6 +651,17 @@ class Client:
                 raise
             if outcome.session_over:
                 self._drop()
+            if outcome.refused and not outcome.delivered:
+                logger.warning(
+                    "%s:%s: message NOT sent: %d recipient(s) refused (%s)%s",
+                    connection.info.server,
+                    connection.info.port,
+                    len(outcome.refused),
+                    "; ".join(f"{a}: {c} {d}" for a, c, d in outcome.refused[:3]),
+                    "; atleastone=True would send it to the others"
+                    if outcome.accepted_recipients and not atleastone
+                    else "",
+                )
             return self._result(outcome, connection)
 
     @staticmethod

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -57,6 +58,7 @@ from smtplug.interfaces import (
     Transport,
     UpgradableStream,
 )
+from smtplug.observe import logger
 from smtplug.protocol import Capabilities
 
 __all__ = ["AuthPlan", "CallablePolicy", "ConnectionPlan", "is_loopback", "open_session"]
@@ -270,7 +272,18 @@ def _decide(
     """Ask the policy; raise :class:`TLSError` when it says ``"secure"``."""
     decision = plan.policy.decide(TLSFailure(kind, code, diagnostic))
     connection.event(f"TLS {kind}: {diagnostic}; policy {plan.policy.name} says {decision}")
-    if decision != "insecure":
+    if decision == "insecure":
+        info = connection.info
+        logger.warning(
+            "%s:%s: going on WITHOUT TLS (%s: %s): the TLS policy %s allows it; anyone on "
+            "the path can read and change the session (tlspolicy='require' refuses this)",
+            info.server,
+            info.port,
+            kind,
+            diagnostic,
+            plan.policy.name,
+        )
+    else:
         raise TLSError(
             f"{diagnostic}; the TLS policy ({plan.policy.name}) does not allow "
             "going on without TLS",
@@ -280,20 +293,50 @@ def _decide(
         )
 
 
+#: What an OpenSSL handshake says when the server answered in plain text.
+_PLAIN_SMTP = re.compile(r"wrong version number|http request|packet length too long", re.I)
+
+
 def _establish(
     plan: ConnectionPlan, hook: Any, server: str, port: int, *, starttls: bool
 ) -> tuple[Connection, Capabilities]:
     info = ConnectionInfo(server, port, plan.transport.name)
     hook.smtplug_on_event(info=info, event=f"Trying {server}:{port}...")
-    stream = plan.transport.connect(
-        server, port, timeout=plan.timeouts.connect, options=plan.transport_options
-    )
+    try:
+        stream = plan.transport.connect(
+            server, port, timeout=plan.timeouts.connect, options=plan.transport_options
+        )
+    except TLSError as exc:
+        if _PLAIN_SMTP.search(exc.diagnostic) is None:
+            raise
+        raise TLSError(
+            f"{exc.diagnostic} (the server spoke plain text, not TLS: port {port} expects "
+            "plain SMTP; use STARTTLS (usetls=True, tlsimport=False), or the port for "
+            "implicit TLS, usually 465)",
+            exc.code,
+        ) from exc
     info = ConnectionInfo(server, port, plan.transport.name, stream.tls)
     connection = Connection(stream, info, hook, sessions=plan.tls_sessions)
     try:
         if stream.tls:
             _announce_tls(plan, connection)
-        connection.run(session.greet(plan.timeouts))
+        try:
+            connection.run(session.greet(plan.timeouts))
+        except ConnectionLostError as exc:
+            # Plain SMTP to an implicit-TLS port: the server waits for a TLS
+            # handshake, so no greeting comes (RFC 8314, port 465).
+            if stream.tls or not (port == 465 or exc.timed_out):
+                raise
+            hint = (
+                f"port {port} expects implicit TLS: use tlsimport=True"
+                if port == 465
+                else "if this port expects implicit TLS (usually 465), use tlsimport=True"
+            )
+            raise ConnectionLostError(
+                f"{exc.diagnostic} ({hint}; a plain client gets no greeting there)",
+                exc.code,
+                timed_out=exc.timed_out,
+            ) from exc
         capabilities = connection.run(session.hello(plan.client, plan.timeouts))
         if not plan.usetls or stream.tls:
             return connection, capabilities
@@ -342,7 +385,9 @@ def _announce_tls(plan: ConnectionPlan, connection: Connection) -> None:
     checked = "certificate verified" if tls.verified else "certificate NOT verified"
     connection.event(f"TLS established: {tls.version} {tls.cipher} ({tls.backend}, {checked})")
     if not plan.tls_verify:
-        connection.event(
-            "WARNING: tls_verify=False: the server's certificate and host name are not "
+        text = (
+            "tls_verify=False: the server's certificate and host name are not "
             "checked; anyone on the path can read and change this session"
         )
+        connection.event(f"WARNING: {text}")
+        logger.warning("%s:%s: %s", connection.info.server, connection.info.port, text)
