@@ -16,6 +16,7 @@ import pytest
 
 import smtplug
 from smtplug import AuthenticationError, InvalidInputError
+from smtplug.testing import ScriptedServer
 from tlsfixtures import server_context, tls_ca, write_files
 
 USERS = {"alice": "wonderland"}
@@ -273,3 +274,131 @@ def test_bad_auth_options_before_connecting(make_server, options):
     with pytest.raises(InvalidInputError):
         send(server, **options)
     assert server.sessions == []
+
+
+# --- RFC 4954 section 4: no initial response on an AUTH line over 512 octets ------------
+
+
+def _answer_auth(command):
+    """An AUTH with an initial response is accepted; one without gets the empty 334."""
+    return b"334 \r\n" if len(command.args.split()) == 1 else None
+
+
+def scripted_auth(**options):
+    """Send through a ScriptedServer offering every mechanism: (its port, the session)."""
+    offered = "AUTH PLAIN LOGIN XOAUTH2 OAUTHBEARER EXTERNAL"
+    with ScriptedServer({"AUTH": _answer_auth}, capabilities=["8BITMIME", offered]) as server:
+        assert send(server, usetls=False, **options).accepted
+        server.wait_idle()
+    assert server.errors == []
+    return server.port, server.sessions[0]
+
+
+def auth_line(mechanism: str, initial: bytes) -> bytes:
+    return f"AUTH {mechanism} ".encode() + base64.b64encode(initial) + b"\r\n"
+
+
+def sent_auth(session) -> tuple[bytes, bytes | None]:
+    """The AUTH line as sent, and the line answering the 334 after it (if any)."""
+    raws = [c.raw for c in session.commands]
+    index = next(i for i, c in enumerate(session.commands) if c.verb == "AUTH")
+    after = session.commands[index + 1]
+    return raws[index], after.raw if after.verb == "SASL" else None
+
+
+def xoauth2(user: str, token: str) -> bytes:
+    return f"user={user}\x01auth=Bearer {token}\x01\x01".encode()
+
+
+LONG_PASSWORD = "p" * 700
+LONG_TOKEN = "ya29." + "T" * 1800
+
+
+@pytest.mark.parametrize(
+    ("options", "mechanism", "initial"),
+    [
+        (
+            {"password": LONG_PASSWORD, "mechanisms": ["PLAIN"]},
+            "PLAIN",
+            b"\0alice\0" + LONG_PASSWORD.encode(),
+        ),
+        (
+            {"oauth_token": LONG_TOKEN, "mechanisms": ["XOAUTH2"]},
+            "XOAUTH2",
+            xoauth2("alice", LONG_TOKEN),
+        ),
+        (
+            {"oauth_token": LONG_TOKEN, "mechanisms": ["OAUTHBEARER"]},
+            "OAUTHBEARER",
+            f"n,a=alice,\x01host=127.0.0.1\x01port={{port}}\x01auth=Bearer {LONG_TOKEN}\x01\x01",
+        ),
+    ],
+    ids=["PLAIN", "XOAUTH2", "OAUTHBEARER"],
+)
+def test_long_initial_response_waits_for_the_empty_challenge(options, mechanism, initial):
+    port, session = scripted_auth(**options)
+    if isinstance(initial, str):  # OAUTHBEARER names the port
+        initial = initial.replace("{port}", str(port)).encode()
+    line, response = sent_auth(session)
+    assert len(auth_line(mechanism, initial)) > 512  # it would not have fitted
+    assert line == f"AUTH {mechanism}\r\n".encode()
+    assert response == base64.b64encode(initial) + b"\r\n"
+    assert 512 < len(response) <= 12288
+
+
+def _fitted(target: int, mechanism: str, make) -> bytes:
+    """The initial response make(n) whose AUTH line is ``target`` octets."""
+    for n in range(1, 600):
+        initial = make(n)
+        if len(auth_line(mechanism, initial)) == target:
+            return initial
+    raise AssertionError(f"no {mechanism} initial response gives {target} octets")
+
+
+@pytest.mark.parametrize(
+    ("target", "mechanism"), [(511, "XOAUTH2"), (512, "EXTERNAL"), (513, "PLAIN")]
+)
+def test_initial_response_at_the_512_octet_boundary(target, mechanism):
+    # Base64 comes in fours, so each length is reached with another mechanism name.
+    if mechanism == "XOAUTH2":
+        initial = _fitted(target, mechanism, lambda n: xoauth2("alice", "t" * n))
+        options = {"oauth_token": initial.split(b"Bearer ")[1][:-2].decode()}
+    elif mechanism == "EXTERNAL":
+        initial = _fitted(target, mechanism, lambda n: b"z" * n)
+        options = {"authzid": initial.decode(), "password": None}
+    else:
+        initial = _fitted(target, mechanism, lambda n: b"\0alice\0" + b"p" * n)
+        options = {"password": initial.split(b"\0")[2].decode()}
+    _, session = scripted_auth(mechanisms=[mechanism], **options)
+    line, response = sent_auth(session)
+    if target <= 512:
+        assert line == auth_line(mechanism, initial) and len(line) == target
+        assert response is None
+    else:
+        assert line == f"AUTH {mechanism}\r\n".encode()
+        assert response == base64.b64encode(initial) + b"\r\n"
+
+
+def test_deferred_initial_response_is_redacted(capsys, caplog):
+    with caplog.at_level(logging.DEBUG, logger="smtplug"):
+        _, session = scripted_auth(password=LONG_PASSWORD, mechanisms=["PLAIN"], debug=True)
+    assert sent_auth(session)[1] is not None  # it was deferred
+    transcript = capsys.readouterr().err
+    logs = "\n".join(record.getMessage() for record in caplog.records)
+    lines = [line.split("--> ", 1)[1] for line in transcript.splitlines() if "--> " in line]
+    assert lines[lines.index("AUTH PLAIN") + 1] == "<redacted>"
+    encoded = base64.b64encode(b"\0alice\0" + LONG_PASSWORD.encode()).decode()
+    for text in (transcript, logs):
+        assert LONG_PASSWORD not in text
+        assert encoded[:40] not in text
+
+
+def test_deferred_initial_response_needs_an_empty_challenge():
+    # A non-empty first challenge to a client-first mechanism: cancelled, nothing sent.
+    script = {"AUTH": b"334 VXNlcm5hbWU6\r\n"}
+    with ScriptedServer(script, capabilities=["8BITMIME", "AUTH PLAIN"]) as server:
+        with pytest.raises(AuthenticationError, match="PLAIN"):
+            send(server, usetls=False, password=LONG_PASSWORD, mechanisms=["PLAIN"])
+        server.wait_idle()
+    commands = server.sessions[0].commands
+    assert [c.raw for c in commands if c.verb in ("AUTH", "SASL")] == [b"AUTH PLAIN\r\n", b"*\r\n"]

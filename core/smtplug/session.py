@@ -587,11 +587,20 @@ def authenticate(
     the server's code; a mechanism's own failure (a bad challenge, a server
     signature that does not verify) cancels the exchange with ``*`` first.
     A 421 raises :class:`ResponseError` (the server is closing).
+
+    An initial response that would make the AUTH line longer than 512 octets
+    is not put on it (RFC 4954 section 4 forbids that): ``AUTH mechanism`` goes
+    alone, and the response answers the server's first, empty, 334 challenge
+    (a non-empty one is a server error: the exchange is cancelled).
     """
     try:
         initial = exchange.initial_response()
     except Exception as exc:
         raise _mechanism_failed(mechanism, exc) from exc
+    deferred: bytes | None = None
+    if initial is not None and not commands.initial_response_fits(mechanism, initial):
+        deferred = commands.sasl_response(initial)  # refused (too long) before AUTH is sent
+        initial = None
     display = f"AUTH {mechanism}" + ("" if initial is None else " <redacted>")
     yield Send(commands.auth(mechanism, initial), display, timeouts.command)
     while True:
@@ -599,14 +608,23 @@ def authenticate(
         assert reply is not None
         if reply.code == 334:
             try:
-                answer = exchange.respond(commands.decode_challenge(reply.text))
+                challenge = commands.decode_challenge(reply.text)
+                if deferred is None:
+                    line = commands.sasl_response(exchange.respond(challenge))
+                elif challenge:
+                    raise ProtocolError(
+                        "the server's first challenge is not empty, so the initial "
+                        "response (too long for the AUTH line) was not sent (RFC 4954)"
+                    )
+                else:
+                    line, deferred = deferred, None
             except Exception as exc:
                 # Abandon the exchange; the server answers 501 (RFC 4954).
                 yield Send(commands.sasl_cancel(), "*", timeouts.command)
                 cancelled = yield Receive(timeouts.command, "*")
                 assert cancelled is not None
                 raise _mechanism_failed(mechanism, exc) from exc
-            yield Send(commands.sasl_response(answer), "<redacted>", timeouts.command)
+            yield Send(line, "<redacted>", timeouts.command)
         elif reply.code == 235:
             try:
                 exchange.verify()
