@@ -402,3 +402,37 @@ def test_deferred_initial_response_needs_an_empty_challenge():
         server.wait_idle()
     commands = server.sessions[0].commands
     assert [c.raw for c in commands if c.verb in ("AUTH", "SASL")] == [b"AUTH PLAIN\r\n", b"*\r\n"]
+
+
+# --- LOGIN: username, then password, whatever the prompts say ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(b"Password:", b"Username:"), (b"", b""), (b"\xff garbage", b"Username:")],
+    ids=["swapped", "empty", "garbage"],
+)
+def test_login_answers_in_order_on_the_wire(first, second):
+    script = {
+        "AUTH": b"334 " + base64.b64encode(first) + b"\r\n",
+        ("SASL", 1): b"334 " + base64.b64encode(second) + b"\r\n",
+        ("SASL", 2): b"235 2.7.0 OK\r\n",
+    }
+    with ScriptedServer(script, capabilities=["8BITMIME", "AUTH LOGIN"]) as server:
+        assert send(server, usetls=False, mechanisms=["LOGIN"]).accepted
+        server.wait_idle()
+    answers = [c.raw for c in server.sessions[0].commands if c.verb == "SASL"]
+    assert answers == [b"YWxpY2U=\r\n", base64.b64encode(SECRET.encode()) + b"\r\n"]
+
+
+def test_login_third_challenge_is_cancelled():
+    prompt = b"334 UGFzc3dvcmQ6\r\n"
+    script = {"AUTH": prompt, ("SASL", 1): prompt, ("SASL", 2): prompt}
+    with ScriptedServer(script, capabilities=["8BITMIME", "AUTH LOGIN"]) as server:
+        with pytest.raises(AuthenticationError, match=r"LOGIN: .*third") as info:
+            send(server, usetls=False, mechanisms=["LOGIN"])
+        server.wait_idle()
+    answers = [c.raw for c in server.sessions[0].commands if c.verb == "SASL"]
+    assert answers == [b"YWxpY2U=\r\n", base64.b64encode(SECRET.encode()) + b"\r\n", b"*\r\n"]
+    assert SECRET not in str(info.value)
+    assert server.sessions[0].transactions == []
