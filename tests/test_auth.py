@@ -436,3 +436,203 @@ def test_login_third_challenge_is_cancelled():
     assert answers == [b"YWxpY2U=\r\n", base64.b64encode(SECRET.encode()) + b"\r\n", b"*\r\n"]
     assert SECRET not in str(info.value)
     assert server.sessions[0].transactions == []
+
+
+# --- OAuth: a refused token is renewed once by a token provider --------------------------
+
+STALE, FRESH, FRESHER = "ya29.stale-token", "ya29.fresh-token", "ya29.fresher-token"
+
+
+def oauth_logs(capsys, caplog, exc=None) -> str:
+    captured = capsys.readouterr()
+    parts = [record.getMessage() for record in caplog.records] + [captured.out, captured.err]
+    if exc is not None:
+        parts += [str(exc), repr(exc), exc.diagnostic]
+    return "\n".join(parts)
+
+
+def assert_no_token(text: str, *tokens: str) -> None:
+    for token in tokens:
+        assert token not in text
+        assert base64.b64encode(xoauth2("alice", token)).decode()[:40] not in text
+
+
+def test_refused_token_renewed_by_a_provider_taking_no_argument(make_server, capsys, caplog):
+    # An old-style provider (no parameter) is simply called again, as before.
+    server = make_server(auth_users={"alice": FRESH}, auth_mechanisms=["XOAUTH2"])
+    tokens = iter([STALE, FRESH])
+    calls: list[int] = []
+
+    def provider() -> str:
+        calls.append(1)
+        return next(tokens)
+
+    caplog.set_level(logging.DEBUG, logger="smtplug")
+    assert send(server, oauth_token=provider, debug=True).accepted
+    assert len(calls) == 2
+    assert auth_commands(server) == ["XOAUTH2", "XOAUTH2"]  # refused (334 JSON, 535), then OK
+    assert server.sessions[-1].authenticated == ("XOAUTH2", "alice")
+    assert_no_token(oauth_logs(capsys, caplog), STALE, FRESH)
+
+
+def test_refused_token_renewed_by_a_provider_told_of_the_refusal(make_server):
+    server = make_server(auth_users={"alice": FRESH}, auth_mechanisms=["XOAUTH2"])
+    asked: list[bool] = []
+
+    def provider(*, refused: bool = False) -> str:
+        asked.append(refused)
+        return FRESH if refused else STALE
+
+    assert send(server, oauth_token=provider).accepted
+    assert asked == [False, True]
+    assert auth_commands(server) == ["XOAUTH2", "XOAUTH2"]
+
+
+def test_provider_taking_keyword_arguments_is_told_too(make_server):
+    server = make_server(auth_users={"alice": FRESH}, auth_mechanisms=["XOAUTH2"])
+    asked: list[dict[str, object]] = []
+
+    class Provider:
+        def __call__(self, **options: object) -> str:
+            asked.append(options)
+            return FRESH if options.get("refused") else STALE
+
+    assert send(server, oauth_token=Provider()).accepted
+    assert asked == [{}, {"refused": True}]
+
+
+def test_accepted_token_calls_the_provider_once(make_server):
+    server = make_server(auth_users={"alice": FRESH}, auth_mechanisms=["XOAUTH2"])
+    asked: list[bool] = []
+
+    def provider(*, refused: bool = False) -> str:
+        asked.append(refused)
+        return FRESH
+
+    assert send(server, oauth_token=provider).accepted
+    assert asked == [False]
+    assert auth_commands(server) == ["XOAUTH2"]
+
+
+def test_string_token_is_not_retried(make_server):
+    server = make_server(auth_users={"alice": FRESH}, auth_mechanisms=["XOAUTH2"])
+    with pytest.raises(AuthenticationError) as info:
+        send(server, oauth_token=STALE)
+    assert auth_commands(server) == ["XOAUTH2"]
+    assert info.value.code == 535
+    assert STALE not in str(info.value)
+
+
+def test_second_refusal_names_both_attempts(make_server, capsys, caplog):
+    server = make_server(auth_users={"alice": FRESHER}, auth_mechanisms=["XOAUTH2"])
+    asked: list[bool] = []
+
+    def provider(*, refused: bool = False) -> str:
+        asked.append(refused)
+        return FRESH if refused else STALE
+
+    caplog.set_level(logging.DEBUG, logger="smtplug")
+    with pytest.raises(AuthenticationError) as info:
+        send(server, oauth_token=provider, debug=True)
+    assert asked == [False, True]  # at most one renewal
+    assert auth_commands(server) == ["XOAUTH2", "XOAUTH2"]
+    assert info.value.code == 535
+    text = info.value.diagnostic
+    assert text.count("XOAUTH2") == 2 and "renewed token" in text
+    assert text.index("XOAUTH2: 535") < text.index("renewed token")
+    assert server.messages == []
+    assert_no_token(oauth_logs(capsys, caplog, info.value), STALE, FRESH)
+
+
+OAUTH_REFUSALS = {
+    "535": {"AUTH": b"535 5.7.8 Bad token\r\n"},
+    "json-then-535": {
+        "AUTH": b"334 " + base64.b64encode(b'{"status":"401","schemes":"bearer"}') + b"\r\n",
+        "SASL": lambda c: b"535 5.7.8 Bad token\r\n" if c.args != "*" else None,
+    },
+    "json-then-554": {
+        "AUTH": b"334 " + base64.b64encode(b'{"status":"401"}') + b"\r\n",
+        "SASL": b"554 5.7.0 Token expired\r\n",
+    },
+}
+
+
+def _refuse_first(script):
+    """The refusal for the first AUTH of the connection, 235 for the second."""
+    first = dict(script)
+    first[("AUTH", 2)] = b"235 2.7.0 OK\r\n"
+    return first
+
+
+@pytest.mark.parametrize("mechanism", ["XOAUTH2", "OAUTHBEARER"])
+@pytest.mark.parametrize("refusal", OAUTH_REFUSALS)
+def test_refusals_that_renew_the_token(mechanism, refusal, capsys, caplog):
+    script = _refuse_first(OAUTH_REFUSALS[refusal])
+    asked: list[bool] = []
+
+    def provider(*, refused: bool = False) -> str:
+        asked.append(refused)
+        return FRESH if refused else STALE
+
+    offered = ["8BITMIME", "AUTH XOAUTH2 OAUTHBEARER"]
+    caplog.set_level(logging.DEBUG, logger="smtplug")
+    with ScriptedServer(script, capabilities=offered) as server:
+        result = send(
+            server, usetls=False, oauth_token=provider, mechanisms=[mechanism], debug=True
+        )
+        server.wait_idle()
+    assert result.accepted and asked == [False, True]
+    auths = [c for c in server.sessions[0].commands if c.verb == "AUTH"]
+    assert [c.args.split()[0] for c in auths] == [mechanism, mechanism]
+    sent = [base64.b64decode(c.args.split()[1]) for c in auths]
+    assert f"auth=Bearer {STALE}".encode() in sent[0]
+    assert f"auth=Bearer {FRESH}".encode() in sent[1]
+    assert_no_token(oauth_logs(capsys, caplog), STALE, FRESH)
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        {"AUTH": b"454 4.7.0 Temporary authentication failure\r\n"},
+        {"AUTH": b"534 5.7.9 Please log in with your web browser\r\n"},
+    ],
+    ids=["454", "534"],
+)
+def test_other_failures_do_not_renew_the_token(script):
+    asked: list[bool] = []
+
+    def provider(*, refused: bool = False) -> str:
+        asked.append(refused)
+        return STALE
+
+    with ScriptedServer(script, capabilities=["8BITMIME", "AUTH XOAUTH2"]) as server:
+        with pytest.raises(AuthenticationError):
+            send(server, usetls=False, oauth_token=provider, mechanisms=["XOAUTH2"])
+        server.wait_idle()
+    assert asked == [False]
+    assert server.sessions[0].verbs.count("AUTH") == 1
+
+
+def test_password_used_as_token_is_not_retried():
+    with ScriptedServer({"AUTH": b"535 5.7.8 no\r\n"}, capabilities=["AUTH XOAUTH2"]) as server:
+        with pytest.raises(AuthenticationError):
+            send(server, usetls=False, password=STALE, mechanisms=["XOAUTH2"])
+        server.wait_idle()
+    assert server.sessions[0].verbs.count("AUTH") == 1
+
+
+def test_provider_failing_on_renewal_shows_no_token(capsys, caplog):
+    def provider(*, refused: bool = False) -> str:
+        if refused:
+            raise RuntimeError(f"cannot refresh {STALE}")
+        return STALE
+
+    script = {"AUTH": b"535 5.7.8 Bad token\r\n"}
+    caplog.set_level(logging.DEBUG, logger="smtplug")
+    with ScriptedServer(script, capabilities=["8BITMIME", "AUTH XOAUTH2"]) as server:
+        with pytest.raises(AuthenticationError) as info:
+            send(server, usetls=False, oauth_token=provider, mechanisms=["XOAUTH2"])
+        server.wait_idle()
+    assert server.sessions[0].verbs.count("AUTH") == 1  # nothing sent with no token
+    assert "RuntimeError" in info.value.diagnostic and "renewed token" in info.value.diagnostic
+    assert_no_token(oauth_logs(capsys, caplog, info.value), STALE)

@@ -583,9 +583,10 @@ def authenticate(
 ) -> Generator[Action, Reply | None, Reply]:
     """One AUTH exchange (RFC 4954) with one mechanism; secrets never displayed.
 
-    Returns the 235 reply. A refusal raises :class:`AuthenticationError` with
-    the server's code; a mechanism's own failure (a bad challenge, a server
-    signature that does not verify) cancels the exchange with ``*`` first.
+    Returns the 235 reply. A refusal raises :class:`AuthRefused` (an
+    :class:`AuthenticationError`) with the server's code; a mechanism's own
+    failure (a bad challenge, a server signature that does not verify)
+    cancels the exchange with ``*`` first.
     A 421 raises :class:`ResponseError` (the server is closing).
 
     An initial response that would make the AUTH line longer than 512 octets
@@ -603,6 +604,7 @@ def authenticate(
         initial = None
     display = f"AUTH {mechanism}" + ("" if initial is None else " <redacted>")
     yield Send(commands.auth(mechanism, initial), display, timeouts.command)
+    challenged = False  # the mechanism has answered a challenge
     while True:
         reply = yield Receive(timeouts.command, f"AUTH {mechanism}")
         assert reply is not None
@@ -611,13 +613,14 @@ def authenticate(
                 challenge = commands.decode_challenge(reply.text)
                 if deferred is None:
                     line = commands.sasl_response(exchange.respond(challenge))
+                    challenged = True
                 elif challenge:
                     raise ProtocolError(
                         "the server's first challenge is not empty, so the initial "
                         "response (too long for the AUTH line) was not sent (RFC 4954)"
                     )
                 else:
-                    line, deferred = deferred, None
+                    line, deferred = deferred, None  # not a challenge to the mechanism
             except Exception as exc:
                 # Abandon the exchange; the server answers 501 (RFC 4954).
                 yield Send(commands.sasl_cancel(), "*", timeouts.command)
@@ -640,7 +643,21 @@ def authenticate(
         elif reply.code == 421:
             _expect(reply, f"AUTH {mechanism}", 235)
         else:
-            raise AuthenticationError(f"{mechanism}: {reply.code} {reply.diagnostic}", reply.code)
+            raise AuthRefused(
+                f"{mechanism}: {reply.code} {reply.diagnostic}",
+                reply.code,
+                challenged=challenged,
+            )
+
+
+class AuthRefused(AuthenticationError):
+    """The server's refusal ending :func:`authenticate` (not a mechanism's own
+    failure); ``challenged`` when the mechanism had answered a 334 challenge
+    before it (for XOAUTH2/OAUTHBEARER: the server's JSON error)."""
+
+    def __init__(self, diagnostic: str, code: int, *, challenged: bool) -> None:
+        super().__init__(diagnostic, code)
+        self.challenged = challenged
 
 
 def _mechanism_failed(mechanism: str, exc: Exception) -> AuthenticationError:
