@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import getpass
+import inspect
 import math
 import os
 import platform
@@ -224,6 +225,7 @@ def _auth_plan(registry: Registry, args: _AuthArgs) -> AuthPlan | None:
             raise InvalidInputError("password must be a str")
         _no_controls("password", password)
     token_source: Callable[[], str] | None
+    token_refresh: Callable[[], str] | None = None  # a str token is never renewed
     if token is None:
         token_source = None
     elif isinstance(token, str):
@@ -231,6 +233,7 @@ def _auth_plan(registry: Registry, args: _AuthArgs) -> AuthPlan | None:
         token_source = functools.partial(str, token)
     elif callable(token):
         token_source = token
+        token_refresh = _token_refresh(token)
     else:
         raise InvalidInputError("oauth_token must be a str or a callable returning one")
     if args.authzid is not None and not isinstance(args.authzid, str):
@@ -260,8 +263,20 @@ def _auth_plan(registry: Registry, args: _AuthArgs) -> AuthPlan | None:
         password=password,
         oauth_token=token_source,
         authzid=args.authzid,
+        oauth_refresh=token_refresh,
     )
     return AuthPlan(credentials, registry.sasl_mechanisms, order, cleartext)
+
+
+def _token_refresh(provider: Callable[..., str]) -> Callable[[], str]:
+    """How to ask an ``oauth_token`` provider for a new token after a refusal:
+    ``provider(refused=True)`` when its signature takes that keyword, else
+    ``provider()`` as for the first token (see :class:`smtplug.interfaces.OAuthTokenProvider`)."""
+    try:
+        inspect.signature(provider).bind(refused=True)
+    except (TypeError, ValueError):  # no such parameter, or no signature to read
+        return provider
+    return functools.partial(provider, refused=True)
 
 
 _NO_SECRET = frozenset({"EXTERNAL", "ANONYMOUS"})

@@ -227,16 +227,21 @@ def _authenticate(
     tried: list[str] = []
     last: AuthenticationError | None = None
     failed_strength: int | None = None
-    for mechanism in candidates:
+    renewable = credentials.oauth_refresh is not None  # one token renewal at most
+    pending = [(mechanism, credentials) for mechanism in candidates]
+    while pending:
+        mechanism, attempt = pending.pop(0)
+        renewed = attempt is not credentials
         if tls is None and failed_strength is not None and mechanism.strength < failed_strength:
             connection.event(
                 f"not trying the weaker {mechanism.name} after a failure on an "
                 "unencrypted connection"
             )
             break
+        took_token: list[bool] = []
         try:
             try:
-                exchange = mechanism.start(credentials)
+                exchange = mechanism.start(_watch_token(attempt, took_token))
             except AuthenticationError:
                 raise
             except Exception as exc:
@@ -245,12 +250,21 @@ def _authenticate(
                 ) from exc
             connection.run(session.authenticate(mechanism.name, exchange, plan.timeouts))
         except AuthenticationError as exc:
-            tried.append(exc.diagnostic)
+            tried.append(_renewed(mechanism.name, exc.diagnostic) if renewed else exc.diagnostic)
             last = exc
             failed_strength = mechanism.strength
             connection.event(f"authentication with {mechanism.name} failed")
             if connection.broken or exc.server_unverified:
                 break
+            if renewable and took_token and _token_refused(exc):
+                # The token may have expired: ask the provider for a new one and
+                # try the same mechanism once more with it (never the token shown).
+                renewable = False
+                pending.insert(0, (mechanism, _renewal(credentials)))
+                connection.event(
+                    f"{mechanism.name} refused the OAuth token; trying once more "
+                    "with a new one from the token provider"
+                )
             continue
         connection.event(f"authenticated with {mechanism.name}")
         return
@@ -260,6 +274,43 @@ def _authenticate(
         last.code,
         server_unverified=last.server_unverified,
     )
+
+
+def _watch_token(credentials: SASLCredentials, took: list[bool]) -> SASLCredentials:
+    """``credentials`` whose ``oauth_token`` notes in ``took`` that it was called."""
+    source = credentials.oauth_token
+    if source is None:
+        return credentials
+
+    def token() -> str:
+        took.append(True)
+        return source()
+
+    return dataclasses.replace(credentials, oauth_token=token)
+
+
+def _token_refused(exc: AuthenticationError) -> bool:
+    """The server refused the token (535, or a 5xx after its error challenge:
+    RFC 7628 3.2.2), as opposed to a mechanism's own failure or a 4xx."""
+    if not isinstance(exc, session.AuthRefused):
+        return False
+    return exc.code == 535 or (exc.challenged and 500 <= exc.code < 600)
+
+
+def _renewal(credentials: SASLCredentials) -> SASLCredentials:
+    """The credentials for the retry: the token is the provider's renewal."""
+    return dataclasses.replace(
+        credentials, oauth_token=credentials.oauth_refresh, oauth_refresh=None
+    )
+
+
+def _renewed(mechanism: str, diagnostic: str) -> str:
+    """A retry's failure, told apart from the first attempt's."""
+    again = f"{mechanism} again with a renewed token"
+    prefix = f"{mechanism}: "
+    if diagnostic.startswith(prefix):
+        return f"{again}: {diagnostic[len(prefix) :]}"
+    return f"{again}: {diagnostic}"
 
 
 def _decide(

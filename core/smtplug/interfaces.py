@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
     "ConnectionInfo",
+    "OAuthTokenProvider",
     "ResumableStream",
     "SASLCredentials",
     "SASLExchange",
@@ -192,9 +193,14 @@ class SASLCredentials:
     """What a SASL mechanism may use for one authentication.
 
     ``password`` is the caller's ``password=``; ``oauth_token`` returns the
-    OAuth 2.0 bearer token (the caller's ``oauth_token=``, a str or a
-    callable, called once per attempt); either may be None. ``hostname`` is
-    the server's name as given in ``servers`` (DIGEST-MD5's digest-uri,
+    OAuth 2.0 bearer token (the caller's ``oauth_token=``, a str or an
+    :class:`OAuthTokenProvider`, called once per attempt); either may be None.
+    ``oauth_refresh`` returns a new token after the server refused the one
+    ``oauth_token`` gave (the provider asked again, see
+    :class:`OAuthTokenProvider`), or is None when the token cannot be renewed
+    (a str token, or none): the core, not the mechanism, uses it, retrying the
+    mechanism once with ``oauth_token`` set to it. ``hostname`` is the
+    server's name as given in ``servers`` (DIGEST-MD5's digest-uri,
     OAUTHBEARER's host); ``port`` its port; ``tls`` what TLS negotiated (None
     on a plain connection: -PLUS mechanisms need its ``channel_bindings``).
     Secrets never appear in the repr.
@@ -208,6 +214,25 @@ class SASLCredentials:
     port: int = 25
     service: str = "smtp"
     tls: TLSInfo | None = None
+    oauth_refresh: Callable[[], str] | None = field(default=None, repr=False)
+
+
+class OAuthTokenProvider(Protocol):
+    """What ``oauth_token=`` may be instead of a str: a source of fresh tokens.
+
+    smtplug calls it with no argument for the token of each authentication.
+    When the server refuses that token (XOAUTH2/OAUTHBEARER answered 535, or
+    an error challenge and then a 5xx), smtplug calls it once more, with
+    ``refused=True``, and retries the mechanism once with what it returns: a
+    provider holding a cached token should then fetch a new one rather than
+    hand back the one just refused. A plain function taking no argument is a
+    provider too: it is then called again with no argument (smtplug passes
+    ``refused`` only to a callable whose signature accepts it). The token is
+    never logged or shown in an error; what the provider raises is named only
+    by its type.
+    """
+
+    def __call__(self, *, refused: bool = False) -> str: ...
 
 
 class SASLExchange(Protocol):

@@ -691,30 +691,51 @@ def authenticate(
 ) -> Generator[Action, Reply | None, Reply]:
     """One AUTH exchange (RFC 4954) with one mechanism; secrets never displayed.
 
-    Returns the 235 reply. A refusal raises :class:`AuthenticationError` with
-    the server's code; a mechanism's own failure (a bad challenge, a server
-    signature that does not verify) cancels the exchange with ``*`` first.
+    Returns the 235 reply. A refusal raises :class:`AuthRefused` (an
+    :class:`AuthenticationError`) with the server's code; a mechanism's own
+    failure (a bad challenge, a server signature that does not verify)
+    cancels the exchange with ``*`` first.
     A 421 raises :class:`ResponseError` (the server is closing).
+
+    An initial response that would make the AUTH line longer than 512 octets
+    is not put on it (RFC 4954 section 4 forbids that): ``AUTH mechanism`` goes
+    alone, and the response answers the server's first, empty, 334 challenge
+    (a non-empty one is a server error: the exchange is cancelled).
     """
     try:
         initial = exchange.initial_response()
     except Exception as exc:
         raise _mechanism_failed(mechanism, exc) from exc
+    deferred: bytes | None = None
+    if initial is not None and not commands.initial_response_fits(mechanism, initial):
+        deferred = commands.sasl_response(initial)  # refused (too long) before AUTH is sent
+        initial = None
     display = f"AUTH {mechanism}" + ("" if initial is None else " <redacted>")
     yield Send(commands.auth(mechanism, initial), display, timeouts.command)
+    challenged = False  # the mechanism has answered a challenge
     while True:
         reply = yield Receive(timeouts.command, f"AUTH {mechanism}")
         assert reply is not None
         if reply.code == 334:
             try:
-                answer = exchange.respond(commands.decode_challenge(reply.text))
+                challenge = commands.decode_challenge(reply.text)
+                if deferred is None:
+                    line = commands.sasl_response(exchange.respond(challenge))
+                    challenged = True
+                elif challenge:
+                    raise ProtocolError(
+                        "the server's first challenge is not empty, so the initial "
+                        "response (too long for the AUTH line) was not sent (RFC 4954)"
+                    )
+                else:
+                    line, deferred = deferred, None  # not a challenge to the mechanism
             except Exception as exc:
                 # Abandon the exchange; the server answers 501 (RFC 4954).
                 yield Send(commands.sasl_cancel(), "*", timeouts.command)
                 cancelled = yield Receive(timeouts.command, "*")
                 assert cancelled is not None
                 raise _mechanism_failed(mechanism, exc) from exc
-            yield Send(commands.sasl_response(answer), "<redacted>", timeouts.command)
+            yield Send(line, "<redacted>", timeouts.command)
         elif reply.code == 235:
             try:
                 exchange.verify()
@@ -730,7 +751,21 @@ def authenticate(
         elif reply.code == 421:
             _expect(reply, f"AUTH {mechanism}", 235)
         else:
-            raise AuthenticationError(f"{mechanism}: {reply.code} {reply.diagnostic}", reply.code)
+            raise AuthRefused(
+                f"{mechanism}: {reply.code} {reply.diagnostic}",
+                reply.code,
+                challenged=challenged,
+            )
+
+
+class AuthRefused(AuthenticationError):
+    """The server's refusal ending :func:`authenticate` (not a mechanism's own
+    failure); ``challenged`` when the mechanism had answered a 334 challenge
+    before it (for XOAUTH2/OAUTHBEARER: the server's JSON error)."""
+
+    def __init__(self, diagnostic: str, code: int, *, challenged: bool) -> None:
+        super().__init__(diagnostic, code)
+        self.challenged = challenged
 
 
 def _mechanism_failed(mechanism: str, exc: Exception) -> AuthenticationError:

@@ -1,7 +1,10 @@
 """XOAUTH2 and OAUTHBEARER (RFC 7628): an OAuth 2.0 bearer token.
 
 The token is ``credentials.oauth_token()`` (called once, when the exchange
-starts), or ``credentials.password`` when no token callable was given. It
+starts), or ``credentials.password`` when no token callable was given. When
+the server refuses it and the caller gave a token provider, the core starts
+the mechanism once more with credentials whose ``oauth_token`` gives the
+provider's renewed token (see :class:`smtplug.interfaces.OAuthTokenProvider`). It
 must be an RFC 6750 ``b64token`` (``[A-Za-z0-9-._~+/]+=*``): anything else is
 refused before a byte is sent, so the token can never break the message
 framing.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 
 import pytest
@@ -310,13 +311,45 @@ def test_auth_encoders() -> None:
     assert commands.sasl_cancel() == b"*\r\n"
 
 
-def test_auth_lines_may_exceed_512_octets_up_to_12288() -> None:
+def test_auth_line_holds_512_octets_a_response_line_12288() -> None:
+    # RFC 4954 section 4: an initial response that would make the AUTH line longer
+    # than a command line may be is not sent on it, but after the empty 334.
     token = b"t" * 3000  # an OAuth token: longer than a command line may be
-    assert len(commands.auth("XOAUTH2", token)) > commands.MAX_COMMAND_LINE
-    with pytest.raises(InvalidInputError, match="12288"):
-        commands.auth("XOAUTH2", b"t" * 10000)
+    with pytest.raises(InvalidInputError, match="512"):
+        commands.auth("XOAUTH2", token)
+    assert len(commands.sasl_response(token)) == 4002
     with pytest.raises(InvalidInputError, match="12288"):
         commands.sasl_response(b"t" * 10000)
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "XOAUTH2", "EXTERNAL", "OAUTHBEARER", "X" * 20])
+@pytest.mark.parametrize("size", range(480, 510))
+def test_initial_response_fits_exactly_512_octets(mechanism: str, size: int) -> None:
+    initial = b"s" * (size - len(mechanism))
+    expected = b"AUTH %s %s\r\n" % (mechanism.encode(), base64.b64encode(initial) or b"=")
+    fits = commands.initial_response_fits(mechanism, initial)
+    assert fits == (len(expected) <= 512)
+    if fits:
+        assert commands.auth(mechanism, initial) == expected
+    else:
+        with pytest.raises(InvalidInputError):
+            commands.auth(mechanism, initial)
+
+
+def test_initial_response_fits_boundary() -> None:
+    # "AUTH EXTERNAL " is 14 octets: 496 of base64 (372 bytes) make 512 with CRLF.
+    assert len(commands.auth("EXTERNAL", b"z" * 372)) == 512
+    assert commands.initial_response_fits("EXTERNAL", b"z" * 372)
+    assert not commands.initial_response_fits("EXTERNAL", b"z" * 373)
+    assert commands.initial_response_fits("EXTERNAL", b"")
+
+
+def test_overlong_sasl_lines_do_not_show_the_secret() -> None:
+    secret = b"hunter2-" * 2000
+    for encode in (lambda: commands.auth("PLAIN", secret), lambda: commands.sasl_response(secret)):
+        with pytest.raises(InvalidInputError) as info:
+            encode()
+        assert base64.b64encode(secret)[:8].decode() not in str(info.value)
 
 
 @pytest.mark.parametrize("name", ["plain", "PL AIN", "X\r\nRCPT", "A" * 21, ""])

@@ -40,6 +40,7 @@ __all__ = [
     "decode_challenge",
     "ehlo",
     "helo",
+    "initial_response_fits",
     "mail",
     "noop",
     "qued",
@@ -70,7 +71,7 @@ _MECHANISM = re.compile(r"[A-Z0-9_-]{1,20}\Z")  # RFC 4422 sasl-mech
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}\Z")
 
 MAX_AUTH_LINE = 12288
-"""Octets in an AUTH command or SASL response line, CRLF included (RFC 4954 section 4)."""
+"""Octets in a SASL response line (the answer to a 334), CRLF included (RFC 4954 section 4)."""
 
 
 def _show(value: str) -> str:
@@ -273,7 +274,10 @@ def auth(mechanism: str, initial_response: bytes | None = None) -> bytes:
     """``AUTH mechanism [initial-response]`` (RFC 4954).
 
     ``initial_response`` is the raw bytes (base64-encoded here); ``b""`` is
-    sent as ``=``, None sends none. The line may be up to 12288 octets.
+    sent as ``=``, None sends none. The line is held to the 512 octets of any
+    command line: RFC 4954 section 4 forbids an initial response that would
+    make it longer (check with :func:`initial_response_fits`, and send such a
+    response with :func:`sasl_response` after the server's empty 334 instead).
     """
     _check_text("SASL mechanism", mechanism)
     if _MECHANISM.match(mechanism) is None:
@@ -281,12 +285,28 @@ def auth(mechanism: str, initial_response: bytes | None = None) -> bytes:
     if initial_response is None:
         return _line(f"AUTH {mechanism}")
     encoded = base64.b64encode(initial_response).decode("ascii") or "="
-    return _line(f"AUTH {mechanism} {encoded}", MAX_AUTH_LINE)
+    return _secret_line(f"AUTH {mechanism} {encoded}", MAX_COMMAND_LINE)
+
+
+def initial_response_fits(mechanism: str, initial_response: bytes) -> bool:
+    """True when ``AUTH mechanism initial-response`` fits in 512 octets with its CRLF."""
+    encoded = max(1, 4 * -(-len(initial_response) // 3))  # base64 length ("=" when empty)
+    return len(f"AUTH {mechanism} ".encode()) + encoded + 2 <= MAX_COMMAND_LINE
 
 
 def sasl_response(response: bytes) -> bytes:
     """One answer to a 334 challenge: the bytes base64-encoded (empty for b"")."""
-    return _line(base64.b64encode(response).decode("ascii"), MAX_AUTH_LINE)
+    return _secret_line(base64.b64encode(response).decode("ascii"), MAX_AUTH_LINE)
+
+
+def _secret_line(text: str, limit: int) -> bytes:
+    """:func:`_line` for a line carrying credentials: its error names only the size."""
+    wire = text.encode("ascii") + b"\r\n"
+    if len(wire) > limit:
+        raise InvalidInputError(
+            f"SASL line of {len(wire)} octets exceeds the {limit} octets allowed"
+        )
+    return wire
 
 
 def sasl_cancel() -> bytes:
