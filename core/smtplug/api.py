@@ -630,7 +630,7 @@ class Client:
                     and outcome.stage != "sent"
                     and again
                 )
-                if connection.broken or stale or closing:
+                if connection.broken or outcome.session_over or stale or closing:
                     self._drop()
                 elif not last:
                     with contextlib.suppress(SMTPError):

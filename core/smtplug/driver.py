@@ -32,7 +32,7 @@ from smtplug.interfaces import (
 )
 from smtplug.observe import Observers, logger
 from smtplug.protocol import Reply, ReplyParser
-from smtplug.session import Action, Receive, Send, Upgrade
+from smtplug.session import Action, Poll, Receive, Send, Upgrade
 
 __all__ = ["Connection"]
 
@@ -123,7 +123,7 @@ class Connection:
         if isinstance(action, Send):
             if self._write_error is not None:
                 raise self._lost_after_write()
-            if self._parser.has_pending():
+            if not action.replies_due and self._parser.has_pending():
                 self._unsolicited(action.display)
             # Observers first: one that raises stops the send before its bytes go.
             if action.display and self._watching:
@@ -142,6 +142,8 @@ class Connection:
         if isinstance(action, Upgrade):
             self._upgrade(action.timeout)
             return None
+        if isinstance(action, Poll):
+            return self._poll()
         raise TypeError(f"unknown session action {action!r}")
 
     def _unsolicited(self, command: str) -> None:
@@ -159,6 +161,27 @@ class Connection:
                 reply.diagnostic, reply.code, command="(unsolicited)", enhanced=reply.enhanced
             )
         raise ProtocolError(f"{self.info.server} sent data before the command {command!r}")
+
+    def _poll(self) -> Reply | None:
+        """A reply the server has sent, without waiting for one."""
+        reply = self._parser.next_reply()
+        if reply is None and self._write_error is None:
+            try:
+                data = self._stream.read(_READ_SIZE, 0)
+            except ConnectionLostError as exc:
+                if not exc.timed_out:  # reset: nothing more can be written
+                    self._write_error = exc
+                return None
+            if not data:
+                self._write_error = ConnectionLostError(
+                    f"{self.info.server} closed the connection while the message was sent"
+                )
+                return None
+            self._parser.feed(data)
+            reply = self._parser.next_reply()
+        if reply is not None and self._watching:
+            self._hook.smtplug_on_reply(info=self.info, reply=reply)
+        return reply
 
     def _drain(self) -> None:
         """After a failed write: whatever the server sent, without waiting."""

@@ -65,6 +65,9 @@ class Send:
     data: bytes
     display: str
     timeout: float
+    replies_due: bool = False
+    """Replies to commands already sent may be arriving (pipelining): bytes
+    the server sent are theirs, not unsolicited."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +90,19 @@ class Upgrade:
     timeout: float | None
 
 
-Action = Send | Receive | Upgrade
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """Look, without waiting, whether the server has sent a reply: sent back
+    the next complete reply, or None.
+
+    Asked between the chunks of a message: a server may refuse it (and stop
+    reading) before its end, and no more of it should be uploaded then.
+    """
+
+
+_POLL = Poll()
+
+Action = Send | Receive | Upgrade | Poll
 
 
 #: The phases a wait belongs to, as :class:`Timeouts` names them.
@@ -343,6 +358,7 @@ def _data_body(
     for piece in _pieces(message, check):
         out = encoder.encode(piece)
         if out and len(previous) >= source.CHUNK:
+            _answered_early((yield _POLL), outcome)
             if not (yield from _send(Send(previous, "", timeouts.block))):
                 return  # the server refused mid-message: the caller reads why
             previous = b""
@@ -351,9 +367,26 @@ def _data_body(
         previous += out
     tail = previous + encoder.finish()
     display = f"<message: {encoder.bytes_in} octets>" + ("\nQUIT" if trailer else "")
+    if encoder.bytes_in > source.CHUNK:  # a message written in one piece needs no look
+        _answered_early((yield _POLL), outcome)
     written = yield from _send_end(Send(tail + trailer, display, timeouts.block), trailer, outcome)
     if written and progress is not None:
         progress(encoder.bytes_in)
+
+
+def _answered_early(reply: Reply | None, outcome: TransactionOutcome) -> None:
+    """A reply before the end of the DATA octets: the server refused the message
+    while it came (RFC 5321 has it answer only the final "."). The rest is not
+    sent, and never the final "." (the server might take the message cut short):
+    the session is over, and the reply is the error."""
+    if reply is None:
+        return
+    outcome.session_over = True
+    if reply.code >= 400:
+        raise ResponseError(
+            reply.diagnostic, reply.code, command="the message data", enhanced=reply.enhanced
+        )
+    raise ProtocolError(f"reply before the end of the message: {reply}")
 
 
 def _bdat_frames(
@@ -457,6 +490,10 @@ def transaction(
     # is refused, the server refuses the DATA too: RFC 2920 section 3.1).
     single = len(message.recipients) == 1
     early = pipelining and (atleastone or single) and len(lines) <= BATCH
+    # A message that takes more than one BDAT chunk waits for the replies to
+    # MAIL and RCPT: a refusal there must not cost its upload (one round trip
+    # against the whole message).
+    whole_in_flight = early and message.size is not None and message.size <= source.CHUNK
     bdat_replies = 0
 
     # -- MAIL and RCPT, in flights when pipelining -----------------------------
@@ -473,7 +510,7 @@ def transaction(
         last_flight = number == len(flights) - 1
         payload = b"".join(flight)
         display = _display(payload)
-        if early and last_flight and chunking:
+        if whole_in_flight and last_flight and chunking:
             # The whole message rides in this flight: the first BDAT frame goes
             # in the same write as MAIL and the RCPTs.
             for frame, last in _bdat_frames(message, timeouts, trailer, progress, check):
@@ -488,7 +525,7 @@ def transaction(
                 if not written:
                     break  # the server refused and closed: its replies say why
         else:
-            if early and last_flight:
+            if early and last_flight and not chunking:
                 payload += commands.data()
                 display += "\nDATA"
             yield from _send(Send(payload, display, timeouts.command))
@@ -594,8 +631,20 @@ def transaction(
     # -- BDAT after the RCPT replies ---------------------------------------------
     if chunking:
         outcome.stage = "data"
-        frames = 0
+        frames = 0  # chunks written whose replies are not read yet
+        refusal: Reply | None = None
         for frame, last in _bdat_frames(message, timeouts, trailer, progress, check):
+            if frames:
+                # Pipelined chunks: one the server refused fails the transaction
+                # (RFC 3030), and no further chunk is sent.
+                while frames and refusal is None and (answer := (yield _POLL)) is not None:
+                    frames -= 1
+                    if answer.code != 250:
+                        refusal = answer
+                if refusal is not None:
+                    break
+                # Replies to the chunks before may be arriving: not unsolicited.
+                frame = Send(frame.data, frame.display, frame.timeout, replies_due=True)
             # "sent" once the last frame is written, before its reply is read.
             written = yield from (_send_end(frame, trailer, outcome) if last else _send(frame))
             frames += 1
@@ -611,6 +660,12 @@ def transaction(
                     if final:
                         outcome.reply = reply
                 frames = 0
+        if refusal is not None:
+            # The chunks already in the pipeline are answered (and discarded).
+            with contextlib.suppress(ConnectionLostError, ProtocolError):
+                for _ in range(frames):
+                    yield from _receive(timeouts.data, "BDAT", outcome)
+            _expect(refusal, "BDAT", 250)
         outcome.delivered = True
         if trailer:
             yield from _quit_reply(timeouts, outcome)
