@@ -10,7 +10,6 @@ from email.message import EmailMessage
 import pytest
 
 import smtplug
-
 from smtplug import InvalidInputError
 from smtplug.envelope import prepare
 
@@ -436,9 +435,7 @@ ODD_TEXT = [
 @pytest.mark.parametrize("name", ADDRESS_FIELD_NAMES)
 @pytest.mark.parametrize("text", ODD_TEXT)
 @pytest.mark.parametrize("recipients", [None, "r@example.org"])
-def test_odd_text_in_an_address_field_of_the_header_option_is_invalid_input(
-    name, text, recipients
-):
+def test_odd_text_in_an_address_field_of_the_header_option_is_invalid_input(name, text, recipients):
     with pytest.raises(InvalidInputError):
         run(b"To: b@example.org\r\nSubject: s\r\n\r\nbody", header=[(name, text)],
             recipients=recipients)  # fmt: skip
@@ -464,19 +461,21 @@ def test_the_found_example_fails_before_any_connection(name):
 
 
 @pytest.mark.parametrize("name", ADDRESS_FIELD_NAMES)
-@pytest.mark.parametrize("bad", ["<alice@", "alice@", "a@b@c", "foo bar", "x@y <z@w>", "@x.example"])
+@pytest.mark.parametrize(
+    "bad", ["<alice@", "alice@", "a@b@c", "foo bar", "x@y <z@w>", "@x.example"]
+)
 @pytest.mark.parametrize("recipients", [None, "r@example.org"])
 def test_malformed_address_in_the_header_option_refused(name, bad, recipients):
-    with pytest.raises(InvalidInputError, match="malformed|invalid|exactly one"):
+    with pytest.raises(InvalidInputError, match=r"malformed|invalid|exactly one"):
         run(b"To: b@example.org\r\n\r\nbody", header=[(name, bad)], recipients=recipients)
 
 
-@pytest.mark.parametrize("name", ADDRESS_FIELD_NAMES + ["Dcc"])
+@pytest.mark.parametrize("name", [*ADDRESS_FIELD_NAMES, "Dcc"])
 @pytest.mark.parametrize("bad", ["<alice@", "alice@", "a@b@c", "foo bar", "x@y <z@w>"])
 @pytest.mark.parametrize("recipients", [None, "r@example.org"])
 def test_malformed_address_in_the_message_refused(name, bad, recipients):
     raw = f"From: a@example.com\r\nTo: b@example.org\r\n{name}: {bad}\r\n\r\nbody".encode()
-    with pytest.raises(InvalidInputError, match="malformed|invalid|exactly one"):
+    with pytest.raises(InvalidInputError, match=r"malformed|invalid|exactly one"):
         run(raw, recipients=recipients)
 
 
@@ -507,7 +506,7 @@ def test_valid_display_names_comments_and_groups_stay_accepted(recipients):
         ("From", '"Alice, the Sender" <a@example.com> (comment)'),
         ("Sender", "Mail Robot <robot@example.com>"),
         ("Reply-To", "replies: one@example.org, Two <two@example.org>;"),
-        ("To", "friends: x@example.org, y@example.org;, \"Q, Z\" <z@example.org>"),
+        ("To", 'friends: x@example.org, y@example.org;, "Q, Z" <z@example.org>'),
         ("Cc", "undisclosed-recipients:;"),
         ("Bcc", "=?utf-8?q?J=C3=B6?= <j@example.org>"),
     ]
