@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import email
 import email.policy
+import smtplib
 from email.message import EmailMessage
 
 import pytest
 
+import smtplug
 from smtplug import InvalidInputError
 from smtplug.envelope import prepare
 
@@ -396,3 +398,218 @@ def test_message_type_checked(bad):
 def test_iterable_of_str_refused():
     with pytest.raises(InvalidInputError, match="produced str, not bytes"):
         run(["To: b@example.org\n", "\n", "body\n"])
+
+
+# --- odd text in address fields: InvalidInputError, nothing else -----------------------
+
+ADDRESS_FIELD_NAMES = [
+    "From",
+    "Sender",
+    "To",
+    "Cc",
+    "Bcc",
+    "Reply-To",
+    "Resent-From",
+    "Resent-Sender",
+    "Resent-To",
+    "Resent-Cc",
+    "Resent-Bcc",
+]
+ODD_TEXT = [
+    "\x85<",  # what hypothesis found: U+0085 (NEL), then a lone "<"
+    "\u2028<",
+    "\u2029x@example.org",
+    "<alice@",
+    "Jö <alice@",
+    "a" * 100 + " <alice@",
+    '"unbalanced@example.org',
+    "a@example.org (unclosed comment",
+    "a@example.org)",
+    "<<a@example.org>>",
+    "a@[unclosed.example",
+    ":;<",
+    ">,.",
+]
+
+
+@pytest.mark.parametrize("name", ADDRESS_FIELD_NAMES)
+@pytest.mark.parametrize("text", ODD_TEXT)
+@pytest.mark.parametrize("recipients", [None, "r@example.org"])
+def test_odd_text_in_an_address_field_of_the_header_option_is_invalid_input(name, text, recipients):
+    with pytest.raises(InvalidInputError):
+        run(b"To: b@example.org\r\nSubject: s\r\n\r\nbody", header=[(name, text)],
+            recipients=recipients)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["Sender", "Reply-To", "To"])
+def test_the_found_example_fails_before_any_connection(name):
+    from servers import refused_port
+
+    with refused_port() as port, pytest.raises(InvalidInputError):
+        # Were anything opened, this would be a ConnectError.
+        smtplug.sendmessage(
+            "Subject: s\r\n\r\nbody\r\n",
+            header=[(name, "\x85<")],
+            recipients="r@example.org",
+            servers="127.0.0.1",
+            ports=port,
+            usetls=False,
+        )
+
+
+# --- malformed addresses are refused, never rewritten -----------------------------------
+
+
+@pytest.mark.parametrize("name", ADDRESS_FIELD_NAMES)
+@pytest.mark.parametrize(
+    "bad", ["<alice@", "alice@", "a@b@c", "foo bar", "x@y <z@w>", "@x.example"]
+)
+@pytest.mark.parametrize("recipients", [None, "r@example.org"])
+def test_malformed_address_in_the_header_option_refused(name, bad, recipients):
+    with pytest.raises(InvalidInputError, match=r"malformed|invalid|exactly one"):
+        run(b"To: b@example.org\r\n\r\nbody", header=[(name, bad)], recipients=recipients)
+
+
+@pytest.mark.parametrize("name", [*ADDRESS_FIELD_NAMES, "Dcc"])
+@pytest.mark.parametrize("bad", ["<alice@", "alice@", "a@b@c", "foo bar", "x@y <z@w>"])
+@pytest.mark.parametrize("recipients", [None, "r@example.org"])
+def test_malformed_address_in_the_message_refused(name, bad, recipients):
+    raw = f"From: a@example.com\r\nTo: b@example.org\r\n{name}: {bad}\r\n\r\nbody".encode()
+    with pytest.raises(InvalidInputError, match=r"malformed|invalid|exactly one"):
+        run(raw, recipients=recipients)
+
+
+def test_malformed_address_in_a_message_object_refused():
+    msg = simple(From="a@example.com", To="b@example.org")
+    msg["Reply-To"] = "foo bar"  # the stdlib records a defect and keeps it
+    with pytest.raises(InvalidInputError, match="malformed"):
+        run(msg, recipients="r@example.org")
+
+
+def test_malformed_to_with_recipients_is_not_sent(smtp_server):
+    with pytest.raises(InvalidInputError, match="malformed"):
+        smtplug.sendmessage(
+            "Subject: s\r\n\r\nbody\r\n",
+            header=[("To", "<alice@")],
+            recipients="r@example.org",
+            servers="127.0.0.1",
+            ports=smtp_server.port,
+            usetls=False,
+            timeout=10,
+        )
+    assert smtp_server.sessions == [] and smtp_server.messages == []
+
+
+@pytest.mark.parametrize("recipients", [None, "r@example.org"])
+def test_valid_display_names_comments_and_groups_stay_accepted(recipients):
+    header = [
+        ("From", '"Alice, the Sender" <a@example.com> (comment)'),
+        ("Sender", "Mail Robot <robot@example.com>"),
+        ("Reply-To", "replies: one@example.org, Two <two@example.org>;"),
+        ("To", 'friends: x@example.org, y@example.org;, "Q, Z" <z@example.org>'),
+        ("Cc", "undisclosed-recipients:;"),
+        ("Bcc", "=?utf-8?q?J=C3=B6?= <j@example.org>"),
+    ]
+    p = run(b"Subject: s\r\n\r\nbody", header=header, recipients=recipients)
+    assert p.sender == "a@example.com"
+    expected = ("x@example.org", "y@example.org", "z@example.org", "j@example.org")
+    assert p.recipients == (("r@example.org",) if recipients else expected)
+    for name, value in header[:-1]:
+        assert f"{name}: {value}\r\n".encode() in p.header
+
+
+def test_empty_recipient_fields_in_the_message_stay_accepted():
+    p = run(b"From: a@example.com\r\nTo: b@example.org\r\nCc:\r\nBcc: \r\n\r\nbody")
+    assert p.recipients == ("b@example.org",)
+
+
+def test_sender_must_be_one_mailbox():
+    with pytest.raises(InvalidInputError, match="exactly one"):
+        run(simple(To="b@example.org"), header=[("Sender", "a@example.com, b@example.com")])
+
+
+# --- non-ASCII addresses in an EmailMessage (default policy), as smtplib sends them ------
+
+
+def international(**extra):
+    msg = EmailMessage()  # email.policy.default
+    msg["From"] = "Jürgen <jürgen@example.test>"
+    msg["To"] = "Ånna <anna@exämple.test>, bob@example.test"
+    msg["Subject"] = "Grüße"
+    msg["Date"] = "Sat, 28 Nov 2026 12:00:00 +0000"
+    msg["Message-ID"] = "<fixed@client.example.net>"
+    for name, value in extra.items():
+        msg[name.replace("_", "-")] = value
+    msg.set_content("hallo\n")
+    return msg
+
+
+def smtplib_sends(server, msg):
+    """What CPython's smtplib.SMTP.send_message puts on the wire: (MAIL
+    options, envelope, message)."""
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
+        client.send_message(msg)
+    server.wait_idle()
+    last = server.last
+    return set(last.mail_options), (last.mail_from, last.rcpt_tos), last.content
+
+
+def smtplug_sends(server, msg, **options):
+    result = smtplug.sendmessage(
+        msg, servers="127.0.0.1", ports=server.port, usetls=False, timeout=10, **options
+    )
+    assert result == [] and result.accepted
+    server.wait_idle()
+    last = server.last
+    return set(last.mail_options), (last.mail_from, last.rcpt_tos), last.content
+
+
+def test_non_ascii_addresses_in_an_email_message_sent_as_smtplib_sends_them(make_server):
+    msg = international()
+    before = msg.as_bytes()
+    reference = smtplib_sends(make_server(), msg)
+    ours = smtplug_sends(make_server(), msg)
+    assert reference[1] == ("jürgen@example.test", ["anna@exämple.test", "bob@example.test"])
+    assert {"SMTPUTF8", "BODY=8BITMIME"} <= reference[0]
+    assert ours[1] == reference[1]
+    assert {"SMTPUTF8", "BODY=8BITMIME"} <= ours[0]
+    assert ours[2] == reference[2]  # the same header block, in UTF-8 (RFC 6532), the same body
+    assert "From: Jürgen <jürgen@example.test>\r\n".encode() in ours[2]
+    assert b"=?utf-8?" not in ours[2]
+    assert msg.as_bytes() == before  # the caller's message is not changed
+
+
+def test_non_ascii_display_names_with_ascii_addresses_stay_encoded_words(make_server):
+    msg = international()
+    msg.replace_header("From", "Jürgen <j@example.test>")
+    msg.replace_header("To", "Ånna <anna@example.test>")
+    reference = smtplib_sends(make_server(), msg)
+    ours = smtplug_sends(make_server(), msg)
+    assert ours[1] == reference[1] == ("j@example.test", ["anna@example.test"])
+    assert ours[2] == reference[2]
+    head = ours[2].split(b"\r\n\r\n")[0]
+    assert head.isascii() and b"From: =?utf-8?q?J=C3=BCrgen?= <j@example.test>" in head
+    assert "SMTPUTF8" not in ours[0]
+    assert not run(msg).smtputf8
+
+
+def test_non_ascii_address_only_in_reply_to_needs_smtputf8():
+    # smtplib would send the address as an encoded word, which RFC 2047 forbids.
+    msg = international(Reply_To="Jörg <jörg@example.test>")
+    msg.replace_header("From", "a@example.test")
+    msg.replace_header("To", "b@example.test")
+    p = run(msg)
+    assert p.sender == "a@example.test" and p.recipients == ("b@example.test",)
+    assert p.smtputf8
+    assert "Reply-To: Jörg <jörg@example.test>\r\n".encode() in p.header
+
+
+def test_non_ascii_email_message_without_smtputf8_is_not_sent(make_server):
+    server = make_server(without_ehlo=["SMTPUTF8"])
+    with pytest.raises(InvalidInputError, match="SMTPUTF8"):
+        smtplug.sendmessage(
+            international(), servers="127.0.0.1", ports=server.port, usetls=False, timeout=10
+        )
+    server.wait_idle()
+    assert server.messages == []
+    assert not any(c.upper().startswith("MAIL") for c in server.commands)

@@ -633,3 +633,87 @@ _HEADER_PIECES = st.sampled_from(
 @example(b"Subject: a\r\n", False)
 def test_header_scan_fast_path_agrees_with_the_line_scan(data: bytes, final: bool) -> None:
     assert source.scan_header(data, final) == source._scan_lines(data, final)
+
+
+# -- address fields: any text is InvalidInputError or the same addresses, never another --
+
+ADDRESS_FIELD_NAMES = [
+    f"{prefix}{name}"
+    for prefix in ("", "Resent-")
+    for name in ("From", "Sender", "To", "Cc", "Bcc", "Reply-To")
+]
+# Text made of what the standard library's address parser trips over: unicode
+# line breaks and separators, controls, lone surrogates, unbalanced quotes,
+# brackets and comments, encoded words, and plain address pieces.
+_ODD = st.lists(
+    st.one_of(
+        st.sampled_from('\x85\u2028\u2029\x0b\x0c\x1c\x1d\x1e\xa0\u3000"<>()[],;:@\\. \t'),
+        st.sampled_from(["a", "é", "=?utf-8?q?x?=", "\ud800", "\udcff", "x@y.example"]),
+        st.characters(categories=["Zl", "Zp", "Zs", "Cc", "Cf", "Cs", "Co"]),
+    ),
+    max_size=12,
+).map("".join)
+ADDRESS_TEXT = st.one_of(_ODD, _TRICKY, st.text(max_size=30), address_lists().map(lambda c: c[0]))
+OPTIONAL_TEXT = st.one_of(st.none(), ADDRESS_TEXT)
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(ADDRESS_FIELD_NAMES), ADDRESS_TEXT), max_size=3),
+    OPTIONAL_TEXT,
+    st.one_of(OPTIONAL_TEXT, st.lists(ADDRESS_TEXT, max_size=2)),
+)
+@example(header=[("Sender", "\x85<")], originator=None, recipients="r@example.org")
+@example(header=[("Sender", "\x85<")], originator=None, recipients=None)
+@example(header=[("To", "<alice@")], originator=None, recipients="r@example.org")
+def test_any_text_in_address_fields_and_envelope_only_invalid_input(
+    header: list[tuple[str, str]], originator: str | None, recipients: str | list[str] | None
+) -> None:
+    try:
+        prepared = run(
+            b"To: b@example.org\r\n\r\nbody",
+            header=header,
+            originator=originator,
+            recipients=recipients,
+        )
+    except InvalidInputError:
+        return
+    assert_sendable(prepared)
+    # Each address field given is sent holding exactly the addresses it was
+    # parsed to: refused or sent as written, never "repaired".
+    sent = email.message_from_bytes(prepared.header, policy=email.policy.compat32)
+    by_name: dict[str, list[str]] = {}
+    for name, value in header:
+        by_name.setdefault(name.lower(), []).append(value)
+    for lower, values in by_name.items():
+        if lower in ("bcc", "resent-bcc"):
+            continue
+        written = sent.get_all(lower)
+        assert written is not None and len(written) == 1
+        unfolded = "".join(str(written[0]).replace("\r\n", "\n").split("\n"))
+        assert parse_addresses("sent", unfolded, hostname=HOST) == parse_addresses(
+            "given", ", ".join(values), hostname=HOST
+        )
+
+
+@given(st.sampled_from([*ADDRESS_FIELD_NAMES, "Dcc"]), ADDRESS_TEXT, st.booleans())
+@example("Sender", "\x85<", True)
+@example("To", "<alice@", True)
+def test_any_text_in_a_message_address_field_only_invalid_input(
+    name: str, text: str, with_recipients: bool
+) -> None:
+    recipients = "r@example.org" if with_recipients else None
+    raw = f"From: a@example.com\r\n{name}: {text}\r\n\r\nbody".encode("utf-8", "surrogatepass")
+    prepared = attempt(raw, recipients=recipients)
+    if prepared is not None:
+        assert_sendable(prepared)
+        if not {"\r", "\n"} & set(text):  # else the field ended where the text broke
+            # Accepted: then the field is well-formed, read for the envelope or not.
+            parse_addresses(name, text.strip(), hostname=HOST)
+    msg = EmailMessage()
+    try:
+        msg[name] = text
+    except Exception:  # EmailMessage refuses (or trips over) some values itself
+        return
+    msg.set_content("body\n")
+    with contextlib.suppress(InvalidInputError):
+        assert_sendable(run(msg, recipients=recipients))

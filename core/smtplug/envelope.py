@@ -18,9 +18,16 @@ with this host's name; recipients from the ``recipients`` option, else To, cc,
 Dcc and Bcc (or their Resent- forms). Address fields are read from the
 ``header`` option first and, where it gives none of a field, from the message.
 Addresses are parsed with one strict parser (the standard library's RFC 5322
-parser, with any defect an error), and every address is checked with the same
+parser, with any defect an error, and whatever it raises on odd input caught
+in one place, :func:`_stdlib`), and every address is checked with the same
 rules the MAIL/RCPT encoders apply, so bad input fails here, before any
-connection is opened.
+connection is opened. Every address field (From, Sender, To, Cc, Bcc, Dcc,
+Reply-To and the Resent- forms), the ``header`` option's and the message's
+own, is parsed so, whether the envelope is read from it or not: a malformed
+field is refused, never sent as it is or as the standard library would repair
+it. An ``EmailMessage`` whose address fields hold a non-ASCII address is
+serialised in UTF-8 (RFC 6532), as smtplib's ``send_message`` does, and then
+needs SMTPUTF8.
 """
 
 from __future__ import annotations
@@ -33,8 +40,9 @@ import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from email.errors import NonASCIILocalPartDefect
+from email.errors import MessageDefect, NonASCIILocalPartDefect
 from types import MappingProxyType
+from typing import TypeVar
 
 from smtplug.errors import InvalidInputError
 from smtplug.protocol.commands import check_address
@@ -152,6 +160,35 @@ class _AddressError(Exception):
     """(what is wrong, the offending text or None), for :func:`_addresses` to word."""
 
 
+_T = TypeVar("_T")
+
+
+def _stdlib(value: str, call: Callable[[], _T], problem: str = "malformed address") -> _T:
+    """``call()``: the standard library's header code (``email.headerregistry``,
+    ``email._header_value_parser`` under it, ``email.policy`` folding) run on
+    the caller's ``value``.
+
+    This is the one place its exceptions are caught. On odd input (U+0085 or
+    U+2028 before a lone "<", an unclosed angle bracket, quote or comment,
+    a long line of junk ...) it raises ``IndexError``, ``HeaderParseError``,
+    ``ValueError``, ``TypeError``, ``UnicodeError``, which of them depending
+    on the Python version; each is an :class:`_AddressError` here, which the
+    caller words as an :class:`InvalidInputError` naming the field.
+    """
+    try:
+        return call()
+    except Exception as exc:
+        raise _AddressError(problem, f"{value!r}: {type(exc).__name__}") from None
+
+
+def _address_header(
+    value: str,
+) -> tuple[tuple[email.headerregistry.Address, ...], tuple[MessageDefect, ...]]:
+    """The addresses in an address list, and the defects the parser found."""
+    header = email.policy.default.header_factory("To", value)
+    return tuple(header.addresses), tuple(header.defects)
+
+
 @functools.lru_cache(maxsize=4096)
 def _parse_addresses(value: str, hostname: str) -> tuple[str, ...]:
     if _BAD_VALUE_CHARS.search(value):  # cached values passed this check
@@ -164,17 +201,14 @@ def _parse_addresses(value: str, hostname: str) -> tuple[str, ...]:
         if _LOCAL_PART.fullmatch(stripped):
             part = f"{stripped}@{hostname}"
         items.append(part)
-    try:
-        header = email.policy.default.header_factory("To", ", ".join(items))
-        header.addresses  # noqa: B018 (parsed lazily; may raise too)
-    except Exception as exc:  # the stdlib parser raises IndexError and more on junk
-        raise _AddressError("malformed address", f"{value!r}: {type(exc).__name__}") from None
+    joined = ", ".join(items)
+    parsed, found = _stdlib(value, lambda: _address_header(joined))
     # A non-ASCII local part is no defect under SMTPUTF8; whether the server
     # offers it is checked before MAIL.
-    defects = [d for d in header.defects if not isinstance(d, NonASCIILocalPartDefect)]
+    defects = [d for d in found if not isinstance(d, NonASCIILocalPartDefect)]
     if defects:
         raise _AddressError("malformed address", f"{value!r}: {defects[0]}")
-    addresses = tuple(_addr_spec(address) for address in header.addresses)
+    addresses = tuple(_addr_spec(address) for address in parsed)
     for address in addresses:
         try:
             check_address(address, smtputf8=True)
@@ -295,25 +329,85 @@ def _line_ended(raw: bytes) -> bytes:
     return raw if raw.endswith(b"\n") else raw + b"\r\n"
 
 
-def _render(name: str, value: str) -> bytes:
+def _render(name: str, value: str, *, utf8: bool = False) -> bytes:
     """One header field, folded and encoded as needed, CRLF-terminated.
 
-    Non-ASCII text becomes RFC 2047 encoded words, except in an address
-    (an encoded word is not allowed there): a field holding a non-ASCII
-    address is written in UTF-8 (RFC 6532), for an SMTPUTF8 server only.
+    Non-ASCII text becomes RFC 2047 encoded words; with ``utf8`` (a field that
+    holds a non-ASCII address, which no encoded word may hold) the field is
+    written in UTF-8 (RFC 6532), for an SMTPUTF8 server only.
     """
     line = f"{name}: {value}\r\n"
     if line.isascii() and len(line) <= _MAX_LINE + 2:
         return line.encode("ascii")
-    policy = email.policy.SMTP
-    field = policy.header_factory(name, value)
-    if name.lower() in _ADDRESS_FIELDS and not all(
-        address.addr_spec.isascii() for address in getattr(field, "addresses", ())
-    ):
-        utf8 = email.policy.SMTPUTF8
-        return str(utf8.header_factory(name, value).fold(policy=utf8)).encode("utf-8")
-    folded: str = field.fold(policy=policy)
-    return folded.encode("ascii")
+    policy = email.policy.SMTPUTF8 if utf8 else email.policy.SMTP
+    charset = "utf-8" if utf8 else "ascii"
+
+    def fold() -> bytes:
+        folded: str = policy.header_factory(name, value).fold(policy=policy)
+        return folded.encode(charset)
+
+    try:
+        return _stdlib(value, fold, "cannot be written")
+    except _AddressError as exc:
+        raise InvalidInputError(f"header {name} {exc.args[0]}: {exc.args[1]}") from None
+
+
+def _render_addresses(name: str, value: str, addresses: tuple[str, ...], hostname: str) -> bytes:
+    """An address field, written so that it holds exactly ``addresses`` (what
+    ``value`` was parsed to): a field the standard library's folding would
+    change is refused, never sent changed."""
+    rendered = _render(name, value, utf8=not all(a.isascii() for a in addresses))
+    if rendered == f"{name}: {value}\r\n".encode():
+        return rendered
+    written = _field(rendered, name).value
+    try:
+        again = _parse_addresses(written, hostname)
+    except _AddressError:
+        again = None
+    if again != addresses:
+        raise InvalidInputError(f"header {name} cannot be written unchanged: {value!r}")
+    return rendered
+
+
+_SINGLE_MAILBOX = frozenset({"sender", "resent-sender"})
+
+
+def _field_addresses(name: str, value: str, hostname: str) -> tuple[str, ...]:
+    """The addresses of address field ``name``, strictly (Sender: exactly one)."""
+    addresses = _addresses(name, value, hostname)
+    if name.lower() in _SINGLE_MAILBOX and len(addresses) != 1:
+        raise InvalidInputError(
+            f"{name} must hold exactly one mailbox, not {len(addresses)}: {value!r}"
+        )
+    return addresses
+
+
+def _international(message: email.message.Message, hostname: str) -> bool:
+    """Whether the message object must be serialised in UTF-8 (RFC 6532).
+
+    Under ``email.policy.default`` the standard library writes a non-ASCII
+    local part as an encoded word (``=?utf-8?q?j=C3=BCrgen?=@example.test``),
+    which no address may be (RFC 2047 section 5). smtplib's ``send_message``
+    then serialises with ``policy.clone(utf8=True)``; so does smtplug, when an
+    address field holds a non-ASCII address. A compat32 message has no such
+    policy: it is serialised as it is.
+    """
+    policy = message.policy
+    if not isinstance(policy, email.policy.EmailPolicy) or policy.utf8:
+        return False
+    for name, value in message.raw_items():
+        text = str(value)
+        if name.lower() not in _ADDRESS_FIELDS or text.isascii():
+            continue
+        if _SURROGATE.search(text):  # parsed from bytes: written back as they were
+            continue
+        text = re.sub(r"\r?\n(?=[ \t])", "", text)
+        if not "".join(_addresses(name, text, hostname)).isascii():
+            return True
+    return False
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def _check_header_option(header: object) -> list[tuple[str, str]]:
@@ -357,13 +451,35 @@ def prepare(
     pairs = _check_header_option(header)
     if originator is not None:
         _check_text("originator", originator)
-    head, body = read_message(message)
+    head, body = read_message(
+        message,
+        utf8=isinstance(message, email.message.Message) and _international(message, hostname),
+    )
     parsed = _parse_header(head)
 
     # The header option: lower-cased name -> (name as first written, values).
     given: dict[str, tuple[str, list[str]]] = {}
     for name, value in pairs:
         given.setdefault(name.lower(), (name, []))[1].append(value)
+
+    # Every address field, the header option's and the message's own, parsed
+    # strictly whether it is read for the envelope or not: a malformed one is
+    # refused, never sent as it is nor "repaired" on the way out.
+    given_addresses: dict[str, tuple[str, ...]] = {}
+    for lower, (name, field_values) in given.items():
+        if lower in _ADDRESS_FIELDS:
+            given_addresses[lower] = _field_addresses(name, ", ".join(field_values), hostname)
+    shown_utf8 = any(
+        not address.isascii()
+        for lower, addresses in given_addresses.items()
+        if lower not in _NEVER_SENT
+        for address in addresses
+    )
+    for f in parsed.fields:
+        if f.lower in _ADDRESS_FIELDS and f.lower not in given:
+            addresses = _field_addresses(f.name, f.value, hostname)
+            if f.lower not in _NEVER_SENT and not "".join(addresses).isascii():
+                shown_utf8 = True
 
     resent = any(lower.startswith("resent-") for lower in given)
     prefix_lower, prefix = ("resent-", "Resent-") if resent else ("", "")
@@ -456,18 +572,20 @@ def prepare(
         if lower in _NEVER_SENT:
             continue
         if lower in _ADDRESS_FIELDS:
-            out.append(_render(name, ", ".join(field_values)))
+            joined = ", ".join(field_values)
+            out.append(_render_addresses(name, joined, given_addresses[lower], hostname))
         else:
             out.extend(_render(name, value) for value in field_values)
-    out.extend(_render(name, value) for name, value in added)
+    out.extend(
+        _render_addresses(name, value, (sender,), hostname)
+        if name.lower() in _ADDRESS_FIELDS
+        else _render(name, value)
+        for name, value in added
+    )
     out.append(b"\r\n")
     header_bytes = b"".join(out)
-    smtputf8 = not (sender.isascii() and "".join(rcpt).isascii())
-    if not smtputf8 and (given or added) and not header_bytes.isascii():
-        # A field written here in UTF-8 (an address no encoded word may hold).
-        smtputf8 = any(
-            not _render(name, value).isascii()
-            for name, value in [*pairs, *added]
-            if name.lower() in _ADDRESS_FIELDS
-        )
+    # A non-ASCII address in the envelope or in a transmitted field (written
+    # in UTF-8: no encoded word may hold an address) needs SMTPUTF8. A From or
+    # Sender added here holds the originator.
+    smtputf8 = shown_utf8 or not (sender.isascii() and "".join(rcpt).isascii())
     return PreparedMessage(sender, tuple(rcpt), header_bytes, body, resent, smtputf8)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import email.message
+import email.policy
 import io
 import os
 import re
@@ -129,13 +130,16 @@ def _scan_lines(data: bytes, final: bool) -> tuple[int, int] | None:
     return (pos, pos) if final else None
 
 
-def _serialise(message: email.message.Message) -> bytes:
+def _serialise(message: email.message.Message, utf8: bool) -> bytes:
     # The generator sets a boundary on a multipart part that lacks one: work
     # on a copy then, so the caller's object is never modified.
     if any(part.is_multipart() and not part.get_boundary() for part in message.walk()):
         message = copy.deepcopy(message)
     try:
-        return message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+        policy = message.policy.clone(linesep="\r\n")
+        if utf8 and isinstance(policy, email.policy.EmailPolicy):  # RFC 6532, as smtplib
+            policy = policy.clone(utf8=True)
+        return message.as_bytes(policy=policy)
     except Exception as exc:
         raise InvalidInputError(f"the message cannot be serialised: {exc}") from exc
 
@@ -230,8 +234,13 @@ def _from_file(stream: IO[bytes]) -> tuple[bytes, Body]:
     return header, Body(produce_once, size=None, restartable=False, ascii=None)
 
 
-def read_message(message: object) -> tuple[bytes, Body]:
-    """The header block (without the empty line after it) and the body."""
+def read_message(message: object, *, utf8: bool = False) -> tuple[bytes, Body]:
+    """The header block (without the empty line after it) and the body.
+
+    ``utf8``: an ``email.message.Message`` (with an ``email.policy.EmailPolicy``)
+    is serialised with ``utf8=True``: its header fields in UTF-8 (RFC 6532),
+    not as encoded words.
+    """
     if isinstance(message, bytes | bytearray | memoryview):
         return _from_memory(message)
     if isinstance(message, str):
@@ -240,7 +249,7 @@ def read_message(message: object) -> tuple[bytes, Body]:
         except UnicodeEncodeError as exc:
             raise InvalidInputError(f"message text is not encodable as UTF-8: {exc}") from exc
     if isinstance(message, email.message.Message):
-        return _from_memory(_serialise(message))
+        return _from_memory(_serialise(message, utf8))
     if hasattr(message, "read"):
         return _from_file(message)  # type: ignore[arg-type]
     if isinstance(message, Iterable):
