@@ -83,6 +83,7 @@ __all__ = [
     "RecordingServer",
     "SessionRecord",
     "Transaction",
+    "canonical",
     "refused_port",
 ]
 
@@ -158,6 +159,30 @@ class _NullPath(str):
 
 _NULL_PATH = _NullPath("")
 _MAIL_NULL = re.compile(r"FROM:\s*<>(.*)\Z", re.IGNORECASE | re.DOTALL)
+
+
+_PATH_ARGUMENT = re.compile(r"(FROM|TO)(:\s*<[^>]*>)(.*)\Z", re.IGNORECASE | re.DOTALL)
+
+
+def canonical(command: str) -> str:
+    """``command`` (a recorded line) with what SMTP reads case-insensitively in
+    upper case: the verb, MAIL's ``FROM:`` and RCPT's ``TO:``, and ESMTP
+    parameter keywords (``size=62`` -> ``SIZE=62``). Addresses and parameter
+    values stay as sent (a local part may be case-sensitive).
+
+    Clients differ in case (CPython 3.13's smtplib writes ``mail from:``, 3.12
+    ``mail FROM:``); compare ``canonical`` lines to check what was sent, not how.
+    """
+    verb, space, rest = command.partition(" ")
+    verb = verb.upper()
+    if verb in ("MAIL", "RCPT") and (match := _PATH_ARGUMENT.match(rest)):
+        keyword, path, params = match.groups()
+        words = [
+            f"{key.upper()}{eq}{value}"
+            for key, eq, value in (word.partition("=") for word in params.split())
+        ]
+        rest = " ".join([keyword.upper() + path, *words])
+    return verb + space + rest
 
 
 class _ReaderTap:

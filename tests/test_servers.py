@@ -1,4 +1,10 @@
-"""The recording SMTP server harness (tests/servers.py), driven by CPython's smtplib."""
+"""The recording SMTP server harness (tests/servers.py), driven by CPython's smtplib.
+
+smtplib's spelling of commands differs between versions (3.13 writes ``mail
+from:``, 3.12 ``mail FROM:``); what it sent is compared through
+:func:`servers.canonical`, which upper-cases only what SMTP reads
+case-insensitively. Commands a test sends itself are compared exactly.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,18 @@ import time
 
 import pytest
 
-from servers import RecordingServer, refused_port
+from servers import RecordingServer, SessionRecord, canonical, refused_port
 
 BODY = b"Subject: hi\r\n\r\nfirst line\r\n.hidden\r\n.\r\n..two dots\r\nlast line\r\n"
 
 
 def client(server: RecordingServer) -> smtplib.SMTP:
     return smtplib.SMTP(server.host, server.port, local_hostname="client.test", timeout=10)
+
+
+def commands(session: SessionRecord) -> list[str]:
+    """The session's commands, :func:`canonical` (verbs and keywords upper-cased)."""
+    return [canonical(command) for command in session.commands]
 
 
 def raw_exchange(server: RecordingServer, payload: bytes) -> bytes:
@@ -76,12 +87,12 @@ def test_records_wire_commands_and_transaction(smtp_server):
 
     (session,) = smtp_server.sessions
     assert session.helo_name == "client.test"
-    assert session.commands == [
-        "ehlo client.test",
-        f"mail FROM:<alice@example.com> size={len(BODY)}",
-        "rcpt TO:<bob@example.org>",
-        "rcpt TO:<carol@example.net>",
-        "data",
+    assert commands(session) == [
+        "EHLO client.test",
+        f"MAIL FROM:<alice@example.com> SIZE={len(BODY)}",
+        "RCPT TO:<bob@example.org>",
+        "RCPT TO:<carol@example.net>",
+        "DATA",
         "QUIT",
     ]
 
@@ -99,8 +110,10 @@ def test_records_wire_commands_and_transaction(smtp_server):
     assert t.content == BODY
     assert b"\r\n..hidden\r\n" in session.wire and b"\r\n.hidden\r\n" not in session.wire
     assert t.data_wire in session.wire
-    assert session.wire.startswith(b"ehlo client.test\r\nmail FROM:<alice@example.com>")
-    assert session.wire.endswith(b".\r\nQUIT\r\n")
+    first, second = session.wire.split(b"\r\n")[:2]
+    assert canonical(first.decode()) == "EHLO client.test"
+    assert canonical(second.decode()) == f"MAIL FROM:<alice@example.com> SIZE={len(BODY)}"
+    assert session.wire.endswith(b".\r\n" + session.commands[-1].encode() + b"\r\n")
 
 
 def test_commands_are_recorded_as_received_even_unknown_ones(smtp_server):
@@ -135,7 +148,7 @@ def test_rset_is_recorded_and_ends_the_transaction(smtp_server):
         conn.rset()
         conn.sendmail("dave@example.com", ["erin@example.org"], BODY)
     session = smtp_server.sessions[0]
-    assert "rset" in session.commands
+    assert "RSET" in commands(session)
     first, second = session.transactions
     assert first.reset and not first.delivered and first.data_wire == b""
     assert first.rcpt_tos == ["bob@example.org"]
@@ -147,7 +160,7 @@ def test_null_reverse_path_is_accepted(smtp_server):
     with client(smtp_server) as conn:
         conn.sendmail("", ["postmaster@example.org"], BODY)
     assert smtp_server.last.mail_from == ""
-    assert smtp_server.sessions[0].commands[1].startswith("mail FROM:<>")
+    assert commands(smtp_server.sessions[0])[1].startswith("MAIL FROM:<> ")
 
 
 def test_sessions_and_messages_span_connections(smtp_server):
@@ -201,8 +214,8 @@ def test_all_recipients_refused_means_rset_and_no_message(make_server):
     with client(server) as conn, pytest.raises(smtplib.SMTPRecipientsRefused):
         conn.sendmail("alice@example.com", ["x@refused.example"], BODY)
     session = server.sessions[0]
-    assert session.commands[-2:] == ["rset", "QUIT"]
-    assert "data" not in session.commands
+    assert commands(session)[-2:] == ["RSET", "QUIT"]
+    assert "DATA" not in commands(session)
     assert server.messages == []
     assert session.transactions[0].reset
 
@@ -228,7 +241,7 @@ def test_ehlo_refused_smtplib_falls_back_to_helo(make_server):
     with client(server) as conn:
         conn.sendmail("alice@example.com", ["bob@example.org"], BODY)
     session = server.sessions[0]
-    assert session.commands[:2] == ["ehlo client.test", "helo client.test"]
+    assert commands(session)[:2] == ["EHLO client.test", "HELO client.test"]
     assert session.helo_name == "client.test"
     assert server.last.mail_options == []  # no SIZE without EHLO
 
@@ -238,7 +251,7 @@ def test_ehlo_and_helo_both_refused(make_server):
     with client(server) as conn, pytest.raises(smtplib.SMTPHeloError) as info:
         conn.sendmail("alice@example.com", ["bob@example.org"], BODY)
     assert info.value.smtp_code == 554
-    assert server.sessions[0].commands[:2] == ["ehlo client.test", "helo client.test"]
+    assert commands(server.sessions[0])[:2] == ["EHLO client.test", "HELO client.test"]
     assert server.messages == []
 
 
@@ -250,7 +263,7 @@ def test_extra_ehlo_keywords_and_qued(make_server):
         assert conn.esmtp_features["size"] == "1000000"
         assert conn.docmd("QUED") == (250, b"OK")
         conn.sendmail("alice@example.com", ["bob@example.org"], BODY)
-    assert server.sessions[0].commands[:2] == ["ehlo client.test", "QUED"]
+    assert commands(server.sessions[0])[:2] == ["EHLO client.test", "QUED"]
 
 
 def test_size_keyword_is_enforced(make_server):
@@ -266,7 +279,7 @@ def test_mail_refused(make_server):
         conn.sendmail("alice@example.com", ["bob@example.org"], BODY)
     assert info.value.smtp_code == 553
     assert server.sessions[0].transactions == []
-    assert server.sessions[0].commands[1].startswith("mail FROM:<alice@example.com>")
+    assert commands(server.sessions[0])[1].startswith("MAIL FROM:<alice@example.com> ")
 
 
 def test_data_final_reply_overrides_the_acceptance(make_server):
@@ -293,7 +306,7 @@ def test_close_after_data_hangs_up_without_a_reply(make_server):
     (t,) = session.transactions
     assert t.data_reply is None and not t.delivered
     assert t.data_wire.endswith(b"last line\r\n.\r\n") and t.content == BODY
-    assert session.commands[-1] == "data"
+    assert commands(session)[-1] == "DATA"
     assert server.messages == []
 
 
@@ -304,3 +317,19 @@ def test_refused_port_refuses_connections():
             socket.create_connection(("127.0.0.1", port), timeout=5)
         with pytest.raises(ConnectionRefusedError):
             smtplib.SMTP("127.0.0.1", port, timeout=5)
+
+
+def test_canonical_folds_only_what_smtp_reads_case_insensitively():
+    # smtplib on 3.13 and on 3.12 spell the same commands differently.
+    assert canonical("mail from:<Alice@Example.com> size=62") == (
+        "MAIL FROM:<Alice@Example.com> SIZE=62"
+    )
+    assert canonical("mail FROM:<Alice@Example.com> size=62") == (
+        "MAIL FROM:<Alice@Example.com> SIZE=62"
+    )
+    assert (
+        canonical("rcpt to:<Bob@example.org> NOTIFY=never")
+        == "RCPT TO:<Bob@example.org> NOTIFY=never"
+    )
+    assert canonical("ehlo Client.Test") == "EHLO Client.Test"
+    assert canonical("xyzzy Plugh") == "XYZZY Plugh"

@@ -295,6 +295,12 @@ class _Connection(asyncio.Protocol):
         self.session = self.server._new_session(self)
         self.session.tls = self.server.implicit_tls
         self.task = self.loop.create_task(self._serve())
+        # The server holds this connection until both its socket is closed and
+        # its task is done: stop() aborts the one and cancels the other (a
+        # session may still wait for its socket to close, or a TLS close for
+        # the peer, after its task or its socket is gone).
+        self.task.add_done_callback(self._forget)
+        self.lost.add_done_callback(self._forget)
 
     def data_received(self, data: bytes) -> None:
         self.session._received += data
@@ -320,6 +326,10 @@ class _Connection(asyncio.Protocol):
         self._resume()
 
     # -- helpers ------------------------------------------------------------
+
+    def _forget(self, _: object) -> None:
+        if self.lost.done() and self.task is not None and self.task.done():
+            self.server._connections.discard(self)
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -750,12 +760,15 @@ class ScriptedServer:
         lost = [c.lost for c in connections]
         if lost:
             await asyncio.wait(lost, timeout=_STOP_TIMEOUT)
+        # A task cancelled before it ran, or while it waited in its finally for
+        # the socket to close, never marked its session ended; now it is closed.
+        for connection in connections:
+            self._session_ended(connection.session)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._server.wait_closed(), _STOP_TIMEOUT)
 
     def _new_session(self, connection: _Connection) -> Session:
         self._connections.add(connection)
-        connection.lost.add_done_callback(lambda _: self._connections.discard(connection))
         with self._changed:
             session = Session(index=len(self.sessions))
             self.sessions.append(session)
