@@ -128,3 +128,61 @@ def test_cli_lists_plugins(capsys):
     out = capsys.readouterr().out
     assert "plain  (smtplug_plugins.plain, from smtplug)" in out
     assert "transports: plain" in out
+
+
+# -- plugins register cheaply: heavy packages are imported when chosen ---------
+
+
+def test_each_lazy_stand_in_says_what_its_implementation_says():
+    from smtplug_plugins import sasl_puresasl, sasl_scram, tls_pyopenssl
+
+    for stand_in in (*sasl_puresasl.MECHANISMS, *sasl_scram.MECHANISMS):
+        real = stand_in.implementation()
+        assert (real.name, real.strength, real.exposes_password) == (
+            stand_in.name,
+            stand_in.strength,
+            stand_in.exposes_password,
+        )
+    assert tls_pyopenssl.BACKEND.implementation().name == tls_pyopenssl.BACKEND.name
+
+
+def test_a_plain_send_imports_no_tls_or_sasl_package():
+    import subprocess
+    import sys
+
+    program = """
+import sys
+import smtplug
+from smtplug.testing import ScriptedServer
+with ScriptedServer() as server:
+    smtplug.sendmessage(b"From: a@example.com\\r\\nTo: b@example.org\\r\\n\\r\\nhi\\r\\n",
+                        servers="127.0.0.1", ports=server.port, usetls=False)
+heavy = [m for m in ("OpenSSL", "cryptography", "service_identity", "scramp", "puresasl")
+         if m in sys.modules]
+print(",".join(heavy))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == ""
+
+
+def test_choosing_a_backend_or_a_login_imports_its_package():
+    import subprocess
+    import sys
+
+    program = """
+import sys
+import smtplug
+from smtplug.plugins import build_registry
+registry = build_registry()
+registry.tls_backends["pyopenssl"].check(smtplug.interfaces.TLSOptions())
+assert "OpenSSL" in sys.modules and "scramp" not in sys.modules
+registry.sasl_mechanisms["SCRAM-SHA-256"].supported(
+    smtplug.interfaces.SASLCredentials(username="u", password="p"))
+assert "scramp" in sys.modules and "puresasl" not in sys.modules
+registry.sasl_mechanisms["PLAIN"].supported(
+    smtplug.interfaces.SASLCredentials(username="u", password="p"))
+assert "puresasl" in sys.modules
+"""
+    subprocess.run([sys.executable, "-c", program], timeout=60, check=True)

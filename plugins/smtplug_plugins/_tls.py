@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 import ssl
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-
 from smtplug.errors import InvalidInputError
 from smtplug.interfaces import TLSOptions
 
@@ -56,6 +53,10 @@ def server_end_point(der: bytes) -> bytes | None:
     The certificate's hash under its signature's hash algorithm, with MD5 and
     SHA-1 replaced by SHA-256; None when the algorithm is unknown (Ed25519).
     """
+    # Imported here: a plain-text send never needs cryptography (about 40 ms).
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
     try:
         certificate = x509.load_der_x509_certificate(der)
         algorithm = certificate.signature_hash_algorithm

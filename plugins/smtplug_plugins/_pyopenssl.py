@@ -1,0 +1,607 @@
+"""The ``pyopenssl`` TLS backend: :mod:`OpenSSL.SSL` plus :mod:`service_identity`.
+
+It behaves as the ``stdlib`` backend does:
+
+* the certificate chain is verified (``VERIFY_PEER``, against ``cafile`` /
+  ``capath`` or else the default store) and the host name is checked with
+  :mod:`service_identity` (an IP literal against the certificate's IP
+  addresses) during the handshake: the verify callback checks the server's
+  certificate (depth 0) once its chain has verified and aborts the handshake
+  when the name fails, so a client certificate is never presented to a
+  server whose name fails; any failure is a
+  :class:`~smtplug.errors.TLSError` with ``certificate=True`` naming what
+  failed;
+* SNI carries the configured host name, none for an IP literal;
+* TLS 1.2 is the minimum;
+* a context given by the caller (an :class:`OpenSSL.SSL.Context`) is used as
+  it is: its own verify mode (and callback) decides whether the chain is
+  verified, and the host name is checked after the handshake whenever that
+  mode includes ``VERIFY_PEER`` (its callback is not replaced, so the check
+  cannot run inside the handshake; as with the stdlib backend, the other
+  options, ``verify`` included, do not apply to a caller's context).
+
+The socket is driven in non-blocking mode with explicit waits, so every
+handshake, read and write is bounded by its deadline however OpenSSL splits
+the work into ``WantRead``/``WantWrite`` steps.
+
+Contexts are built once per set of options and shared by the connections
+that use them (the verify callback finds each connection's expected name,
+and records its failures, through the connection's app data), and a session
+saved from one connection is offered to the next one to the same server: a
+resumed handshake skips the certificate exchange (and so the callback), the
+chain having been verified when the session was made; the host name is then
+checked after the handshake against the certificate the session holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import ipaddress
+import math
+import select
+import socket
+import time
+from dataclasses import dataclass
+
+import service_identity
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL, crypto
+from service_identity.cryptography import (
+    verify_certificate_hostname,
+    verify_certificate_ip_address,
+)
+
+from smtplug.errors import ConnectionLostError, InvalidInputError, TLSError
+from smtplug.interfaces import TLSInfo, TLSOptions, TLSStream
+from smtplug_plugins._tls import check_tls_files, server_end_point
+
+__all__ = ["PyOpenSSLBackend", "PyOpenSSLStream"]
+
+# RFC 9266: the label and length of the tls-exporter channel binding.
+_EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
+_EXPORTER_LENGTH = 32
+
+# The largest slice handed to one SSL_write (its length argument is an int).
+_WRITE_CHUNK = 1 << 20
+
+# pyOpenSSL has no wrapper for SSL_session_reused; its binding library does.
+# Without it no session is offered: a resumed handshake must be told apart.
+try:
+    from OpenSSL._util import lib as _openssl
+
+    _session_reused = _openssl.SSL_session_reused
+except (ImportError, AttributeError):  # pragma: no cover - older bindings
+    _session_reused = None
+
+# Texts for the X509_V_ERR_* codes a server certificate commonly fails with
+# (their values are fixed by OpenSSL's x509_vfy.h).
+_VERIFY_ERRORS: dict[int, str] = {
+    2: "unable to get issuer certificate",
+    4: "unable to decrypt certificate's signature",
+    6: "unable to decode issuer public key",
+    7: "certificate signature failure",
+    9: "certificate is not yet valid",
+    10: "certificate has expired",
+    13: "format error in certificate's notBefore field",
+    14: "format error in certificate's notAfter field",
+    18: "self-signed certificate",
+    19: "self-signed certificate in certificate chain",
+    20: "unable to get local issuer certificate (issuer not trusted)",
+    21: "unable to verify the first certificate",
+    22: "certificate chain too long",
+    23: "certificate revoked",
+    24: "invalid CA certificate",
+    25: "path length constraint exceeded",
+    26: "unsupported certificate purpose",
+    27: "certificate not trusted",
+    28: "certificate rejected",
+}
+
+
+def _wait(sock: socket.socket, *, writable: bool, deadline: float | None) -> bool:
+    """Wait until ``sock`` is readable (or writable); False once ``deadline``
+    (a :func:`time.monotonic` value, None for never) has passed."""
+    if deadline is None:
+        timeout: float | None = None
+    else:
+        timeout = deadline - time.monotonic()
+        if timeout <= 0:
+            return False
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT if writable else select.POLLIN)
+        # A hang-up or error also wakes poll: the next OpenSSL call reports it.
+        return bool(poller.poll(None if timeout is None else math.ceil(timeout * 1000)))
+    if writable:
+        _, ready, _ = select.select([], [sock], [], timeout)
+    else:
+        ready, _, _ = select.select([sock], [], [], timeout)
+    return bool(ready)
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _describe(exc: BaseException) -> str:
+    """A readable text for a pyOpenSSL error (its args are lists of tuples)."""
+    if isinstance(exc, SSL.SysCallError):
+        if exc.args and exc.args[0] == -1:
+            return "the connection was closed unexpectedly"
+        if len(exc.args) >= 2 and exc.args[1]:
+            return f"{exc.args[1]} (errno {exc.args[0]})"
+    if isinstance(exc, SSL.Error) and exc.args and isinstance(exc.args[0], list):
+        reasons = [str(item[-1]) for item in exc.args[0] if isinstance(item, tuple) and item]
+        if reasons:
+            return "; ".join(reasons)
+    return str(exc) or type(exc).__name__
+
+
+def _identities(certificate: x509.Certificate) -> str:
+    """The DNS names and IP addresses ``certificate`` is valid for."""
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except (x509.ExtensionNotFound, ValueError):
+        return "no subjectAltName"
+    found = [
+        *names.value.get_values_for_type(x509.DNSName),
+        *(str(ip) for ip in names.value.get_values_for_type(x509.IPAddress)),
+    ]
+    return ", ".join(found) if found else "no DNS name or IP address"
+
+
+def _ip_literal(host: str) -> str | None:
+    """The address ``host`` spells (without an IPv6 zone), or None for a name."""
+    try:
+        return str(ipaddress.ip_address(host.split("%", 1)[0]))
+    except ValueError:
+        return None
+
+
+def _name_mismatch(
+    certificate: x509.Certificate, peer: str, name: str, address: str | None
+) -> str | None:
+    """Why ``certificate`` is not valid for ``address`` (an IP literal) or
+    else ``name`` (A-label form), or None when it is."""
+    what = "IP address" if address is not None else "host name"
+    try:
+        if address is not None:
+            verify_certificate_ip_address(certificate, address)
+        else:
+            verify_certificate_hostname(certificate, name)
+    except service_identity.VerificationError:
+        return (
+            f"the certificate of {peer} does not match the {what} {peer!r}: "
+            f"it is for {_identities(certificate)}"
+        )
+    except Exception as exc:  # fail closed: service_identity's or idna's complaint
+        return f"the certificate of {peer} cannot be matched to the {what} {peer!r}: {exc}"
+    return None
+
+
+@dataclass
+class _VerifyRecord:
+    """One connection's expected name and what its verify callback found:
+    the first failure OpenSSL reported while verifying the chain, or the host
+    name mismatch of the server's certificate."""
+
+    peer: str = ""
+    name: str = ""  # the host name in A-label form
+    address: str | None = None  # the IP literal, when the host is one
+    check_host: bool = False  # check the name in the callback
+    error: int | None = None
+    depth: int = 0
+    subject: str = ""
+    mismatch: str | None = None  # why the server's certificate fails the name
+    host_checked: bool = False  # the callback found the name valid
+
+    def callback(
+        self, conn: SSL.Connection, cert: crypto.X509, error: int, depth: int, ok: int
+    ) -> bool:
+        """The verify callback: keeps OpenSSL's verdict, remembering a failure;
+        once the server's certificate (depth 0) has verified, its name is
+        checked (once), and a mismatch aborts the handshake."""
+        if not ok:
+            if self.error is None:
+                self.error, self.depth = error, depth
+                with contextlib.suppress(Exception):
+                    self.subject = cert.to_cryptography().subject.rfc4514_string()
+            return False
+        if depth != 0 or not self.check_host:
+            return True
+        if not self.host_checked:
+            try:
+                certificate = cert.to_cryptography()
+                self.mismatch = _name_mismatch(certificate, self.peer, self.name, self.address)
+            except Exception as exc:  # fail closed: no exception may leave the callback
+                self.mismatch = f"the certificate of {self.peer} cannot be checked: {exc}"
+            self.host_checked = self.mismatch is None
+        return self.host_checked
+
+    def failure(self) -> str | None:
+        """The failure the callback recorded, as a message, or None."""
+        if self.error is not None:
+            return f"the certificate of {self.peer} did not verify: {self.describe()}"
+        return self.mismatch
+
+    def describe(self) -> str:
+        text = _VERIFY_ERRORS.get(self.error or 0, f"X509 verification error {self.error}")
+        where = "the server's certificate" if self.depth == 0 else f"chain depth {self.depth}"
+        subject = f" ({self.subject})" if self.subject else ""
+        return f"{text} at {where}{subject}"
+
+
+class PyOpenSSLStream:
+    """A :class:`smtplug.interfaces.TLSStream` over a pyOpenSSL connection.
+
+    Errors map as :class:`smtplug_plugins._sockets.SocketStream` maps them:
+    ``read`` returns ``b""`` on a clean or abrupt close and raises
+    :class:`~smtplug.errors.ConnectionLostError` (``timed_out=True`` after
+    ``timeout`` seconds without data); ``write`` sends every byte, making
+    progress at least every ``timeout`` seconds, or raises
+    ``ConnectionLostError``; ``close`` sends a best-effort close_notify,
+    closes the socket, is idempotent and never raises.
+    """
+
+    def __init__(
+        self,
+        conn: SSL.Connection,
+        sock: socket.socket,
+        peer: str,
+        tls_info: TLSInfo,
+    ) -> None:
+        self._conn: SSL.Connection | None = conn
+        self._sock = sock
+        self._peer = peer
+        self._tls_info = tls_info
+        self._broken = False  # after a fatal error no close_notify may be sent
+
+    @property
+    def tls(self) -> bool:
+        return True
+
+    @property
+    def tls_info(self) -> TLSInfo:
+        return self._tls_info
+
+    @property
+    def peer(self) -> str:
+        return self._peer
+
+    def _live(self) -> SSL.Connection:
+        if self._conn is None:
+            raise ConnectionLostError(f"connection to {self._peer} is closed")
+        return self._conn
+
+    def tls_session(self) -> object | None:
+        """The session to resume on the next connection (None once closed)."""
+        if self._conn is None or _session_reused is None:
+            return None
+        return self._conn.get_session()
+
+    def read(self, max_bytes: int, timeout: float | None) -> bytes:
+        """At most ``max_bytes`` decrypted bytes; ``b""`` once the peer closed.
+
+        OpenSSL is asked first and the socket waited on only when it wants
+        more input, so data already decrypted and buffered (``pending()``) is
+        returned without waiting.
+        """
+        conn = self._live()
+        if max_bytes < 0:
+            raise ValueError("max_bytes must not be negative")
+        if max_bytes == 0:
+            return b""
+        deadline = _deadline(timeout)
+        while True:
+            try:
+                return conn.recv(max_bytes)
+            except SSL.WantReadError:
+                writable = False
+            except SSL.WantWriteError:
+                writable = True
+            except SSL.ZeroReturnError:
+                return b""
+            except SSL.SysCallError as exc:
+                self._broken = True
+                if exc.args and exc.args[0] == -1:  # EOF without close_notify
+                    return b""
+                raise ConnectionLostError(
+                    f"read from {self._peer} failed: {_describe(exc)}"
+                ) from exc
+            except SSL.Error as exc:
+                self._broken = True
+                raise ConnectionLostError(
+                    f"read from {self._peer} failed: {_describe(exc)}"
+                ) from exc
+            try:
+                ready = _wait(self._sock, writable=writable, deadline=deadline)
+            except (OSError, ValueError) as exc:
+                raise ConnectionLostError(f"read from {self._peer} failed: {exc}") from exc
+            if not ready:
+                raise ConnectionLostError(
+                    f"read from {self._peer} timed out after {timeout} s", timed_out=True
+                )
+
+    def write(self, data: bytes, timeout: float | None) -> None:
+        """Send all of ``data``; fail when no byte goes for ``timeout`` seconds
+        (RFC 5321's "data block" wait is per send, not for the whole message)."""
+        conn = self._live()
+        view = memoryview(data).cast("B")
+        deadline = _deadline(timeout)
+        while view:
+            try:
+                # After WantWrite the same bytes are offered again, as OpenSSL
+                # requires; partial writes are enabled on pyOpenSSL contexts.
+                sent = conn.send(view[:_WRITE_CHUNK])
+            except SSL.WantWriteError:
+                writable = True
+            except SSL.WantReadError:
+                writable = False
+            except SSL.Error as exc:
+                self._broken = True
+                raise ConnectionLostError(
+                    f"write to {self._peer} failed: {_describe(exc)}"
+                ) from exc
+            else:
+                view = view[sent:]
+                deadline = _deadline(timeout)
+                continue
+            try:
+                ready = _wait(self._sock, writable=writable, deadline=deadline)
+            except (OSError, ValueError) as exc:
+                raise ConnectionLostError(f"write to {self._peer} failed: {exc}") from exc
+            if not ready:
+                raise ConnectionLostError(
+                    f"write to {self._peer} made no progress for {timeout} s",
+                    timed_out=True,
+                )
+
+    def close(self) -> None:
+        """Send close_notify if possible (without waiting), close the socket."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if not self._broken:
+            with contextlib.suppress(Exception):
+                conn.shutdown()
+        else:
+            # No close_notify can go (the socket failed). OpenSSL would void the
+            # session when the connection is freed; TLS 1.1 and later no longer
+            # ask for that (RFC 5246 section 7.2.1). After a TLS-level error
+            # OpenSSL has voided it already, and this does not undo that.
+            with contextlib.suppress(Exception):
+                conn.set_shutdown(conn.get_shutdown() | SSL.SENT_SHUTDOWN)
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+
+class PyOpenSSLBackend:
+    """TLS through pyOpenSSL, with host names checked by service_identity."""
+
+    name = "pyopenssl"
+
+    def check(self, options: TLSOptions) -> None:
+        """Raise :class:`InvalidInputError` for a ``context`` that is not an
+        :class:`OpenSSL.SSL.Context` or a file option that is not readable."""
+        if options.context is not None and not isinstance(options.context, SSL.Context):
+            raise InvalidInputError(
+                "tls_context for the pyopenssl backend must be an OpenSSL.SSL.Context, "
+                f"not {type(options.context).__name__}"
+            )
+        check_tls_files(options)
+
+    @functools.lru_cache(maxsize=32)  # noqa: B019 - one backend object per registry
+    def context(self, options: TLSOptions) -> SSL.Context:
+        """The client context the options describe, built once and shared;
+        each connection's chain failures go to the :class:`_VerifyRecord` in
+        its app data. Raises :class:`TLSError` naming the file OpenSSL cannot
+        load."""
+        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        # A server that closes without close_notify (many do, on an idle
+        # timeout) would otherwise be a fatal TLS error that voids the session
+        # for resumption. SMTP finds a truncation by itself (a reply or the
+        # message is incomplete), and an end of file reads as b"" either way.
+        context.set_options(getattr(SSL, "OP_IGNORE_UNEXPECTED_EOF", 0))
+        if options.verify:
+            context.set_verify(SSL.VERIFY_PEER, _record_failure)
+            try:
+                if options.cafile is not None or options.capath is not None:
+                    context.load_verify_locations(options.cafile, options.capath)
+                else:
+                    context.set_default_verify_paths()
+            except (SSL.Error, OSError, ValueError) as exc:
+                raise TLSError(f"CA certificates cannot be loaded: {_describe(exc)}") from exc
+        else:
+            context.set_verify(SSL.VERIFY_NONE)
+        if options.client_cert is not None:
+            try:
+                context.use_certificate_chain_file(options.client_cert)
+                context.use_privatekey_file(options.client_key or options.client_cert)
+                context.check_privatekey()
+            except (SSL.Error, OSError, ValueError) as exc:
+                raise TLSError(f"client certificate cannot be loaded: {_describe(exc)}") from exc
+        return context
+
+    def wrap(
+        self,
+        sock: socket.socket,
+        *,
+        server_hostname: str,
+        options: TLSOptions,
+        timeout: float | None,
+        session: object | None = None,
+    ) -> TLSStream:
+        """Handshake on ``sock`` within ``timeout`` seconds and verify the peer.
+
+        Raises :class:`TLSError` (``certificate=True`` for a chain or host-name
+        failure) and closes ``sock`` on any failure. ``session`` (from an
+        earlier connection's stream) is offered for resumption.
+        """
+        peer = server_hostname
+        try:
+            return self._wrap(sock, server_hostname, options, timeout, session)
+        except TLSError:
+            with contextlib.suppress(OSError):
+                sock.close()
+            raise
+        except (SSL.Error, OSError, ValueError) as exc:
+            with contextlib.suppress(OSError):
+                sock.close()
+            raise TLSError(f"TLS handshake with {peer} failed: {_describe(exc)}") from exc
+
+    def _wrap(
+        self,
+        sock: socket.socket,
+        server_hostname: str,
+        options: TLSOptions,
+        timeout: float | None,
+        session: object | None,
+    ) -> PyOpenSSLStream:
+        peer = server_hostname
+        deadline = _deadline(timeout)
+        if isinstance(options.context, SSL.Context):
+            context = options.context
+            # Used as given, like the stdlib backend's: its verify mode (not
+            # options.verify) decides; pyOpenSSL cannot carry a host-name check.
+            check_host = bool(context.get_verify_mode() & SSL.VERIFY_PEER)
+        else:
+            context = self.context(options)
+            check_host = options.verify
+
+        if not server_hostname or server_hostname.startswith("."):
+            raise TLSError(f"invalid server host name {server_hostname!r} for TLS")
+        address = _ip_literal(server_hostname)
+        # A name goes on the wire (SNI) and is checked in its A-label form,
+        # as the ssl module does it.
+        name = server_hostname
+        if address is None:
+            name = server_hostname.encode("idna").decode("ascii")
+        # Read by _record_failure, the shared contexts' callback; a caller's
+        # context keeps its own callback, and its name is checked afterwards.
+        record = _VerifyRecord(peer=peer, name=name, address=address, check_host=check_host)
+
+        sock.setblocking(False)
+        conn = SSL.Connection(context, sock)
+        conn.set_app_data(record)
+        conn.set_connect_state()
+        if address is None:
+            conn.set_tlsext_host_name(name.encode("ascii"))
+        if isinstance(session, SSL.Session) and _session_reused is not None:
+            with contextlib.suppress(SSL.Error):  # not resumable here: a full handshake
+                conn.set_session(session)
+
+        while True:
+            try:
+                conn.do_handshake()
+                break
+            except SSL.WantReadError:
+                writable = False
+            except SSL.WantWriteError:
+                writable = True
+            except SSL.Error as exc:
+                failure = record.failure()
+                if failure is not None:
+                    raise TLSError(failure, certificate=True) from exc
+                raise TLSError(f"TLS handshake with {peer} failed: {_describe(exc)}") from exc
+            if not _wait(sock, writable=writable, deadline=deadline):
+                raise TLSError(f"TLS handshake with {peer} timed out after {timeout} s")
+
+        resumed = _session_reused is not None and bool(_session_reused(conn._ssl))
+        verified = False
+        if check_host:
+            try:
+                self._verify_peer(conn, record, peer, name, address, resumed=resumed)
+            except TLSError:
+                with contextlib.suppress(Exception):
+                    conn.shutdown()  # a courtesy close_notify, without waiting
+                raise
+            verified = True
+
+        return PyOpenSSLStream(conn, sock, peer, self._info(conn, verified, resumed))
+
+    @staticmethod
+    def _verify_peer(
+        conn: SSL.Connection,
+        record: _VerifyRecord,
+        peer: str,
+        name: str,
+        address: str | None,
+        *,
+        resumed: bool,
+    ) -> None:
+        """After the handshake: the chain verified, and the certificate is
+        valid for ``address`` (an IP literal) or else ``name``.
+
+        On a full handshake with a shared context the callback has checked
+        the name already (a mismatch aborted the handshake); otherwise it is
+        checked here: a resumed session sent no certificate chain (it was
+        verified when the session was made, under this same context), and a
+        caller's context has its own callback. Either way the certificate the
+        connection holds is checked against the name.
+        """
+        # Under VERIFY_PEER the handshake itself fails on a chain error; the
+        # record and the verified chain are checked as further witnesses.
+        peer_certificate = conn.get_peer_certificate()
+        if resumed and peer_certificate is None:
+            raise TLSError(f"the resumed session with {peer} holds no certificate")
+        if record.error is not None or not (resumed or conn.get_verified_chain()):
+            reason = record.describe() if record.error is not None else "no verified chain"
+            raise TLSError(f"the certificate of {peer} did not verify: {reason}", certificate=True)
+        if record.host_checked and not resumed:
+            return
+        if peer_certificate is None:
+            raise TLSError(f"{peer} presented no certificate", certificate=True)
+        mismatch = _name_mismatch(peer_certificate.to_cryptography(), peer, name, address)
+        if mismatch is not None:
+            raise TLSError(mismatch, certificate=True)
+
+    def _info(self, conn: SSL.Connection, verified: bool, resumed: bool) -> TLSInfo:
+        """What the handshake negotiated, with the channel bindings available:
+        ``tls-server-end-point`` always (when the certificate's hash is
+        known), ``tls-unique`` on TLS 1.2, ``tls-exporter`` on TLS 1.3."""
+        version = conn.get_protocol_version_name()
+        # (X509.to_cryptography rather than as_cryptography=, for pyOpenSSL 24.)
+        certificate = conn.get_peer_certificate()
+        der = (
+            None
+            if certificate is None
+            else certificate.to_cryptography().public_bytes(Encoding.DER)
+        )
+        bindings: dict[str, bytes] = {}
+        if der is not None:
+            end_point = server_end_point(der)
+            if end_point is not None:
+                bindings["tls-server-end-point"] = end_point
+        if version == "TLSv1.2":
+            # RFC 5929: the first Finished message of the handshake: the
+            # client's on a full handshake, the server's on a resumed one.
+            finished = conn.get_peer_finished() if resumed else conn.get_finished()
+            if finished:
+                bindings["tls-unique"] = finished
+        elif version == "TLSv1.3":
+            bindings["tls-exporter"] = conn.export_keying_material(
+                _EXPORTER_LABEL, _EXPORTER_LENGTH, b""
+            )
+        return TLSInfo(
+            backend=self.name,
+            version=version,
+            cipher=conn.get_cipher_name() or "?",
+            peer_certificate=der,
+            verified=verified,
+            channel_bindings=bindings,
+            resumed=resumed,
+        )
+
+
+def _record_failure(
+    conn: SSL.Connection, cert: crypto.X509, error: int, depth: int, ok: int
+) -> bool:
+    """The shared contexts' verify callback: OpenSSL's verdict, a failure
+    recorded in the connection's :class:`_VerifyRecord`."""
+    record = conn.get_app_data()
+    if isinstance(record, _VerifyRecord):
+        return record.callback(conn, cert, error, depth, ok)
+    return bool(ok)
