@@ -355,11 +355,15 @@ def draw_plan(rng: random.Random, timeout: float, kept: bool) -> list[Fault]:
         if kind == "stall":
             fault.duration = rng.uniform(0.1, 1.6) * timeout
         elif kind == "inject":
-            fault.direction = "c2s"
-            if end is not None:
-                fault.at = rng.randint(-8, 8)
-            elif rng.random() < 0.4:
+            # c2s: at a byte count of what the client sent, or near an end;
+            # s2c with an end: in the same write as the reply to that end.
+            if direction == "s2c" and end is None:
+                fault.direction = "c2s"
                 fault.timer = rng.uniform(0.0, 0.3)
+            elif direction == "s2c":
+                fault.at = 0
+            elif end is not None:
+                fault.at = rng.randint(-8, 8)
         faults.append(fault)
     return faults
 
@@ -464,7 +468,13 @@ class _Link:
                     and fault.direction == "s2c"
                     and fault.position is None
                 ):
-                    fault.position = self.s2c + fault.at
+                    if fault.kind == "inject":
+                        # Sent along with the reply to this end, once it passes.
+                        fault.done = True
+                        if self.proxy.faults and self.inject_wanted is None:
+                            self.inject_wanted = fault.how
+                    else:
+                        fault.position = self.s2c + fault.at
 
     def _pass_s2c(self, data: bytes) -> None:
         if not data:
@@ -866,6 +876,7 @@ class Outcome:
     counts: dict[str, int]
     connections: int
     fired: dict[str, int]
+    links: list[LinkLog] = field(default_factory=list)
 
     def summary(self) -> str:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
@@ -986,10 +997,12 @@ def run(
             errors = [*server.errors, *proxy.errors]
             violations += [Violation(None, f"harness error: {e!r}") for e in errors]
             connections = len(proxy.links)
+            links = proxy.links
             fired: dict[str, int] = {}
             for log in proxy.links:
                 for text in log.events:
-                    kind = " ".join(text.split(" (")[0].split()[:2])
+                    kind = text.split(" (")[0]
+                    kind = kind if "with a reply" in kind else " ".join(kind.split()[:2])
                     if kind.startswith(("cut", "stall", "inject")):
                         fired[kind] = fired.get(kind, 0) + 1
         gc.collect()
@@ -1007,7 +1020,7 @@ def run(
     counts: dict[str, int] = {}
     for report in reports[:-1]:
         counts[report.kind] = counts.get(report.kind, 0) + 1
-    return Outcome(scenario, seed, messages, reports, violations, counts, connections, fired)
+    return Outcome(scenario, seed, messages, reports, violations, counts, connections, fired, links)
 
 
 def _short(exc: BaseException) -> str:
