@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import socket
 
 import pytest
 
@@ -142,3 +143,20 @@ def test_the_proxy_injects_faults() -> None:
     outcome = chaos.run(Scenario("oneshot", "data", True), 1, 20)
     assert {kind.split()[0] for kind in outcome.fired} == {"cut", "stall", "inject"}
     assert outcome.counts.get("not sent", 0) + outcome.counts.get("unknown", 0) > 0
+
+
+def test_a_leaked_socket_is_caught() -> None:
+    """The descriptor count before and after a run sees a socket left open."""
+    leaked: list[socket.socket] = []
+
+    def leak(report: Report) -> Report:
+        if not leaked:
+            leaked.append(socket.socket())
+        return report
+
+    try:
+        outcome = chaos.run(Scenario("oneshot", "data", False), 1, 3, lie=leak)
+    finally:
+        for sock in leaked:
+            sock.close()
+    assert any("file descriptors" in str(v) for v in outcome.violations), outcome.violations
