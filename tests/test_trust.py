@@ -264,6 +264,12 @@ def big_message(octets: int = 8_000_000) -> bytes:
     return b"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: big\r\n\r\n" + body
 
 
+def send_big(server: EarlyRefusal):
+    return smtplug.sendmessage(
+        big_message(), servers="127.0.0.1", ports=server.port, usetls=False, timeout=10
+    )
+
+
 @pytest.mark.parametrize(
     "capabilities",
     [
@@ -281,14 +287,7 @@ def test_a_refusal_while_the_message_is_written_is_reported_as_the_server_gave_i
     try:
         with pytest.raises(ResponseError) as info:
             if one_shot:
-                smtplug.sendmessage(
-                    big_message(),
-                    servers="127.0.0.1",
-                    ports=server.port,
-                    usetls=False,
-                    client="localhost",
-                    timeout=10,
-                )
+                send_big(server)
             else:
                 with smtplug.Client(
                     servers="127.0.0.1", ports=server.port, usetls=False, timeout=10
@@ -306,14 +305,7 @@ def test_a_write_failure_without_a_reply_is_still_a_lost_connection():
     server = EarlyRefusal(["8BITMIME"], b"")
     try:
         with pytest.raises(ConnectionLostError) as info:
-            smtplug.sendmessage(
-                big_message(),
-                servers="127.0.0.1",
-                ports=server.port,
-                usetls=False,
-                client="localhost",
-                timeout=10,
-            )
+            send_big(server)
     finally:
         server.close()
     assert not isinstance(info.value, DeliveryUnknownError)
