@@ -1,0 +1,175 @@
+"""One connection's protocol bookkeeping, without I/O: what every driver needs.
+
+Theory of operation. A driver (the blocking one in :mod:`smtplug.driver`, an
+asyncio one later) moves bytes; a :class:`Wire` decides what they mean for
+the connection, so that no driver makes a protocol decision:
+
+* replies: the driver feeds what it read (:meth:`Wire.feed`) and takes
+  parsed replies (:meth:`Wire.reply`), observers told of each;
+* before a command (:meth:`Wire.before_send`): a write that failed earlier
+  makes every later one fail the same way; bytes the server sent unasked are
+  never paired with the command (a complete 421 is the server closing,
+  RFC 5321 section 3.8; anything else is a protocol violation, unless the
+  command is one of a pipeline whose earlier replies are due); observers are
+  told of the command before its bytes go;
+* after a failed write (:meth:`Wire.write_failed`): the driver feeds what the
+  server had sent, and replies still unread are served before the failure is
+  raised (:meth:`Wire.lost_after_write` says whether any wait), so that the
+  session reports the server's refusal rather than the broken pipe;
+* before TLS (:meth:`Wire.before_tls`): any unread byte is a response
+  injection attack; after it (:meth:`Wire.after_tls`) a fresh parser;
+* errors: any error but a refused command or login (not 421) poisons the
+  connection (:meth:`Wire.failed`): a broken connection is never used again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from smtplug.errors import (
+    AuthenticationError,
+    ConnectionLostError,
+    ProtocolError,
+    ResponseError,
+    TLSError,
+)
+from smtplug.interfaces import ConnectionInfo, TLSInfo
+from smtplug.observe import Observers
+from smtplug.protocol import Reply, ReplyParser
+from smtplug.session import Send
+
+__all__ = ["Wire"]
+
+
+class Wire:
+    """The sans-IO state of one connection to one server."""
+
+    __slots__ = ("_hook", "_parser", "_watching", "_write_error", "broken", "info", "tls_info")
+
+    def __init__(self, info: ConnectionInfo, hook: Observers, tls_info: TLSInfo | None) -> None:
+        self.info = info
+        self.tls_info = tls_info  # what TLS negotiated, None on a plain connection
+        self.broken = False
+        self._hook = hook
+        self._parser = ReplyParser()
+        self._watching = True
+        self._write_error: ConnectionLostError | None = None
+
+    # -- observers ---------------------------------------------------------------
+
+    def watch(self) -> None:
+        """Ask once per step whether anyone watches (the logger's level may
+        change at any time): observers cost nothing when nobody does."""
+        self._watching = self._hook.watching()
+
+    def event(self, text: str) -> None:
+        self._hook.smtplug_on_event(info=self.info, event=text)
+
+    # -- replies -----------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Bytes read from the server (:class:`ProtocolError` on a violation)."""
+        self._parser.feed(data)
+
+    def reply(self) -> Reply | None:
+        """The next reply already received, observers told; None if none is."""
+        reply = self._parser.next_reply()
+        if reply is not None and self._watching:
+            self._hook.smtplug_on_reply(info=self.info, reply=reply)
+        return reply
+
+    @property
+    def pending(self) -> bool:
+        """Whether any received byte is not part of a reply already taken."""
+        return self._parser.has_pending()
+
+    @property
+    def readable(self) -> bool:
+        """False once a write failed: nothing more will be read (what the server
+        had sent was fed after the failure)."""
+        return self._write_error is None
+
+    # -- commands ----------------------------------------------------------------
+
+    def before_send(self, action: Send) -> None:
+        """What must hold before ``action``'s bytes go (see the module doc)."""
+        if self._write_error is not None:
+            raise self.lost_after_write()
+        if not action.replies_due and self._parser.has_pending():
+            self._unsolicited(action.display)
+        # Observers first: one that raises stops the send before its bytes go.
+        if action.display and self._watching:
+            for line in action.display.split("\n"):
+                self._hook.smtplug_on_command(info=self.info, command=line)
+
+    def _unsolicited(self, command: str) -> None:
+        reply = self._parser.peek_reply()
+        if reply is not None and reply.code == 421:
+            self.reply()
+            raise ResponseError(
+                reply.diagnostic, reply.code, command="(unsolicited)", enhanced=reply.enhanced
+            )
+        raise ProtocolError(f"{self.info.server} sent data before the command {command!r}")
+
+    def write_failed(self, exc: ConnectionLostError) -> None:
+        """A write failed: no later write is tried; the driver feeds what the
+        server had sent (without waiting), then raises :meth:`lost_after_write`."""
+        self._write_error = exc
+
+    def closed_by_peer(self) -> None:
+        """The server closed the connection while the client was still sending."""
+        self._write_error = ConnectionLostError(
+            f"{self.info.server} closed the connection while the message was sent"
+        )
+
+    def lost_after_write(self) -> ConnectionLostError:
+        """The error of the failed write, saying whether replies wait unread."""
+        exc = self._write_error
+        assert exc is not None
+        return ConnectionLostError(
+            exc.diagnostic,
+            exc.code,
+            timed_out=exc.timed_out,
+            replies_pending=self._parser.peek_reply() is not None,
+        )
+
+    # -- TLS ---------------------------------------------------------------------
+
+    def before_tls(self) -> None:
+        """RFC 3207 section 5 / CVE-2011-0411 and the 2021 STARTTLS study: bytes
+        sent before the handshake would be read as if they came over TLS."""
+        if self._parser.has_pending():
+            raise TLSError(
+                f"{self.info.server}:{self.info.port} sent data after its 220 reply to "
+                "STARTTLS, before the TLS handshake: a response injection attack; "
+                "the connection is abandoned",
+                attack=True,
+            )
+
+    def after_tls(self, tls_info: TLSInfo | None) -> None:
+        """The handshake is done: a fresh parser for the encrypted stream."""
+        self.tls_info = tls_info
+        self._parser = ReplyParser()
+        self.info = dataclasses.replace(self.info, tls=True)
+
+    # -- failures ----------------------------------------------------------------
+
+    def failed(self, exc: BaseException) -> None:
+        """An error left a step: a negative reply (a refused command or login)
+        leaves the connection in a known state, except 421 (the server is
+        closing it); anything else poisons it."""
+        if not isinstance(exc, ResponseError | AuthenticationError) or exc.code == 421:
+            self.broken = True
+
+    def no_reply(self, what: str, timeout: float | None) -> ConnectionLostError:
+        """The error for a wait that ran out."""
+        return ConnectionLostError(
+            f"no reply to {what} from {self.info.server}:{self.info.port} within {timeout:g} s",
+            timed_out=True,
+        )
+
+    def closed_while_waiting(self, what: str) -> ConnectionLostError:
+        """The error for the server closing the connection during a wait."""
+        return ConnectionLostError(
+            f"{self.info.server} closed the connection while smtplug waited for the reply to {what}"
+        )
