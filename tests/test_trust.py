@@ -597,3 +597,19 @@ def test_implicit_tls_to_a_plain_smtp_port_says_so(backend):
     (failure,) = info.value.failures
     assert isinstance(failure.error, TLSError)
     assert "the server spoke plain text, not TLS" in failure.error.diagnostic
+
+
+def test_the_repr_of_tls_info_is_short_and_holds_no_binding():
+    from smtplug.interfaces import TLSInfo
+
+    info = TLSInfo(
+        "stdlib",
+        "TLSv1.3",
+        "TLS_AES_256_GCM_SHA384",
+        b"\x30" * 900,
+        True,
+        {"tls-exporter": b"\x01" * 32},
+    )
+    text = repr(info)
+    assert len(text) < 200 and "x30" not in text and "x01" not in text
+    assert "TLSv1.3" in text and "verified=True" in text

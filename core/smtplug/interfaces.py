@@ -119,9 +119,9 @@ class TLSInfo:
     backend: str
     version: str
     cipher: str
-    peer_certificate: bytes | None  # DER
+    peer_certificate: bytes | None = field(repr=False)  # DER: long, and not for logs
     verified: bool
-    channel_bindings: Mapping[str, bytes]
+    channel_bindings: Mapping[str, bytes] = field(repr=False)  # secrets of the session
     resumed: bool = False  # an earlier TLS session was resumed (no full handshake)
 
 
