@@ -22,12 +22,14 @@ from smtplug.errors import (
 from smtplug.hookspecs import hookimpl, hookspec
 from smtplug.interfaces import ConnectionInfo
 from smtplug.protocol import Reply
+from smtplug.protocol.dsn import DSN
 from smtplug.results import RefusedRecipient, SendResult
 from smtplug.session import Timeouts
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DSN",
     "AuthenticationError",
     "Client",
     "ConnectError",

@@ -38,6 +38,7 @@ from smtplug.errors import (
     ResponseError,
     ServerFailure,
     SMTPError,
+    TLSError,
 )
 from smtplug.interfaces import (
     SASLCredentials,
@@ -49,6 +50,7 @@ from smtplug.observe import Observers, logger
 from smtplug.plugins import Registry, build_registry
 from smtplug.protocol import Capabilities, commands
 from smtplug.protocol.data import LineCheck
+from smtplug.protocol.dsn import DSN, mail_parameters
 from smtplug.results import SendResult
 from smtplug.source import MessageInput
 
@@ -383,7 +385,8 @@ class Client:
 
     ``c.sendmessage(message, **message_options)`` takes the per-message
     options of :func:`sendmessage` (``originator``, ``recipients``,
-    ``header``, ``atleastone``, ``queue``, and ``progress``) and returns the
+    ``header``, ``atleastone``, ``queue``, ``progress``, ``dsn``,
+    ``requiretls``, ``mail_options`` and ``rcpt_options``) and returns the
     same :class:`SendResult`. After a failed transaction the session is reset
     (RSET) for the next message. When the server has closed an idle
     connection, or answers 421, before a transaction's MAIL was accepted, the
@@ -528,6 +531,10 @@ class Client:
         atleastone: bool = False,
         queue: bool = False,
         progress: Callable[[int], None] | None = None,
+        dsn: DSN | None = None,
+        requiretls: bool = False,
+        mail_options: Sequence[str] = (),
+        rcpt_options: Sequence[str] = (),
     ) -> SendResult:
         """Send one message over this client's session (opened if needed).
 
@@ -545,6 +552,10 @@ class Client:
                 queue=queue,
                 progress=progress,
                 last=False,
+                dsn=dsn,
+                requiretls=requiretls,
+                mail_options=mail_options,
+                rcpt_options=rcpt_options,
             )
 
     def _send(
@@ -558,6 +569,10 @@ class Client:
         queue: bool,
         progress: Callable[[int], None] | None,
         last: bool,
+        dsn: DSN | None = None,
+        requiretls: bool = False,
+        mail_options: Sequence[str] = (),
+        rcpt_options: Sequence[str] = (),
     ) -> SendResult:
         _flag("atleastone", atleastone)
         _flag("queue", queue)
@@ -572,6 +587,9 @@ class Client:
             hostname=_hostname(),
         )
         _check_message_text(prepared)
+        extras = mail_parameters(
+            dsn=dsn, requiretls=requiretls, mail_options=mail_options, rcpt_options=rcpt_options
+        )
         timeouts = self._plan.timeouts
         failed: list[ServerFailure] = []
         attempt = 0
@@ -595,6 +613,8 @@ class Client:
                     self._plan, self._observers, failed=failed
                 )
             connection, capabilities = self._connection, self._capabilities
+            if extras is not None and extras.requiretls:
+                _check_requiretls(connection)
             outcome = session.TransactionOutcome()
             try:
                 if queue and capabilities.has("XQUE"):
@@ -608,6 +628,7 @@ class Client:
                         outcome=outcome,
                         quit_after=last,
                         progress=progress,
+                        extras=extras,
                     )
                 )
             except (ConnectionLostError, ResponseError) as exc:
@@ -692,6 +713,19 @@ class Client:
         )
 
 
+def _check_requiretls(connection: Connection) -> None:
+    """RFC 8689: a REQUIRETLS message goes only over TLS with a verified
+    certificate and host name."""
+    tls = connection.tls_info
+    if tls is None or not tls.verified:
+        state = "in plain text" if tls is None else "over TLS whose certificate was not verified"
+        raise TLSError(
+            f"requiretls=True and the session with {connection.info.server} runs {state} "
+            "(RFC 8689 needs verified TLS): not sent",
+            policy=True,
+        )
+
+
 def _what_failed(exc: Exception) -> str:
     if isinstance(exc, SMTPError):
         return f"{type(exc).__name__}: {exc}"
@@ -731,6 +765,10 @@ def sendmessage(
     timeout: float | None = None,
     timeouts: session.Timeouts | Mapping[str, float] | None = None,
     progress: Callable[[int], None] | None = None,
+    dsn: DSN | None = None,
+    requiretls: bool = False,
+    mail_options: Sequence[str] = (),
+    rcpt_options: Sequence[str] = (),
     plugins: Sequence[object] = (),
     block_plugins: Sequence[str] = (),
 ) -> SendResult:
@@ -778,4 +816,8 @@ def sendmessage(
             queue=queue,
             progress=progress,
             last=True,
+            dsn=dsn,
+            requiretls=requiretls,
+            mail_options=mail_options,
+            rcpt_options=rcpt_options,
         )

@@ -21,6 +21,7 @@ without RSET or QUIT.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from smtplug.errors import (
 from smtplug.interfaces import SASLExchange
 from smtplug.protocol import Capabilities, Reply, commands
 from smtplug.protocol.data import BodyEncoder, DataEncoder, LineCheck
+from smtplug.protocol.dsn import MailParameters
 
 __all__ = [
     "Receive",
@@ -374,6 +376,41 @@ def _data_body(
         progress(encoder.bytes_in)
 
 
+def _with_extras(
+    message: PreparedMessage,
+    params: list[str],
+    extras: MailParameters,
+    capabilities: Capabilities,
+    utf8: bool,
+) -> list[bytes]:
+    """MAIL and RCPT lines with the caller's parameters, after checking the
+    server offers what they need."""
+    dsn = extras.dsn
+    if dsn is not None and not capabilities.has("DSN"):
+        if dsn.required:
+            raise InvalidInputError(
+                "delivery status notifications were asked for (dsn=) and the server does "
+                "not offer DSN (RFC 3461): not sent; DSN(required=False) sends without them"
+            )
+        extras = dataclasses.replace(extras, dsn=None)
+        dsn = None
+    if extras.requiretls and not capabilities.has("REQUIRETLS"):
+        raise InvalidInputError(
+            "requiretls=True and the server does not offer REQUIRETLS (RFC 8689): not sent"
+        )
+    mail = [*params, *extras.mail]
+    if dsn is not None:
+        mail += dsn.mail()
+    if extras.requiretls:
+        mail.append("REQUIRETLS")
+    lines = [commands.mail(message.sender, mail, smtputf8=utf8)]
+    lines += [
+        commands.rcpt(address, extras.for_rcpt(address), smtputf8=utf8)
+        for address in message.recipients
+    ]
+    return lines
+
+
 def _answered_early(reply: Reply | None, outcome: TransactionOutcome) -> None:
     """A reply before the end of the DATA octets: the server refused the message
     while it came (RFC 5321 has it answer only the final "."). The rest is not
@@ -428,6 +465,7 @@ def transaction(
     outcome: TransactionOutcome,
     quit_after: bool = False,
     progress: Callable[[int], None] | None = None,
+    extras: MailParameters | None = None,
 ) -> Generator[Action, Reply | None, TransactionOutcome]:
     """MAIL, RCPT for each recipient, then the message (DATA or BDAT) or RSET.
 
@@ -442,7 +480,9 @@ def transaction(
     since a refused recipient then changes nothing. With CHUNKING (RFC 3030) the message goes
     as BDAT chunks: no dot-stuffing, no 354 to wait for. ``quit_after``
     pipelines QUIT behind the end of the message (PIPELINING only); its reply
-    is then read too.
+    is then read too. ``extras`` are the caller's DSN (RFC 3461), REQUIRETLS
+    (RFC 8689) and other MAIL/RCPT parameters; one the server does not offer
+    fails before MAIL (DSN only when ``required``; otherwise it is left out).
     """
     pipelining = capabilities.has("PIPELINING")
     chunking = capabilities.has("CHUNKING")
@@ -482,8 +522,11 @@ def transaction(
     utf8 = message.smtputf8 or (smtputf8 and not message.header.isascii())
     if utf8:
         params.append("SMTPUTF8")
-    lines = [commands.mail(message.sender, params, smtputf8=utf8)]
-    lines += [commands.rcpt(address, smtputf8=utf8) for address in message.recipients]
+    if extras is None:
+        lines = [commands.mail(message.sender, params, smtputf8=utf8)]
+        lines += [commands.rcpt(address, smtputf8=utf8) for address in message.recipients]
+    else:
+        lines = _with_extras(message, params, extras, capabilities, utf8)
     trailer = commands.quit() if quit_after and pipelining else b""
     # DATA (or BDAT) may join the MAIL/RCPT flight when no refusal could make
     # the client regret it: with atleastone, or with a single recipient (if it
