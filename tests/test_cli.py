@@ -698,3 +698,28 @@ def test_subprocess_error_exit_code_no_traceback():
 
 def test_main_module_exists():
     assert (Path(cli_send.__file__).parent / "__main__.py").is_file()
+
+
+def test_client_queue_null_sender_passed_through(capsys, pipe_stdin):
+    with ScriptedServer(capabilities=["XQUE", "8BITMIME"]) as server:
+        code = send(
+            server,
+            *("--from", "", "--to", "bob@example.org", "--body", "bounce"),
+            *("--client", "cli.example", "--queue", "--timeout", "20"),
+        )
+        server.wait_idle()
+    assert code == 0
+    commands = server.sessions[0].commands
+    assert commands[0].raw == b"EHLO cli.example\r\n"
+    assert "QUED" in server.sessions[0].verbs
+    assert next(c.raw for c in commands if c.verb == "MAIL").startswith(b"MAIL FROM:<>")
+
+
+def test_mechanism_option_picks_the_mechanism(monkeypatch, capsys, pipe_stdin):
+    monkeypatch.setenv("SMTPLUG_PASSWORD", PASSWORD)
+    with ScriptedServer(capabilities=["AUTH PLAIN LOGIN"]) as server:
+        code = send(server, *base("--body", "x", "--auth", "alice", "--mechanism", "LOGIN"))
+        server.wait_idle()
+    assert code == 0
+    (auth,) = [c for c in server.sessions[0].commands if c.verb == "AUTH"]
+    assert auth.args.split()[0] == "LOGIN"
