@@ -1,12 +1,18 @@
-"""The ``smtplug`` command: ``smtplug demo`` and ``smtplug plugins``."""
+"""The ``smtplug`` command: ``smtplug send``, ``smtplug demo`` and ``smtplug plugins``.
+
+Usage errors exit with 64 (sysexits EX_USAGE), not argparse's 2, which
+``smtplug send`` uses for "not sent" (see :mod:`smtplug.cli_send`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from smtplug import __version__
+from smtplug.cli_send import EXIT_USAGE, add_send_parser
 from smtplug.errors import SMTPError
 from smtplug.plugins import installed, new_manager
 
@@ -47,12 +53,42 @@ def _plugins() -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with EX_USAGE (64) for a usage error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _secret_on_argv(argv: Sequence[str]) -> bool:
+    """Whether a ``--password`` option was given: refused without echoing it."""
+    return any(arg == "--password" or arg.startswith("--password=") for arg in argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="smtplug", description="A pluggable SMTP client (Tcllib's smtp::sendmessage)."
+    """Run the ``smtplug`` command; returns the exit status."""
+    if argv is None:
+        argv = sys.argv[1:]
+    argv = list(argv)
+    if _secret_on_argv(argv):
+        # Not argparse's "unrecognized arguments: --password SECRET": that
+        # would print the password.
+        print(
+            "smtplug: error: --password is not supported: a password on the command line "
+            "is visible to every user of this machine; use --password-file FILE, "
+            "--password-env NAME (default $SMTPLUG_PASSWORD) or the prompt",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    parser = _Parser(
+        prog="smtplug",
+        description="A pluggable SMTP client (Tcllib's smtp::sendmessage).",
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"smtplug {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_send_parser(sub)
     demo = sub.add_parser(
         "demo",
         help="send a message through the real client to a local in-process server",
@@ -61,8 +97,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--subject", default="This is the subject.")
     demo.add_argument("--body", default="This is the message.")
     sub.add_parser("plugins", help="list the installed plugins and what each registers")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
+    if args.command == "send":
+        send = args.handler
+        try:
+            return int(send(args, sub.choices["send"]))
+        except SystemExit as exc:  # a usage error found after parsing
+            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         if args.command == "plugins":
             return _plugins()
