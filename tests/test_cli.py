@@ -723,3 +723,30 @@ def test_mechanism_option_picks_the_mechanism(monkeypatch, capsys, pipe_stdin):
     assert code == 0
     (auth,) = [c for c in server.sessions[0].commands if c.verb == "AUTH"]
     assert auth.args.split()[0] == "LOGIN"
+
+
+def test_dsn_options_reach_the_wire():
+    with ScriptedServer(capabilities=["DSN", "8BITMIME"]) as server:
+        code = send(
+            server,
+            *base("--body", "hi", "--dsn-notify", "failure,delay", "--dsn-ret", "HDRS"),
+            "--dsn-envid",
+            "id+1",
+            "--dsn-orcpt",
+        )
+        server.wait_idle()
+    assert code == 0
+    commands = [c.line for c in server.sessions[0].commands]
+    assert "MAIL FROM:<alice@example.com> RET=HDRS ENVID=id+2B1" in commands
+    assert "RCPT TO:<bob@example.org> NOTIFY=FAILURE,DELAY ORCPT=rfc822;bob@example.org" in (
+        commands
+    )
+
+
+def test_dsn_refused_when_the_server_lacks_it_or_the_value_is_bad(capsys):
+    with ScriptedServer() as server:
+        assert send(server, *base("--body", "hi", "--dsn-notify", "SUCCESS")) == 64
+        assert send(server, *base("--body", "hi", "--dsn-notify", "SOMETIMES")) == 64
+        server.wait_idle()
+    assert all(not s.transactions for s in server.sessions)
+    assert "does not offer DSN" in capsys.readouterr().err

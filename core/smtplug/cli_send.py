@@ -224,6 +224,29 @@ def add_send_parser(sub: Any) -> argparse.ArgumentParser:
     envelope.add_argument(
         "--queue", action="store_true", help="ask a server offering XQUE to queue the message"
     )
+    envelope.add_argument(
+        "--dsn-notify",
+        metavar="WHEN",
+        help="delivery status notifications (RFC 3461) for every recipient: NEVER, or a "
+        "comma-separated list of SUCCESS, FAILURE, DELAY; the message is not sent when "
+        "the server does not offer DSN",
+    )
+    envelope.add_argument(
+        "--dsn-ret", choices=["FULL", "HDRS"], help="what a failure report returns (DSN RET)"
+    )
+    envelope.add_argument(
+        "--dsn-envid", metavar="ID", help="an envelope identifier echoed in reports (DSN ENVID)"
+    )
+    envelope.add_argument(
+        "--dsn-orcpt",
+        action="store_true",
+        help="send each recipient's address as its original recipient (DSN ORCPT)",
+    )
+    envelope.add_argument(
+        "--requiretls",
+        action="store_true",
+        help="REQUIRETLS (RFC 8689): only over verified TLS, to a server offering it",
+    )
 
     server = parser.add_argument_group("server")
     server.add_argument(
@@ -558,6 +581,15 @@ def _fail(parser: argparse.ArgumentParser, problem: str) -> NoReturn:
     parser.error(problem)
 
 
+def _dsn(args: argparse.Namespace) -> smtplug.DSN | None:
+    """The DSN the --dsn-* options ask for, or None."""
+    asked = (args.dsn_notify, args.dsn_ret, args.dsn_envid)
+    if all(value is None for value in asked) and not args.dsn_orcpt:
+        return None
+    notify = None if args.dsn_notify is None else args.dsn_notify.split(",")
+    return smtplug.DSN(notify=notify, ret=args.dsn_ret, envid=args.dsn_envid, orcpt=args.dsn_orcpt)
+
+
 def run_send(
     args: argparse.Namespace,
     parser: argparse.ArgumentParser,
@@ -591,6 +623,7 @@ def run_send(
             ]
             password = _password(args, stdin_tty)
             oauth_token = _oauth_token(args)
+            dsn = _dsn(args)
         except _Usage as exc:
             _fail(parser, str(exc))
         with _message_source(args, header, stdin) as (message, size):
@@ -626,6 +659,8 @@ def run_send(
                         debug=args.transcript,
                         timeout=args.timeout,
                         progress=progress,
+                        dsn=dsn,
+                        requiretls=args.requiretls,
                     )
                 finally:
                     if progress is not None:
