@@ -613,3 +613,40 @@ def test_the_repr_of_tls_info_is_short_and_holds_no_binding():
     text = repr(info)
     assert len(text) < 200 and "x30" not in text and "x01" not in text
     assert "TLSv1.3" in text and "verified=True" in text
+
+
+def test_replies_still_due_after_a_refused_chunk_are_never_paired_with_later_commands():
+    # Found by the chaos soak: pipelined BDAT chunks, the first refused, the
+    # replies to the next ones late. The session raised the refusal and the
+    # RSET went out with those replies still due: a late 554 answered the
+    # RSET, the RSET's 250 the next MAIL, and so on, until a BDAT the server
+    # refused was reported sent.
+    def after(seconds: float, reply: bytes):
+        def rule(command):
+            time.sleep(seconds)  # the client writes the next chunks meanwhile
+            return reply
+
+        return rule
+
+    script = {
+        ("BDAT", 1): after(0.1, b"554 5.6.0 first chunk refused\r\n"),
+        ("BDAT", 2): after(0.3, b"554 5.6.0 late\r\n"),
+        ("BDAT", 3): after(0.3, b"554 5.6.0 late\r\n"),
+        "BDAT": b"552 5.3.4 refused\r\n",
+    }
+    with ScriptedServer(script, capabilities=PIPE_CHUNK) as server:
+        with client(server, timeout=2) as c:
+            with pytest.raises(ResponseError) as first:
+                c.sendmessage(big_message(3_000_000))
+            outcome: object
+            try:
+                outcome = c.sendmessage(message("second"))
+            except smtplug.SMTPError as exc:
+                outcome = exc
+        server.wait_idle()
+    assert first.value.code == 554
+    # The second message was refused (552): never reported sent.
+    assert isinstance(outcome, ResponseError) and outcome.code == 552, outcome
+    # The replies due were read before the session was used again.
+    verbs = server.sessions[0].verbs
+    assert verbs[:6] == ["EHLO", "MAIL", "RCPT", "BDAT", "BDAT", "BDAT"]

@@ -90,6 +90,7 @@ class Connection:
                 try:
                     result = self._perform(action)
                 except SMTPError as exc:
+                    wire.io_failed(exc)
                     action = step.throw(exc)
                 else:
                     action = step.send(result)

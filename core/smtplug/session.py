@@ -411,6 +411,36 @@ def _with_extras(
     return lines
 
 
+def _chunk_replies(
+    count: int,
+    last: bool,
+    timeouts: Timeouts,
+    outcome: TransactionOutcome,
+    *,
+    refused: Reply | None = None,
+) -> Generator[Action, Reply | None, Reply | None]:
+    """The replies to ``count`` BDAT chunks (the last of them ``BDAT LAST``
+    when ``last``); returns the last one. Every reply due is read before a
+    refusal is raised (RFC 3030: one refused chunk fails the transaction):
+    one left unread would answer the next command. A connection lost on the
+    way still raises the refusal (the message was not taken)."""
+    reply: Reply | None = None
+    for number in range(count):
+        final = last and number == count - 1
+        what = "BDAT LAST" if final else "BDAT"
+        try:
+            reply = yield from _receive(timeouts.final if final else timeouts.data, what, outcome)
+        except (ConnectionLostError, DeliveryUnknownError, ProtocolError):
+            if refused is None:
+                raise
+            break
+        if reply.code != 250 and refused is None:
+            refused = reply
+    if refused is not None:
+        _expect(refused, "BDAT", 250)
+    return reply
+
+
 def _answered_early(reply: Reply | None, outcome: TransactionOutcome) -> None:
     """A reply before the end of the DATA octets: the server refused the message
     while it came (RFC 5321 has it answer only the final "."). The rest is not
@@ -693,22 +723,12 @@ def transaction(
             frames += 1
             if not pipelining or last or not written:
                 # Without PIPELINING each chunk waits for its reply.
-                for number in range(frames):
-                    final = last and number == frames - 1
-                    what = "BDAT LAST" if final else "BDAT"
-                    reply = yield from _receive(
-                        timeouts.final if final else timeouts.data, what, outcome
-                    )
-                    _expect(reply, what, 250)
-                    if final:
-                        outcome.reply = reply
+                final = yield from _chunk_replies(frames, last, timeouts, outcome)
+                outcome.reply = final
                 frames = 0
         if refusal is not None:
             # The chunks already in the pipeline are answered (and discarded).
-            with contextlib.suppress(ConnectionLostError, ProtocolError):
-                for _ in range(frames):
-                    yield from _receive(timeouts.data, "BDAT", outcome)
-            _expect(refusal, "BDAT", 250)
+            yield from _chunk_replies(frames, False, timeouts, outcome, refused=refusal)
         outcome.delivered = True
         if trailer:
             yield from _quit_reply(timeouts, outcome)

@@ -95,6 +95,8 @@ class Wire:
         """What must hold before ``action``'s bytes go (see the module doc)."""
         if self._write_error is not None:
             raise self.lost_after_write()
+        if self.broken:
+            raise ConnectionLostError(f"connection to {self.info.server} is no longer usable")
         if not action.replies_due and self._parser.has_pending():
             self._unsolicited(action.display)
         # Observers first: one that raises stops the send before its bytes go.
@@ -159,6 +161,15 @@ class Wire:
         leaves the connection in a known state, except 421 (the server is
         closing it); anything else poisons it."""
         if not isinstance(exc, ResponseError | AuthenticationError) or exc.code == 421:
+            self.broken = True
+
+    def io_failed(self, exc: BaseException) -> None:
+        """The driver throws an error of its own into the step: a lost or timed
+        out connection, or a broken reply, leaves replies that may still come
+        and would answer a later command. Whatever the step makes of it, the
+        connection is never used for another command (a refusal read after a
+        failed write is still read: reading is not a command)."""
+        if isinstance(exc, ConnectionLostError | ProtocolError):
             self.broken = True
 
     def no_reply(self, what: str, timeout: float | None) -> ConnectionLostError:
