@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 
+import django
 import pytest
 
 import django_settings
@@ -336,7 +337,8 @@ def test_alternatives_and_attachments():
     got = parsed(t)
     assert got.get_content_type() == "multipart/mixed"
     assert got.get_body(("plain",)).get_content() == "plain text\n"
-    assert got.get_body(("html",)).get_content() == "<p>html <b>text</b></p>"
+    # (Django 6 builds the part with set_content, which ends it with a newline.)
+    assert got.get_body(("html",)).get_content().rstrip("\n") == "<p>html <b>text</b></p>"
     files = {part.get_filename(): part.get_content() for part in got.iter_attachments()}
     assert files == {"data.bin": payload, "notes.txt": "some notes\n"}
 
@@ -355,7 +357,13 @@ def test_non_ascii_local_part_is_refused_before_sending():
     with ScriptedServer() as server:
         with pytest.raises(smtplug.InvalidInputError):
             backend_for(server).send_messages([msg])
-        assert backend_for(server, fail_silently=True).send_messages([msg]) == 0
+        if django.VERSION >= (6, 0):
+            # Django 6 refuses it as it makes the envelope (prep_address), a
+            # ValueError whatever fail_silently says; so does the backend.
+            with pytest.raises(smtplug.InvalidInputError):
+                backend_for(server, fail_silently=True).send_messages([msg])
+        else:
+            assert backend_for(server, fail_silently=True).send_messages([msg]) == 0
         server.wait_idle()
     assert delivered(server) == []
 

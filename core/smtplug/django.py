@@ -16,15 +16,16 @@ This module imports Django; nothing else in smtplug imports this module.
 
 from __future__ import annotations
 
+import email.policy
 import inspect
 import logging
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import django  # type: ignore[import-untyped]
 from django.conf import settings  # type: ignore[import-untyped]
 from django.core.mail.backends.base import BaseEmailBackend  # type: ignore[import-untyped]
-from django.core.mail.message import sanitize_address  # type: ignore[import-untyped]
 from django.core.mail.utils import DNS_NAME  # type: ignore[import-untyped]
 
 import smtplug
@@ -69,14 +70,36 @@ def _check_options(options: object, where: str) -> dict[str, Any]:
     return dict(options)
 
 
+#: Django 6 builds messages on the modern email API (``message(policy=...)``,
+#: the SMTP backend's ``prep_address``); earlier versions on its SafeMIME
+#: classes and ``sanitize_address``. The backend follows the installed one.
+_DJANGO_6 = django.VERSION >= (6, 0)
+
+
 def _sanitize(address: object, encoding: str) -> str:
     """Django's envelope address; its ValueError for a malformed one becomes
     InvalidInputError (a ValueError too), raised whatever fail_silently says,
     as Django raises it."""
     try:
+        if _DJANGO_6:
+            from django.core.mail.backends.smtp import (  # type: ignore[import-untyped]
+                EmailBackend as SMTPBackend,
+            )
+
+            # The same rules as Django's SMTP backend (it uses no state of its own).
+            return str(SMTPBackend.prep_address(None, address))
+        from django.core.mail.message import sanitize_address  # type: ignore[import-untyped]
+
         return str(sanitize_address(address, encoding))
     except ValueError as exc:
         raise smtplug.InvalidInputError(f"invalid address {address!r}: {exc}") from exc
+
+
+def _serialise(email_message: Any) -> bytes:
+    """The message as Django's SMTP backend sends it."""
+    if _DJANGO_6:
+        return bytes(email_message.message(policy=email.policy.SMTP).as_bytes())
+    return bytes(email_message.message().as_bytes(linesep="\r\n"))
 
 
 class RecipientsRefusedError(smtplug.ResponseError):
@@ -255,7 +278,7 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]
         encoding = email_message.encoding or settings.DEFAULT_CHARSET
         from_email = _sanitize(email_message.from_email, encoding)
         recipients = [_sanitize(addr, encoding) for addr in email_message.recipients()]
-        data = email_message.message().as_bytes(linesep="\r\n")
+        data = _serialise(email_message)
         assert self.connection is not None
         try:
             result = self.connection.sendmessage(
