@@ -8,6 +8,7 @@ from email.message import EmailMessage
 import pytest
 
 import smtplug
+from scripted import send_to
 from smtplug import DSN, InvalidInputError, TLSError
 from smtplug.protocol.dsn import xtext
 from smtplug.testing import ScriptedServer
@@ -24,12 +25,7 @@ def message(to: str = "bob@example.org, carol@example.org") -> EmailMessage:
 
 
 def send(server: ScriptedServer, msg: object = None, **options):
-    options.setdefault("usetls", False)
-    options.setdefault("timeout", 5)
-    options.setdefault("client", "localhost")
-    return smtplug.sendmessage(
-        message() if msg is None else msg, servers="127.0.0.1", ports=server.port, **options
-    )
+    return send_to([server], message() if msg is None else msg, **options)
 
 
 def lines(server: ScriptedServer, verb: str) -> list[str]:

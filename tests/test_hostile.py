@@ -24,6 +24,7 @@ from email.message import EmailMessage, Message
 import pytest
 
 import smtplug
+from scripted import send_to
 from smtplug import (
     AuthenticationError,
     ConnectError,
@@ -52,25 +53,12 @@ def message() -> EmailMessage:
 
 
 def send(server: ScriptedServer, msg: object = None, **options):
-    options.setdefault("usetls", False)
-    options.setdefault("timeout", 5)
-    options.setdefault("client", "localhost")
-    return smtplug.sendmessage(
-        message() if msg is None else msg, servers="127.0.0.1", ports=server.port, **options
-    )
+    return send_to([server], message() if msg is None else msg, **options)
 
 
 def send_two(first: ScriptedServer, second: ScriptedServer, **options):
     """Send with ``servers=[first, second]`` (ports in tandem, as Tcllib)."""
-    options.setdefault("usetls", False)
-    options.setdefault("timeout", 5)
-    options.setdefault("client", "localhost")
-    return smtplug.sendmessage(
-        message(),
-        servers=["127.0.0.1", "127.0.0.1"],
-        ports=[first.port, second.port],
-        **options,
-    )
+    return send_to([first, second], message(), **options)
 
 
 def only_failure(info: pytest.ExceptionInfo[ConnectError]) -> smtplug.SMTPError:

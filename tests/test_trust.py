@@ -18,6 +18,7 @@ from email.message import EmailMessage
 import pytest
 
 import smtplug
+from scripted import client_for, send_to
 from smtplug import (
     ConnectError,
     ConnectionLostError,
@@ -40,19 +41,11 @@ def message(subject: str = "trust", to: str = "bob@example.org") -> EmailMessage
 
 
 def client(server: ScriptedServer, **options) -> smtplug.Client:
-    options.setdefault("usetls", False)
-    options.setdefault("timeout", 5)
-    options.setdefault("client", "localhost")
-    return smtplug.Client(servers="127.0.0.1", ports=server.port, **options)
+    return client_for(server, **options)
 
 
 def send(server: ScriptedServer, msg: object = None, **options):
-    options.setdefault("usetls", False)
-    options.setdefault("timeout", 5)
-    options.setdefault("client", "localhost")
-    return smtplug.sendmessage(
-        message() if msg is None else msg, servers="127.0.0.1", ports=server.port, **options
-    )
+    return send_to([server], message() if msg is None else msg, **options)
 
 
 # -- a refused BDAT resets the transaction -------------------------------------

@@ -1,0 +1,34 @@
+"""Sending to smtplug.testing.ScriptedServer from tests: the usual options once.
+
+Plain text, a 5 s wait and the EHLO name ``localhost`` unless a test says
+otherwise; ``servers`` are the scripted servers given, on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import smtplug
+from smtplug.testing import ScriptedServer
+
+
+def _defaults(options: dict[str, Any]) -> dict[str, Any]:
+    options.setdefault("usetls", False)
+    options.setdefault("timeout", 5)
+    options.setdefault("client", "localhost")
+    return options
+
+
+def send_to(servers: list[ScriptedServer], msg: object, **options: Any) -> smtplug.SendResult:
+    """``smtplug.sendmessage(msg)`` to ``servers``, in order (failover)."""
+    return smtplug.sendmessage(
+        msg,
+        servers=["127.0.0.1"] * len(servers),
+        ports=[server.port for server in servers],
+        **_defaults(options),
+    )
+
+
+def client_for(server: ScriptedServer, **options: Any) -> smtplug.Client:
+    """A kept ``smtplug.Client`` for ``server``."""
+    return smtplug.Client(servers="127.0.0.1", ports=server.port, **_defaults(options))
