@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import itertools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -344,6 +345,9 @@ def _decide(
         )
 
 
+#: Numbers for the connections of this process (``ConnectionInfo.connection``).
+_CONNECTIONS = itertools.count(1)
+
 #: What an OpenSSL handshake says when the server answered in plain text.
 _PLAIN_SMTP = re.compile(r"wrong version number|http request|packet length too long", re.I)
 
@@ -351,7 +355,7 @@ _PLAIN_SMTP = re.compile(r"wrong version number|http request|packet length too l
 def _establish(
     plan: ConnectionPlan, hook: Any, server: str, port: int, *, starttls: bool
 ) -> tuple[Connection, Capabilities]:
-    info = ConnectionInfo(server, port, plan.transport.name)
+    info = ConnectionInfo(server, port, plan.transport.name, connection=next(_CONNECTIONS))
     hook.smtplug_on_event(info=info, event=f"Trying {server}:{port}...")
     try:
         stream = plan.transport.connect(
@@ -366,7 +370,7 @@ def _establish(
             "implicit TLS, usually 465)",
             exc.code,
         ) from exc
-    info = ConnectionInfo(server, port, plan.transport.name, stream.tls)
+    info = dataclasses.replace(info, tls=stream.tls)
     connection = Connection(stream, info, hook, sessions=plan.tls_sessions)
     try:
         if stream.tls:

@@ -39,12 +39,17 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class ConnectionInfo:
-    """What observers are told about the connection an event belongs to."""
+    """What observers are told about the connection an event belongs to.
+
+    ``connection`` numbers the connections of this process (from 1; 0 before
+    one is opened), so that the records of one session can be told apart.
+    """
 
     server: str
     port: int
     transport: str
     tls: bool = False
+    connection: int = 0
 
 
 @runtime_checkable

@@ -3,7 +3,11 @@
 :class:`Observers` has the observation hooks' names and signatures, so the
 driver calls it as it would call ``manager.hook``; it writes Tcllib's
 ``-debug`` transcript to stderr when asked, the same lines to the ``smtplug``
-logger at DEBUG level, and calls the plugins' observation hooks (skipped when
+logger at DEBUG level (each record carrying its data as attributes, for JSON
+log handlers: ``smtplug_direction`` ("sent", "received" or "event"),
+``smtplug_server``, ``smtplug_port``, ``smtplug_connection``, ``smtplug_tls``,
+``smtplug_verb`` for a command, ``smtplug_code`` and ``smtplug_enhanced`` for
+a reply line; credentials already redacted), and calls the plugins' observation hooks (skipped when
 no plugin implements one).
 """
 
@@ -42,27 +46,40 @@ class Observers:
             or logger.isEnabledFor(logging.DEBUG)
         )
 
-    def _emit(self, info: ConnectionInfo, text: str) -> None:
+    def _emit(self, info: ConnectionInfo, text: str, extra: dict[str, object]) -> None:
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s:%s %s", info.server, info.port, text)
+            extra["smtplug_server"] = info.server
+            extra["smtplug_port"] = info.port
+            extra["smtplug_connection"] = info.connection
+            extra["smtplug_tls"] = info.tls
+            logger.debug("%s:%s %s", info.server, info.port, text, extra=extra)
         if self._debug:
             out = self._stream or sys.stderr
             out.write(text + "\n")
             out.flush()
 
     def smtplug_on_event(self, *, info: ConnectionInfo, event: str) -> None:
-        self._emit(info, f"    ... {event}")
+        self._emit(info, f"    ... {event}", {"smtplug_direction": "event"})
         if self._event is not None:
             self._event(info=info, event=event)
 
     def smtplug_on_command(self, *, info: ConnectionInfo, command: str) -> None:
-        self._emit(info, f"--> {command}")
+        verb = command.split(" ", 1)[0].upper()
+        self._emit(info, f"--> {command}", {"smtplug_direction": "sent", "smtplug_verb": verb})
         if self._command is not None:
             self._command(info=info, command=command)
 
     def smtplug_on_reply(self, *, info: ConnectionInfo, reply: Reply) -> None:
         if self._debug or logger.isEnabledFor(logging.DEBUG):
             for line in str(reply).split("\n"):
-                self._emit(info, f"<-- {line}")
+                self._emit(
+                    info,
+                    f"<-- {line}",
+                    {
+                        "smtplug_direction": "received",
+                        "smtplug_code": reply.code,
+                        "smtplug_enhanced": reply.enhanced,
+                    },
+                )
         if self._reply is not None:
             self._reply(info=info, reply=reply)
