@@ -685,7 +685,9 @@ class Client:
                         f"{_what_failed(exc)}: the message may or may not have been delivered"
                     ) from exc
                 raise
-            if outcome.session_over:
+            if outcome.session_over or connection.broken:
+                # (Broken: a read or write failed on the way, whatever the step
+                # made of it; the connection carries no further command.)
                 self._drop()
             if outcome.refused and not outcome.delivered:
                 logger.warning(
