@@ -206,6 +206,34 @@ class Postfix:
                 )
             time.sleep(0.02)
 
+    def log_offset(self) -> int:
+        """The log's size now: pass it to :meth:`wait_for_log` to look only after it."""
+        try:
+            return len(self.log.read_text(errors="replace"))
+        except OSError:
+            return 0
+
+    def wait_for_log(self, text: str, offset: int = 0, timeout: float = 10.0) -> str:
+        """Wait until ``text`` appears in the log after ``offset``; returns that part.
+
+        Postfix's daemons hand their lines to postlogd, which writes them
+        asynchronously: a line about a session the client has finished with
+        may land a moment later. Raises :class:`PostfixError` after ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                since = self.log.read_text(errors="replace")[offset:]
+            except OSError:
+                since = ""
+            if text in since:
+                return since
+            if time.monotonic() >= deadline:
+                raise PostfixError(
+                    f"{text!r} not logged within {timeout} s; log:\n{self.log_tail()}"
+                )
+            time.sleep(0.02)
+
     def log_tail(self, lines: int = 40) -> str:
         """The last ``lines`` lines of Postfix's log, for failure messages."""
         try:

@@ -4,8 +4,6 @@ credentials (a wrong, long password: the harness has one user, with a short one)
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 import smtplug
@@ -18,7 +16,7 @@ pytestmark = pytest.mark.interop
 
 def test_long_plain_response_after_the_empty_challenge(postfix_clean, capsys):
     pf = postfix_clean
-    offset = len(Path(pf.log).read_text(errors="replace"))
+    offset = pf.log_offset()
     password = pf.password + "-" + "x" * 600  # AUTH PLAIN <base64> would be over 800 octets
     with pytest.raises(AuthenticationError) as info:
         smtplug.sendmessage(
@@ -35,6 +33,5 @@ def test_long_plain_response_after_the_empty_challenge(postfix_clean, capsys):
     # 535 (credentials wrong), not 500/501 (line refused, or the exchange misframed).
     assert info.value.code == 535
     assert password not in str(info.value)
-    log = Path(pf.log).read_text(errors="replace")[offset:]
-    assert "SASL PLAIN authentication failed" in log
+    pf.wait_for_log("SASL PLAIN authentication failed", offset)
     assert pf.messages() == []

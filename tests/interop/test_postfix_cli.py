@@ -10,7 +10,6 @@ import email.policy
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -97,14 +96,14 @@ def auth_server(pf) -> list[str]:
 
 def test_auth_password_from_file(postfix_clean, tmp_path):
     pf = postfix_clean
-    offset = len(Path(pf.log).read_text(errors="replace"))
+    offset = pf.log_offset()
     path = tmp_path / "password"
     path.write_text(pf.password + "\n")
     done = run(*auth_server(pf), "--password-file", str(path), *envelope("cli auth file"))
     assert done.returncode == 0, done.stderr
     (got,) = delivered(pf)
     assert got["Subject"] == "cli auth file"
-    assert f"sasl_username={pf.user}" in Path(pf.log).read_text(errors="replace")[offset:]
+    pf.wait_for_log(f"sasl_username={pf.user}", offset)
 
 
 @pytest.mark.parametrize("variable", ["SMTPLUG_PASSWORD", "MY_SMTP_PASSWORD"])

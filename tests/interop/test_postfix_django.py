@@ -114,6 +114,7 @@ def test_auth_with_the_realm_and_a_wrong_password(postfix_clean):
 
 def test_implicit_tls_with_a_client_certificate_and_auth(postfix_clean):
     pf = postfix_clean
+    offset = pf.log_offset()
     backend = EmailBackend(
         host=pf.host,
         port=pf.smtps_port,
@@ -132,7 +133,7 @@ def test_implicit_tls_with_a_client_certificate_and_auth(postfix_clean):
     assert sorted(m["Subject"] for m in got) == ["ssl one", "ssl two"]
     assert all("using TLS" in m["Received"] for m in got)
     assert all(f"Authenticated sender: {pf.user}" in m["Received"] for m in got)
-    assert "Trusted TLS connection established" in pf.log_tail(200)
+    pf.wait_for_log("Trusted TLS connection established", offset)
 
 
 def test_alternatives_attachments_and_non_ascii(postfix_clean):

@@ -105,6 +105,7 @@ def test_implicit_tls(postfix_clean, backend):
 
 def test_client_certificate_is_trusted_by_postfix(postfix_clean, backend):
     pf = postfix_clean
+    offset = pf.log_offset()
     result = smtplug.sendmessage(
         message("client cert"),
         servers=[pf.host],
@@ -118,7 +119,7 @@ def test_client_certificate_is_trusted_by_postfix(postfix_clean, backend):
     )
     assert result.accepted
     delivered(pf)
-    assert "Trusted TLS connection established" in pf.log_tail(200)
+    pf.wait_for_log("Trusted TLS connection established", offset)
 
 
 @pytest.mark.parametrize("tlsimport", [False, True], ids=["starttls", "implicit"])
