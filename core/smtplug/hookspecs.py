@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import pluggy
 
 from smtplug.interfaces import (
+    AsyncTransport,
     ConnectionInfo,
     SASLMechanism,
     TLSBackend,
@@ -45,6 +46,18 @@ def smtplug_register_transports() -> Sequence[Transport]:  # type: ignore[empty-
     server (``plain``: TCP; ``starttls``: TCP that can be upgraded;
     ``implicit-tls``: TLS from the first byte). The core picks one by name
     from the ``usetls``/``tlsimport`` options.
+    """
+
+
+@hookspec
+def smtplug_register_async_transports() -> Sequence[AsyncTransport]:  # type: ignore[empty-body]
+    """Return the asyncio variants of the transports this plugin provides.
+
+    Called once per registry build. Each is registered under the name of the
+    blocking transport it mirrors (``plain``, ``starttls``, ``implicit-tls``);
+    :class:`smtplug.AsyncClient` and :func:`smtplug.asendmessage` pick them by
+    the same rules. A transport without an async variant cannot be used from
+    the async API (a clear error names it).
     """
 
 

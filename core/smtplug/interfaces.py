@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
+    "AsyncResumableStream",
+    "AsyncStream",
+    "AsyncTLSStream",
+    "AsyncTransport",
+    "AsyncUpgradableStream",
     "ConnectionInfo",
+    "EngineTLSBackend",
     "OAuthTokenProvider",
     "ResumableStream",
     "SASLCredentials",
@@ -26,6 +32,7 @@ __all__ = [
     "SASLMechanism",
     "Stream",
     "TLSBackend",
+    "TLSEngine",
     "TLSFailure",
     "TLSFailureKind",
     "TLSInfo",
@@ -162,7 +169,9 @@ class UpgradableStream(Stream, Protocol):
 
 @runtime_checkable
 class TLSBackend(Protocol):
-    """Secures a connected socket with TLS (``stdlib``, ``pyopenssl``).
+    """Secures a connection with TLS (``stdlib``, ``pyopenssl``): a connected
+    blocking socket (``wrap``), or memory buffers (``engine``) for a driver
+    that does its own I/O.
 
     ``check`` validates ``options`` for this backend (a ``context`` of the
     wrong type, unreadable files) and raises
@@ -191,6 +200,132 @@ class TLSBackend(Protocol):
         timeout: float | None,
         session: object | None = None,
     ) -> TLSStream: ...
+
+
+@runtime_checkable
+class EngineTLSBackend(TLSBackend, Protocol):
+    """A :class:`TLSBackend` that can also run over memory buffers, and so
+    serve the asyncio driver (both built-in backends can). A backend without
+    ``engine`` still serves the blocking API; the async API names it in a
+    clear error.
+    """
+
+    def engine(
+        self,
+        *,
+        server_hostname: str,
+        options: TLSOptions,
+        session: object | None = None,
+    ) -> TLSEngine:
+        """A :class:`TLSEngine` for one connection to ``server_hostname``, with
+        ``wrap``'s guarantees (SNI, TLS 1.2 at least, chain and host name
+        verified during the handshake unless ``options.verify`` is False,
+        ``session`` resumed where possible); no I/O happens here."""
+        ...
+
+
+@runtime_checkable
+class TLSEngine(Protocol):
+    """A client TLS connection over memory buffers: no socket, never waits.
+
+    What a TLS backend hands a driver that owns its own I/O (the asyncio
+    driver): the driver moves records between the network and the engine.
+
+    * ``handshake()`` advances the handshake with the records received so
+      far; True once it is complete (then :meth:`info` is valid). It raises
+      :class:`smtplug.errors.TLSError` (``certificate=True`` when the
+      certificate chain or the host name did not verify: checked during the
+      handshake, before any application byte is exchanged).
+    * ``receive(data)`` hands over records read from the network (``b""``
+      when the peer closed the TCP connection).
+    * ``outgoing()`` returns the records to write now (``b""`` when none):
+      call it after every other method.
+    * ``read(max_bytes)`` returns decrypted bytes, None when more records are
+      needed, ``b""`` once the peer closed TLS (close_notify or EOF); raises
+      :class:`smtplug.errors.ConnectionLostError` on a TLS error.
+    * ``write(data)`` encrypts ``data`` (the records come from ``outgoing``).
+    * ``session()`` the session to resume on a later connection (read it
+      before closing: TLS 1.3 tickets arrive after the handshake), or None.
+    * ``close()`` queues close_notify (``outgoing`` has it); never raises.
+    """
+
+    def handshake(self) -> bool: ...
+
+    def receive(self, data: bytes) -> None: ...
+
+    def outgoing(self) -> bytes: ...
+
+    def read(self, max_bytes: int) -> bytes | None: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def info(self) -> TLSInfo: ...
+
+    def session(self) -> object | None: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncStream(Protocol):
+    """A connected byte channel for the asyncio driver: :class:`Stream`'s
+    contract with ``read`` and ``write`` awaited.
+
+    ``read(max_bytes, 0)`` does not wait: it returns what already arrived,
+    or raises :class:`smtplug.errors.ConnectionLostError` with
+    ``timed_out=True`` when nothing did. ``close`` is synchronous,
+    idempotent and never raises (it may queue close_notify and abort).
+    Cancelling a ``read`` or ``write`` leaves the stream unusable; the driver
+    closes it.
+    """
+
+    @property
+    def tls(self) -> bool: ...
+
+    async def read(self, max_bytes: int, timeout: float | None) -> bytes: ...
+
+    async def write(self, data: bytes, timeout: float | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncTLSStream(AsyncStream, Protocol):
+    """An asyncio stream encrypted by a TLS backend."""
+
+    @property
+    def tls_info(self) -> TLSInfo: ...
+
+
+@runtime_checkable
+class AsyncResumableStream(AsyncTLSStream, Protocol):
+    """An asyncio TLS stream whose session can be resumed later
+    (see :class:`ResumableStream`)."""
+
+    def tls_session(self) -> object | None: ...
+
+
+@runtime_checkable
+class AsyncUpgradableStream(AsyncStream, Protocol):
+    """A plain asyncio stream that can be secured in place (STARTTLS):
+    :meth:`UpgradableStream.start_tls`, awaited."""
+
+    async def start_tls(self, timeout: float | None) -> AsyncTLSStream: ...
+
+
+@runtime_checkable
+class AsyncTransport(Protocol):
+    """The asyncio variant of a :class:`Transport`, registered under the same
+    name (``plain``, ``starttls``, ``implicit-tls``) through
+    ``smtplug_register_async_transports``. ``connect`` is awaited and raises
+    what :meth:`Transport.connect` raises; the ``options`` are the same.
+    """
+
+    name: str
+
+    async def connect(
+        self, host: str, port: int, *, timeout: float | None, options: Mapping[str, Any]
+    ) -> AsyncStream: ...
 
 
 @dataclass(frozen=True, slots=True)

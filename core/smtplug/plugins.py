@@ -24,7 +24,7 @@ import pluggy
 
 from smtplug import hookspecs
 from smtplug.errors import InvalidInputError, PluginError
-from smtplug.interfaces import SASLMechanism, TLSBackend, TLSPolicy, Transport
+from smtplug.interfaces import AsyncTransport, SASLMechanism, TLSBackend, TLSPolicy, Transport
 
 __all__ = ["ENTRY_POINT_GROUP", "InstalledPlugin", "Registry", "build_registry", "installed"]
 
@@ -95,6 +95,7 @@ class Registry:
     tls_backends: Mapping[str, TLSBackend]
     sasl_mechanisms: Mapping[str, SASLMechanism]
     tls_policies: Mapping[str, TLSPolicy]
+    async_transports: Mapping[str, AsyncTransport]
 
     @property
     def hook(self) -> Any:
@@ -166,4 +167,5 @@ def _build_registry(
         tls_backends=_index("TLS backend", hook.smtplug_register_tls_backends()),
         sasl_mechanisms=_index("SASL mechanism", hook.smtplug_register_sasl_mechanisms()),
         tls_policies=_index("TLS policy", hook.smtplug_register_tls_policies()),
+        async_transports=_index("async transport", hook.smtplug_register_async_transports()),
     )
