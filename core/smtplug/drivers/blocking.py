@@ -1,0 +1,240 @@
+"""The blocking driver: runs a program (:mod:`smtplug.actions`) over blocking streams.
+
+It performs each action a program yields on its one current connection and
+sends back the result, or throws the error the action raised into the
+program at that yield (the program decides what it means). An exception
+that is not an ``Exception`` (``KeyboardInterrupt``) closes the current
+connection and ends the program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Generator, Mapping, MutableMapping
+from typing import Any, TypeVar
+
+from smtplug.actions import Close, Open, Poll, Probe, Receive, Send, Upgrade
+from smtplug.errors import ConnectionLostError, ProtocolError, TLSError
+from smtplug.interfaces import (
+    ResumableStream,
+    Stream,
+    TLSInfo,
+    TLSStream,
+    Transport,
+    UpgradableStream,
+)
+from smtplug.observe import Observers, logger
+from smtplug.protocol import Reply
+from smtplug.wire import Wire
+
+__all__ = ["BlockingDriver"]
+
+T = TypeVar("T")
+
+_READ_SIZE = 65536
+#: Reads at most made to collect what the server sent before a write failed.
+_DRAIN_READS = 16
+
+
+def _tls_of(stream: Stream) -> TLSInfo | None:
+    return stream.tls_info if stream.tls and isinstance(stream, TLSStream) else None
+
+
+class BlockingDriver:
+    """Performs actions with one transport, on one current connection at a time.
+
+    ``sessions`` keeps TLS sessions by ``(server, port)``: a connection's is
+    saved when it closes, for the transport to resume next time.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        options: Mapping[str, Any],
+        hook: Observers,
+        sessions: MutableMapping[tuple[str, int], object],
+    ) -> None:
+        self._transport = transport
+        self._options = options
+        self._hook = hook
+        self._sessions = sessions
+        self._stream: Stream | None = None
+        self.wire: Wire | None = None
+
+    def run(self, program: Generator[Any, Any, T]) -> T:
+        """Run ``program`` to its end and return its value (or raise its error)."""
+        try:
+            action = next(program)
+            while True:
+                try:
+                    result = self._perform(action)
+                except Exception as exc:
+                    wire = self.wire
+                    if wire is not None:
+                        wire.io_failed(exc)
+                    action = program.throw(exc)
+                else:
+                    action = program.send(result)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        except Exception:
+            raise
+        except BaseException:
+            self.close()
+            program.close()
+            raise
+
+    def _perform(self, action: object) -> Any:
+        kind = type(action)
+        if kind is Receive:
+            return self._receive(action)  # type: ignore[arg-type]
+        if kind is Send:
+            self._send(action)  # type: ignore[arg-type]
+            return None
+        if kind is Poll:
+            return self._poll()
+        if kind is Open:
+            return self._open(action)  # type: ignore[arg-type]
+        if kind is Close:
+            self.close()
+            return None
+        if kind is Probe:
+            return self._probe()
+        if kind is Upgrade:
+            self._upgrade(action.timeout)  # type: ignore[attr-defined]
+            return None
+        raise TypeError(f"unknown action {action!r}")
+
+    def _current(self) -> tuple[Wire, Stream]:
+        if self.wire is None or self._stream is None:
+            raise ConnectionLostError("no connection is open")
+        return self.wire, self._stream
+
+    # -- opening and closing ---------------------------------------------------------
+
+    def _open(self, action: Open) -> Wire:
+        self.close()
+        info = action.info
+        stream = self._transport.connect(
+            info.server, info.port, timeout=action.timeout, options=self._options
+        )
+        if stream.tls:
+            info = dataclasses.replace(info, tls=True)
+        self._stream = stream
+        self.wire = Wire(
+            info, self._hook, _tls_of(stream), can_start_tls=isinstance(stream, UpgradableStream)
+        )
+        return self.wire
+
+    def close(self) -> None:
+        """Close the current connection (idempotent); its wire is broken after."""
+        wire, stream = self.wire, self._stream
+        self.wire = self._stream = None
+        if wire is None or stream is None:
+            return
+        wire.broken = True
+        # (A protocol isinstance check is slow: only a TLS stream can resume.)
+        if stream.tls and isinstance(stream, ResumableStream):
+            session = stream.tls_session()
+            if session is not None:
+                self._sessions[(wire.info.server, wire.info.port)] = session
+        stream.close()
+        try:
+            wire.event("closed")
+        except Exception as exc:  # an observer's: closing never raises
+            logger.error("observer failed at close: %s", type(exc).__name__, exc_info=exc)
+
+    # -- bytes -------------------------------------------------------------------------
+
+    def _receive(self, action: Receive) -> Reply:
+        wire, stream = self._current()
+        # Pipelined replies often arrived together: take one already parsed.
+        reply = wire.reply()
+        if reply is not None:
+            return reply
+        if not wire.readable:
+            # Every reply the server sent before the write failed is read.
+            raise wire.lost_after_write()
+        timeout = action.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        remaining = timeout  # the first read waits it all; later ones what is left
+        while True:
+            try:
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError
+                data = stream.read(_READ_SIZE, remaining)
+            except (TimeoutError, ConnectionLostError) as exc:
+                if isinstance(exc, ConnectionLostError) and not exc.timed_out:
+                    raise
+                raise wire.no_reply(action.command, timeout) from exc
+            if not data:
+                raise wire.closed_while_waiting(action.command)
+            wire.feed(data)
+            reply = wire.reply()
+            if reply is not None:
+                return reply
+            remaining = None if deadline is None else deadline - time.monotonic()
+
+    def _send(self, action: Send) -> None:
+        wire, stream = self._current()
+        wire.before_send(action)
+        try:
+            stream.write(action.data, action.timeout)
+        except ConnectionLostError as exc:
+            # The server may have answered (a refusal, a 421) and closed.
+            wire.write_failed(exc)
+            self._drain(wire, stream)
+            raise wire.lost_after_write() from exc
+
+    def _poll(self) -> Reply | None:
+        """A reply the server has sent, without waiting for one."""
+        wire, stream = self._current()
+        reply = wire.reply()
+        if reply is None and wire.readable:
+            try:
+                data = stream.read(_READ_SIZE, 0)
+            except ConnectionLostError as exc:
+                if not exc.timed_out:  # reset: nothing more can be written
+                    wire.write_failed(exc)
+                return None
+            if not data:
+                wire.closed_by_peer()
+                return None
+            wire.feed(data)
+            reply = wire.reply()
+        return reply
+
+    def _drain(self, wire: Wire, stream: Stream) -> None:
+        """After a failed write: whatever the server sent, without waiting."""
+        for _ in range(_DRAIN_READS):
+            try:
+                data = stream.read(_READ_SIZE, 0)
+            except ConnectionLostError:
+                return
+            if not data:
+                return
+            try:
+                wire.feed(data)
+            except ProtocolError:
+                return  # the replies completed before the violation are kept
+
+    def _probe(self) -> bool:
+        wire, stream = self._current()
+        if wire.pending:
+            return True
+        try:
+            data = stream.read(_READ_SIZE, 0)
+        except ConnectionLostError as exc:
+            return not exc.timed_out  # timed out at once: nothing to read, alive
+        if data:
+            wire.feed(data)  # unsolicited bytes: the session ends here
+        return True
+
+    def _upgrade(self, timeout: float | None) -> None:
+        wire, stream = self._current()
+        wire.before_tls()
+        if not isinstance(stream, UpgradableStream):
+            raise TLSError("this connection's transport cannot start TLS")
+        self._stream = stream.start_tls(timeout)
+        wire.after_tls(_tls_of(self._stream))
