@@ -28,27 +28,19 @@ from smtplug.connect import (
     CallablePolicy,
     ConnectionPlan,
     TLSPolicyCallable,
-    open_session,
 )
-from smtplug.driver import Connection
-from smtplug.errors import (
-    ConnectionLostError,
-    DeliveryUnknownError,
-    InvalidInputError,
-    ResponseError,
-    ServerFailure,
-    SMTPError,
-    TLSError,
-)
+from smtplug.drivers.blocking import BlockingDriver
+from smtplug.errors import InvalidInputError
 from smtplug.interfaces import (
     SASLCredentials,
     TLSBackend,
     TLSOptions,
     TLSPolicy,
 )
-from smtplug.observe import Observers, logger
+from smtplug.observe import Observers
 from smtplug.plugins import Registry, build_registry
-from smtplug.protocol import Capabilities, commands
+from smtplug.program import Conduct
+from smtplug.protocol import commands
 from smtplug.protocol.data import LineCheck
 from smtplug.protocol.dsn import DSN, mail_parameters
 from smtplug.results import SendResult
@@ -453,8 +445,13 @@ class Client:
             ),
             timeouts=timeouts_value,
         )
-        self._connection: Connection | None = None
-        self._capabilities: Capabilities | None = None
+        self._conduct = Conduct(self._plan, self._observers)
+        self._driver = BlockingDriver(
+            self._plan.transport,
+            self._plan.transport_options,
+            self._observers,
+            self._plan.tls_sessions,
+        )
         self._lock = threading.Lock()
         self._owner: int | None = None  # the thread inside a call, if any
 
@@ -465,14 +462,14 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        state = "connected" if self._connection is not None else "not connected"
+        state = "connected" if self._conduct.wire is not None else "not connected"
         targets = ", ".join(f"{server}:{port}" for server, port in self._plan.targets)
         return f"<smtplug.Client {targets} ({state})>"
 
     @property
     def connected(self) -> bool:
         """True while a session is open (it may still turn out to be stale)."""
-        return self._connection is not None and not self._connection.broken
+        return self._conduct.connected
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -502,24 +499,11 @@ class Client:
             self._close()
 
     def _close(self) -> None:
-        connection, self._connection = self._connection, None
-        self._capabilities = None
-        if connection is None:
-            return
-        try:
-            if not connection.broken:
-                with contextlib.suppress(SMTPError):
-                    connection.run(session.quit(self._plan.timeouts))
-        except Exception as exc:  # an observer's, at QUIT: the work is done
-            logger.error("while closing: %s", type(exc).__name__, exc_info=exc)
-        finally:
-            connection.close()
+        self._driver.run(self._conduct.close())
 
     def _drop(self) -> None:
-        connection, self._connection = self._connection, None
-        self._capabilities = None
-        if connection is not None:
-            connection.close()
+        self._conduct.forget()
+        self._driver.close()
 
     def sendmessage(
         self,
@@ -590,149 +574,16 @@ class Client:
         extras = mail_parameters(
             dsn=dsn, requiretls=requiretls, mail_options=mail_options, rcpt_options=rcpt_options
         )
-        timeouts = self._plan.timeouts
-        failed: list[ServerFailure] = []
-        attempt = 0
-        while True:
-            attempt += 1
-            reused = self._connection is not None
-            if (
-                self._connection is not None
-                and self._capabilities is not None
-                and self._capabilities.has("CHUNKING")
-                and self._capabilities.has("PIPELINING")
-                and self._connection.peer_closed()
-            ):
-                # The whole message would go in the first write: make sure
-                # the kept session is still there, or the delivery could end
-                # unknown. Any other transaction finds out at MAIL.
-                self._connection.event("the kept session is gone; reconnecting")
-                self._drop()
-            if self._connection is None or self._capabilities is None:
-                self._connection, self._capabilities = open_session(
-                    self._plan, self._observers, failed=failed
-                )
-            connection, capabilities = self._connection, self._capabilities
-            if extras is not None and extras.requiretls:
-                _check_requiretls(connection)
-            outcome = session.TransactionOutcome()
-            try:
-                if queue and capabilities.has("XQUE"):
-                    connection.run(session.queue(timeouts))
-                connection.run(
-                    session.transaction(
-                        message=prepared,
-                        capabilities=capabilities,
-                        atleastone=atleastone,
-                        timeouts=timeouts,
-                        outcome=outcome,
-                        quit_after=last,
-                        progress=progress,
-                        extras=extras,
-                    )
-                )
-            except (ConnectionLostError, ResponseError) as exc:
-                again = prepared.body.restartable or not prepared.body.started
-                # A kept session the server closed while idle (or answers 421
-                # to MAIL): reconnect once, transparently.
-                stale = (
-                    reused
-                    and attempt == 1
-                    and outcome.stage == "mail"
-                    and (isinstance(exc, ConnectionLostError) or exc.code == 421)
-                    and again
-                )
-                # 421 anywhere before the end of the message: a temporary
-                # failure of this server; nothing was delivered, try the next.
-                closing = (
-                    not stale
-                    and isinstance(exc, ResponseError)
-                    and exc.code == 421
-                    and outcome.stage != "sent"
-                    and again
-                )
-                if connection.broken or outcome.session_over or stale or closing:
-                    self._drop()
-                elif not last:
-                    with contextlib.suppress(SMTPError):
-                        connection.run(session.reset(timeouts))
-                if stale:
-                    connection.event(f"the kept session is gone ({exc.diagnostic}); reconnecting")
-                    continue
-                if closing:
-                    info = connection.info
-                    failed.append(ServerFailure(info.server, info.port, exc))
-                    connection.event(f"server failed: {exc}; trying the next server")
-                    continue
-                raise
-            except BaseException as exc:
-                self._drop()
-                if not isinstance(exc, Exception) or isinstance(exc, DeliveryUnknownError):
-                    raise
-                if outcome.delivered:
-                    # The server said 250 to the message's end: that is not
-                    # undone by what failed afterwards (an observer at QUIT).
-                    logger.error(
-                        "after the message was delivered: %s", type(exc).__name__, exc_info=exc
-                    )
-                    return self._result(outcome, connection)
-                if outcome.stage == "sent":
-                    # The end is on the wire: whatever failed next (a broken
-                    # reply, an observer, a progress callback) leaves the
-                    # server's answer unknown, and so the delivery.
-                    raise DeliveryUnknownError(
-                        f"the end of the message was sent to {connection.info.server}, then "
-                        f"{_what_failed(exc)}: the message may or may not have been delivered"
-                    ) from exc
-                raise
-            if outcome.session_over or connection.broken:
-                # (Broken: a read or write failed on the way, whatever the step
-                # made of it; the connection carries no further command.)
-                self._drop()
-            if outcome.refused and not outcome.delivered:
-                logger.warning(
-                    "%s:%s: message NOT sent: %d recipient(s) refused (%s)%s",
-                    connection.info.server,
-                    connection.info.port,
-                    len(outcome.refused),
-                    "; ".join(f"{a}: {c} {d}" for a, c, d in outcome.refused[:3]),
-                    "; atleastone=True would send it to the others"
-                    if outcome.accepted_recipients and not atleastone
-                    else "",
-                )
-            return self._result(outcome, connection)
-
-    @staticmethod
-    def _result(outcome: session.TransactionOutcome, connection: Connection) -> SendResult:
-        return SendResult(
-            outcome.refused,
-            accepted=outcome.delivered,
-            server=connection.info.server,
-            port=connection.info.port,
-            reply=outcome.reply,
-            recipients=outcome.accepted_recipients,
-            tls=connection.tls_info,
+        return self._driver.run(
+            self._conduct.send(
+                prepared,
+                atleastone=atleastone,
+                queue=queue,
+                progress=progress,
+                last=last,
+                extras=extras,
+            )
         )
-
-
-def _check_requiretls(connection: Connection) -> None:
-    """RFC 8689: a REQUIRETLS message goes only over TLS with a verified
-    certificate and host name."""
-    tls = connection.tls_info
-    if tls is None or not tls.verified:
-        state = "in plain text" if tls is None else "over TLS whose certificate was not verified"
-        raise TLSError(
-            f"requiretls=True and the session with {connection.info.server} runs {state} "
-            "(RFC 8689 needs verified TLS): not sent",
-            policy=True,
-        )
-
-
-def _what_failed(exc: Exception) -> str:
-    if isinstance(exc, SMTPError):
-        return f"{type(exc).__name__}: {exc}"
-    # Not the text of a foreign exception: it could hold anything.
-    return f"an observer or callback raised {type(exc).__name__}"
 
 
 def sendmessage(

@@ -34,12 +34,12 @@ import dataclasses
 import ipaddress
 import itertools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from smtplug import session
-from smtplug.driver import Connection
+from smtplug.actions import CLOSE, Open
 from smtplug.errors import (
     AuthenticationError,
     ConnectError,
@@ -57,10 +57,10 @@ from smtplug.interfaces import (
     TLSFailureKind,
     TLSPolicy,
     Transport,
-    UpgradableStream,
 )
 from smtplug.observe import logger
 from smtplug.protocol import Capabilities
+from smtplug.wire import Wire
 
 __all__ = ["AuthPlan", "CallablePolicy", "ConnectionPlan", "is_loopback", "open_session"]
 
@@ -125,8 +125,10 @@ class ConnectionPlan:
 
 def open_session(
     plan: ConnectionPlan, hook: Any, *, failed: list[ServerFailure] | None = None
-) -> tuple[Connection, Capabilities]:
-    """The first server that greets, says hello and settles TLS as the policy wants.
+) -> Generator[Any, Any, tuple[Wire, Capabilities]]:
+    """A program: the first server that greets, says hello and settles TLS as
+    the policy wants (authenticated when the plan says so); its connection is
+    the driver's current one.
 
     ``failed`` collects the servers given up, in order; servers already in it
     (given up earlier in the same send, e.g. after a 421 mid-transaction) are
@@ -138,7 +140,7 @@ def open_session(
         if (server, port) in skip:
             continue
         try:
-            connection, capabilities = _establish(plan, hook, server, port, starttls=True)
+            wire, capabilities = yield from _establish(plan, hook, server, port, starttls=True)
         except SMTPError as exc:
             hook.smtplug_on_event(
                 info=ConnectionInfo(server, port, plan.transport.name),
@@ -151,18 +153,18 @@ def open_session(
             # caller's, and Tcllib does not move on either. A server that is
             # closing (421) or gone is a server failure like any other.
             try:
-                _authenticate(plan, plan.auth, connection, capabilities)
+                yield from _authenticate(plan, plan.auth, wire, capabilities)
             except (ResponseError, ConnectionLostError) as exc:
-                connection.close()
+                yield CLOSE
                 if isinstance(exc, ResponseError) and exc.code != 421:
                     raise
-                hook.smtplug_on_event(info=connection.info, event=f"server failed: {exc}")
+                hook.smtplug_on_event(info=wire.info, event=f"server failed: {exc}")
                 failures.append(ServerFailure(server, port, exc))
                 continue
-            except BaseException:
-                connection.close()
+            except Exception:
+                yield CLOSE
                 raise
-        return connection, capabilities
+        return wire, capabilities
     raise ConnectError.from_failures(failures)
 
 
@@ -190,16 +192,16 @@ _ON_REQUEST = frozenset({"EXTERNAL", "ANONYMOUS"})
 
 
 def _authenticate(
-    plan: ConnectionPlan, auth: AuthPlan, connection: Connection, capabilities: Capabilities
-) -> None:
+    plan: ConnectionPlan, auth: AuthPlan, wire: Wire, capabilities: Capabilities
+) -> Generator[Any, Any, None]:
     """AUTH with the strongest usable mechanism, then the next, as Tcllib does.
 
     Refuses to authenticate in the clear to a host that is not loopback unless
     the caller opted in; on an unencrypted link a failed mechanism is never
     followed by a weaker one (a man in the middle could be forcing that).
     """
-    info = connection.info
-    tls = connection.tls_info
+    info = wire.info
+    tls = wire.tls_info
     offered = capabilities.auth_mechanisms
     if not offered:
         after = " (not even after STARTTLS)" if tls is not None and plan.usetls else ""
@@ -234,7 +236,7 @@ def _authenticate(
         mechanism, attempt = pending.pop(0)
         renewed = attempt is not credentials
         if tls is None and failed_strength is not None and mechanism.strength < failed_strength:
-            connection.event(
+            wire.event(
                 f"not trying the weaker {mechanism.name} after a failure on an "
                 "unencrypted connection"
             )
@@ -249,25 +251,25 @@ def _authenticate(
                 raise AuthenticationError(
                     f"{mechanism.name}: the mechanism could not start ({type(exc).__name__})"
                 ) from exc
-            connection.run(session.authenticate(mechanism.name, exchange, plan.timeouts))
+            yield from wire.step(session.authenticate(mechanism.name, exchange, plan.timeouts))
         except AuthenticationError as exc:
             tried.append(_renewed(mechanism.name, exc.diagnostic) if renewed else exc.diagnostic)
             last = exc
             failed_strength = mechanism.strength
-            connection.event(f"authentication with {mechanism.name} failed")
-            if connection.broken or exc.server_unverified:
+            wire.event(f"authentication with {mechanism.name} failed")
+            if wire.broken or exc.server_unverified:
                 break
             if renewable and took_token and _token_refused(exc):
                 # The token may have expired: ask the provider for a new one and
                 # try the same mechanism once more with it (never the token shown).
                 renewable = False
                 pending.insert(0, (mechanism, _renewal(credentials)))
-                connection.event(
+                wire.event(
                     f"{mechanism.name} refused the OAuth token; trying once more "
                     "with a new one from the token provider"
                 )
             continue
-        connection.event(f"authenticated with {mechanism.name}")
+        wire.event(f"authenticated with {mechanism.name}")
         return
     assert last is not None
     raise AuthenticationError(
@@ -316,16 +318,16 @@ def _renewed(mechanism: str, diagnostic: str) -> str:
 
 def _decide(
     plan: ConnectionPlan,
-    connection: Connection,
+    wire: Wire,
     kind: TLSFailureKind,
     code: int,
     diagnostic: str,
 ) -> None:
     """Ask the policy; raise :class:`TLSError` when it says ``"secure"``."""
     decision = plan.policy.decide(TLSFailure(kind, code, diagnostic))
-    connection.event(f"TLS {kind}: {diagnostic}; policy {plan.policy.name} says {decision}")
+    wire.event(f"TLS {kind}: {diagnostic}; policy {plan.policy.name} says {decision}")
     if decision == "insecure":
-        info = connection.info
+        info = wire.info
         logger.warning(
             "%s:%s: going on WITHOUT TLS (%s: %s): the TLS policy %s allows it; anyone on "
             "the path can read and change the session (tlspolicy='require' refuses this)",
@@ -354,13 +356,11 @@ _PLAIN_SMTP = re.compile(r"wrong version number|http request|packet length too l
 
 def _establish(
     plan: ConnectionPlan, hook: Any, server: str, port: int, *, starttls: bool
-) -> tuple[Connection, Capabilities]:
+) -> Generator[Any, Any, tuple[Wire, Capabilities]]:
     info = ConnectionInfo(server, port, plan.transport.name, connection=next(_CONNECTIONS))
     hook.smtplug_on_event(info=info, event=f"Trying {server}:{port}...")
     try:
-        stream = plan.transport.connect(
-            server, port, timeout=plan.timeouts.connect, options=plan.transport_options
-        )
+        wire: Wire = yield Open(info, plan.timeouts.connect)
     except TLSError as exc:
         if _PLAIN_SMTP.search(exc.diagnostic) is None:
             raise
@@ -370,17 +370,16 @@ def _establish(
             "implicit TLS, usually 465)",
             exc.code,
         ) from exc
-    info = dataclasses.replace(info, tls=stream.tls)
-    connection = Connection(stream, info, hook, sessions=plan.tls_sessions)
+    implicit = wire.info.tls
     try:
-        if stream.tls:
-            _announce_tls(plan, connection)
+        if implicit:
+            _announce_tls(plan, wire)
         try:
-            connection.run(session.greet(plan.timeouts))
+            yield from wire.step(session.greet(plan.timeouts))
         except ConnectionLostError as exc:
             # Plain SMTP to an implicit-TLS port: the server waits for a TLS
             # handshake, so no greeting comes (RFC 8314, port 465).
-            if stream.tls or not (port == 465 or exc.timed_out):
+            if implicit or not (port == 465 or exc.timed_out):
                 raise
             hint = (
                 f"port {port} expects implicit TLS: use tlsimport=True"
@@ -392,57 +391,57 @@ def _establish(
                 exc.code,
                 timed_out=exc.timed_out,
             ) from exc
-        capabilities = connection.run(session.hello(plan.client, plan.timeouts))
-        if not plan.usetls or stream.tls:
-            return connection, capabilities
+        capabilities = yield from wire.step(session.hello(plan.client, plan.timeouts))
+        if not plan.usetls or implicit:
+            return wire, capabilities
         if not capabilities.starttls:
-            _decide(plan, connection, "absent", 454, f"{server} does not offer STARTTLS")
-            return connection, capabilities
-        if not isinstance(stream, UpgradableStream):
+            _decide(plan, wire, "absent", 454, f"{server} does not offer STARTTLS")
+            return wire, capabilities
+        if not wire.can_start_tls:
             _decide(
                 plan,
-                connection,
+                wire,
                 "unavailable",
                 454,
                 f"{server} offers STARTTLS but no STARTTLS transport plugin is in use",
             )
-            return connection, capabilities
+            return wire, capabilities
         if not starttls:
-            connection.event("STARTTLS not tried again: the policy chose plain text")
-            return connection, capabilities
+            wire.event("STARTTLS not tried again: the policy chose plain text")
+            return wire, capabilities
 
-        reply = connection.run(session.starttls(plan.timeouts))
+        reply = yield from wire.step(session.starttls(plan.timeouts))
         if reply.code != 220:
-            _decide(plan, connection, "refused", reply.code, f"STARTTLS refused: {reply}")
-            return connection, capabilities
+            _decide(plan, wire, "refused", reply.code, f"STARTTLS refused: {reply}")
+            return wire, capabilities
         try:
-            connection.run(session.upgrade(plan.timeouts))
+            yield from wire.step(session.upgrade(plan.timeouts))
         except TLSError as exc:
             if exc.attack:
                 raise
             kind: TLSFailureKind = "certificate" if exc.certificate else "handshake"
-            _decide(plan, connection, kind, exc.code, exc.diagnostic)
+            _decide(plan, wire, kind, exc.code, exc.diagnostic)
             # Carry on without TLS: the failed handshake left this connection
             # unusable, so open a fresh plain one that does not try again.
-            connection.close()
-            return _establish(plan, hook, server, port, starttls=False)
-        _announce_tls(plan, connection)
-        return connection, connection.run(session.hello(plan.client, plan.timeouts))
-    except BaseException:
-        connection.close()
+            yield CLOSE
+            return (yield from _establish(plan, hook, server, port, starttls=False))
+        _announce_tls(plan, wire)
+        return wire, (yield from wire.step(session.hello(plan.client, plan.timeouts)))
+    except Exception:
+        yield CLOSE
         raise
 
 
-def _announce_tls(plan: ConnectionPlan, connection: Connection) -> None:
-    tls = connection.tls_info
+def _announce_tls(plan: ConnectionPlan, wire: Wire) -> None:
+    tls = wire.tls_info
     if tls is None:
         return
     checked = "certificate verified" if tls.verified else "certificate NOT verified"
-    connection.event(f"TLS established: {tls.version} {tls.cipher} ({tls.backend}, {checked})")
+    wire.event(f"TLS established: {tls.version} {tls.cipher} ({tls.backend}, {checked})")
     if not plan.tls_verify:
         text = (
             "tls_verify=False: the server's certificate and host name are not "
             "checked; anyone on the path can read and change this session"
         )
-        connection.event(f"WARNING: {text}")
-        logger.warning("%s:%s: %s", connection.info.server, connection.info.port, text)
+        wire.event(f"WARNING: {text}")
+        logger.warning("%s:%s: %s", wire.info.server, wire.info.port, text)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 
 from smtplug import source
+from smtplug.actions import POLL, Action, Poll, Receive, Send, Upgrade
 from smtplug.envelope import PreparedMessage
 from smtplug.errors import (
     AuthenticationError,
@@ -44,10 +45,13 @@ from smtplug.protocol.data import BodyEncoder, DataEncoder, LineCheck
 from smtplug.protocol.dsn import MailParameters
 
 __all__ = [
+    "Action",
+    "Poll",
     "Receive",
     "Send",
     "Timeouts",
     "TransactionOutcome",
+    "Upgrade",
     "greet",
     "hello",
     "queue",
@@ -55,56 +59,6 @@ __all__ = [
     "reset",
     "transaction",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Write ``data``; ``display`` is what observers are shown (secrets redacted).
-
-    ``timeout``: seconds the peer may go without taking any of the bytes.
-    """
-
-    data: bytes
-    display: str
-    timeout: float
-    replies_due: bool = False
-    """Replies to commands already sent may be arriving (pipelining): bytes
-    the server sent are theirs, not unsolicited."""
-
-
-@dataclass(frozen=True, slots=True)
-class Receive:
-    """Read one complete reply within ``timeout`` seconds (``None``: no limit)."""
-
-    timeout: float | None
-    command: str  # what the reply answers, for error messages
-
-
-@dataclass(frozen=True, slots=True)
-class Upgrade:
-    """Secure the connection with TLS now (after a 220 to STARTTLS).
-
-    The driver refuses if any byte from the server is still unread (response
-    injection), runs the handshake within ``timeout`` seconds and starts a
-    fresh reply parser on the encrypted stream.
-    """
-
-    timeout: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Poll:
-    """Look, without waiting, whether the server has sent a reply: sent back
-    the next complete reply, or None.
-
-    Asked between the chunks of a message: a server may refuse it (and stop
-    reading) before its end, and no more of it should be uploaded then.
-    """
-
-
-_POLL = Poll()
-
-Action = Send | Receive | Upgrade | Poll
 
 
 #: The phases a wait belongs to, as :class:`Timeouts` names them.
@@ -360,7 +314,7 @@ def _data_body(
     for piece in _pieces(message, check):
         out = encoder.encode(piece)
         if out and len(previous) >= source.CHUNK:
-            _answered_early((yield _POLL), outcome)
+            _answered_early((yield POLL), outcome)
             if not (yield from _send(Send(previous, "", timeouts.block))):
                 return  # the server refused mid-message: the caller reads why
             previous = b""
@@ -370,7 +324,7 @@ def _data_body(
     tail = previous + encoder.finish()
     display = f"<message: {encoder.bytes_in} octets>" + ("\nQUIT" if trailer else "")
     if encoder.bytes_in > source.CHUNK:  # a message written in one piece needs no look
-        _answered_early((yield _POLL), outcome)
+        _answered_early((yield POLL), outcome)
     written = yield from _send_end(Send(tail + trailer, display, timeouts.block), trailer, outcome)
     if written and progress is not None:
         progress(encoder.bytes_in)
@@ -710,7 +664,7 @@ def transaction(
             if frames:
                 # Pipelined chunks: one the server refused fails the transaction
                 # (RFC 3030), and no further chunk is sent.
-                while frames and refusal is None and (answer := (yield _POLL)) is not None:
+                while frames and refusal is None and (answer := (yield POLL)) is not None:
                     frames -= 1
                     if answer.code != 250:
                         refusal = answer

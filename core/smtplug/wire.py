@@ -25,7 +25,10 @@ the connection, so that no driver makes a protocol decision:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Generator
+from typing import Any, TypeVar
 
+from smtplug.actions import Action, Send
 from smtplug.errors import (
     AuthenticationError,
     ConnectionLostError,
@@ -36,31 +39,65 @@ from smtplug.errors import (
 from smtplug.interfaces import ConnectionInfo, TLSInfo
 from smtplug.observe import Observers
 from smtplug.protocol import Reply, ReplyParser
-from smtplug.session import Send
 
 __all__ = ["Wire"]
+
+T = TypeVar("T")
 
 
 class Wire:
     """The sans-IO state of one connection to one server."""
 
-    __slots__ = ("_hook", "_parser", "_watching", "_write_error", "broken", "info", "tls_info")
+    __slots__ = (
+        "_hook",
+        "_parser",
+        "_watching",
+        "_write_error",
+        "broken",
+        "can_start_tls",
+        "info",
+        "tls_info",
+    )
 
-    def __init__(self, info: ConnectionInfo, hook: Observers, tls_info: TLSInfo | None) -> None:
+    def __init__(
+        self,
+        info: ConnectionInfo,
+        hook: Observers,
+        tls_info: TLSInfo | None,
+        *,
+        can_start_tls: bool = False,
+    ) -> None:
         self.info = info
         self.tls_info = tls_info  # what TLS negotiated, None on a plain connection
         self.broken = False
+        #: The transport's stream can be secured in place (STARTTLS).
+        self.can_start_tls = can_start_tls
         self._hook = hook
         self._parser = ReplyParser()
         self._watching = True
         self._write_error: ConnectionLostError | None = None
 
-    # -- observers ---------------------------------------------------------------
+    # -- steps -------------------------------------------------------------------
 
-    def watch(self) -> None:
-        """Ask once per step whether anyone watches (the logger's level may
-        change at any time): observers cost nothing when nobody does."""
+    def step(self, body: Generator[Action, Reply | None, T]) -> Generator[Action, Any, T]:
+        """Run one session step on this connection, as part of a program
+        (``yield from wire.step(session.hello(...))``).
+
+        A broken connection runs no step. Whether anyone watches is asked once
+        per step (the logger's level may change at any time): observers cost
+        nothing when nobody does. An error leaving the step may mark the
+        connection broken (:meth:`failed`).
+        """
+        if self.broken:
+            raise ConnectionLostError(f"connection to {self.info.server} is no longer usable")
         self._watching = self._hook.watching()
+        try:
+            return (yield from body)
+        except BaseException as exc:
+            self.failed(exc)
+            raise
+
+    # -- observers ---------------------------------------------------------------
 
     def event(self, text: str) -> None:
         self._hook.smtplug_on_event(info=self.info, event=text)
