@@ -28,8 +28,24 @@ from smtplug.session import Timeouts
 
 __version__ = "0.1.0"
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from smtplug.aio import AsyncClient, asendmessage
+
+
+def __getattr__(name: str) -> object:
+    # The asyncio API is imported when first used: asyncio costs a blocking
+    # program about 10 ms at import.
+    if name in ("AsyncClient", "asendmessage"):
+        from smtplug import aio
+
+        return getattr(aio, name)
+    raise AttributeError(f"module 'smtplug' has no attribute {name!r}")
+
+
 __all__ = [
     "DSN",
+    "AsyncClient",
     "AuthenticationError",
     "Client",
     "ConnectError",
@@ -49,6 +65,7 @@ __all__ = [
     "TLSError",
     "Timeouts",
     "__version__",
+    "asendmessage",
     "hookimpl",
     "hookspec",
     "sendmessage",

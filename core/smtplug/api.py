@@ -18,7 +18,7 @@ import os
 import platform
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,11 +38,21 @@ from smtplug.interfaces import (
     TLSPolicy,
 )
 from smtplug.observe import Observers
+from smtplug.options import (
+    ClientOptions,
+    MessageOptions,
+    SendOptions,
+    build,
+    client_fields,
+    function_signature,
+    init_signature,
+    method_signature,
+)
 from smtplug.plugins import Registry, build_registry
 from smtplug.program import Conduct
 from smtplug.protocol import commands
 from smtplug.protocol.data import LineCheck
-from smtplug.protocol.dsn import DSN, mail_parameters
+from smtplug.protocol.dsn import MailParameters, mail_parameters
 from smtplug.results import SendResult
 from smtplug.source import MessageInput
 
@@ -350,6 +360,7 @@ def _plan(
         transport_options=transport_options,
         tls_verify=tls_options.verify,
         auth=auth,
+        async_transport=registry.async_transports.get(name),
         tls_sessions=tls_sessions,
     )
 
@@ -365,6 +376,82 @@ def _check_message_text(prepared: envelope.PreparedMessage) -> None:
     for chunk in body.chunks():
         check.feed(bytes(chunk))
     body.checked = True
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """What a client is built from: its checked options, registry and plan."""
+
+    registry: Registry
+    observers: Observers
+    plan: ConnectionPlan
+
+
+def setup(options: ClientOptions) -> Setup:
+    """Check the connection options and plan the connections (no I/O)."""
+    o = options
+    for name, value in (("usetls", o.usetls), ("tlsimport", o.tlsimport), ("debug", o.debug)):
+        _flag(name, value)
+    timeouts_value = _timeouts(o.timeout, o.maxsecs, o.timeouts)
+    block = _as_list("block_plugins", o.block_plugins, str)
+    plugins = o.plugins
+    if isinstance(plugins, str | bytes) or not isinstance(plugins, Iterable):
+        raise InvalidInputError("plugins must be a list of plugin objects")
+    registry = build_registry(extra=plugins, block=block)
+    plan = _plan(
+        registry,
+        servers=o.servers,
+        ports=o.ports,
+        client=o.client,
+        usetls=o.usetls,
+        tlsimport=o.tlsimport,
+        tlspolicy=o.tlspolicy,
+        tls=_TLSArgs(
+            o.tls_backend,
+            o.cafile,
+            o.capath,
+            o.client_cert,
+            o.client_key,
+            o.tls_verify,
+            o.tls_context,
+        ),
+        auth_args=_AuthArgs(
+            o.username,
+            o.password,
+            o.oauth_token,
+            o.authzid,
+            o.mechanisms,
+            o.insecure_cleartext_auth,
+        ),
+        timeouts=timeouts_value,
+    )
+    return Setup(registry, Observers(registry.hook, debug=o.debug), plan)
+
+
+def prepare(
+    message: MessageInput, options: MessageOptions
+) -> tuple[envelope.PreparedMessage, MailParameters | None]:
+    """Check the per-message options and prepare the message (no I/O)."""
+    _flag("atleastone", options.atleastone)
+    _flag("queue", options.queue)
+    if options.progress is not None and not callable(options.progress):
+        raise InvalidInputError("progress must be a callable taking the octets sent")
+    prepared = envelope.prepare(
+        message,
+        originator=options.originator,
+        recipients=options.recipients,
+        header=options.header,
+        login=_login,
+        hostname=_hostname(),
+    )
+    _check_message_text(prepared)
+    extras = mail_parameters(
+        dsn=options.dsn,
+        requiretls=options.requiretls,
+        mail_options=options.mail_options,
+        rcpt_options=options.rcpt_options,
+    )
+    return prepared, extras
 
 
 class Client:
@@ -392,59 +479,12 @@ class Client:
     For parallel sending, use one Client per thread.
     """
 
-    def __init__(
-        self,
-        *,
-        servers: str | Sequence[str] = "localhost",
-        ports: int | Sequence[int] = 25,
-        client: str | None = None,
-        usetls: bool = True,
-        tlsimport: bool = False,
-        tlspolicy: str | TLSPolicyCallable | None = None,
-        tls_backend: str = "stdlib",
-        cafile: str | os.PathLike[str] | None = None,
-        capath: str | os.PathLike[str] | None = None,
-        client_cert: str | os.PathLike[str] | None = None,
-        client_key: str | os.PathLike[str] | None = None,
-        tls_verify: bool = True,
-        tls_context: object | None = None,
-        username: str | None = None,
-        password: str | None = None,
-        oauth_token: str | Callable[[], str] | None = None,
-        authzid: str | None = None,
-        mechanisms: Sequence[str] | None = None,
-        insecure_cleartext_auth: bool = False,
-        debug: bool = False,
-        maxsecs: float | None = None,
-        timeout: float | None = None,
-        timeouts: session.Timeouts | Mapping[str, float] | None = None,
-        plugins: Sequence[object] = (),
-        block_plugins: Sequence[str] = (),
-    ) -> None:
-        for name, value in (("usetls", usetls), ("tlsimport", tlsimport), ("debug", debug)):
-            _flag(name, value)
-        timeouts_value = _timeouts(timeout, maxsecs, timeouts)
-        block = _as_list("block_plugins", block_plugins, str)
-        if isinstance(plugins, str | bytes) or not isinstance(plugins, Iterable):
-            raise InvalidInputError("plugins must be a list of plugin objects")
-        self._registry = build_registry(extra=plugins, block=block)
-        self._observers = Observers(self._registry.hook, debug=debug)
-        self._plan = _plan(
-            self._registry,
-            servers=servers,
-            ports=ports,
-            client=client,
-            usetls=usetls,
-            tlsimport=tlsimport,
-            tlspolicy=tlspolicy,
-            tls=_TLSArgs(
-                tls_backend, cafile, capath, client_cert, client_key, tls_verify, tls_context
-            ),
-            auth_args=_AuthArgs(
-                username, password, oauth_token, authzid, mechanisms, insecure_cleartext_auth
-            ),
-            timeouts=timeouts_value,
-        )
+    @init_signature(ClientOptions)
+    def __init__(self, **options: Any) -> None:
+        built = setup(build(ClientOptions, options))
+        self._registry = built.registry
+        self._observers = built.observers
+        self._plan = built.plan
         self._conduct = Conduct(self._plan, self._observers)
         self._driver = BlockingDriver(
             self._plan.transport,
@@ -505,21 +545,8 @@ class Client:
         self._conduct.forget()
         self._driver.close()
 
-    def sendmessage(
-        self,
-        message: MessageInput,
-        *,
-        originator: str | None = None,
-        recipients: str | Sequence[str] | None = None,
-        header: Sequence[tuple[str, str]] = (),
-        atleastone: bool = False,
-        queue: bool = False,
-        progress: Callable[[int], None] | None = None,
-        dsn: DSN | None = None,
-        requiretls: bool = False,
-        mail_options: Sequence[str] = (),
-        rcpt_options: Sequence[str] = (),
-    ) -> SendResult:
+    @method_signature(MessageOptions)
+    def sendmessage(self, message: MessageInput, **options: Any) -> SendResult:
         """Send one message over this client's session (opened if needed).
 
         The same envelope rules, errors and result as :func:`smtplug.sendmessage`.
@@ -527,104 +554,24 @@ class Client:
         octets sent so far, after each chunk.
         """
         with self._exclusive():
-            return self._send(
-                message,
-                originator=originator,
-                recipients=recipients,
-                header=header,
-                atleastone=atleastone,
-                queue=queue,
-                progress=progress,
-                last=False,
-                dsn=dsn,
-                requiretls=requiretls,
-                mail_options=mail_options,
-                rcpt_options=rcpt_options,
-            )
+            return self._send(message, build(MessageOptions, options), last=False)
 
-    def _send(
-        self,
-        message: MessageInput,
-        *,
-        originator: str | None,
-        recipients: str | Sequence[str] | None,
-        header: Sequence[tuple[str, str]],
-        atleastone: bool,
-        queue: bool,
-        progress: Callable[[int], None] | None,
-        last: bool,
-        dsn: DSN | None = None,
-        requiretls: bool = False,
-        mail_options: Sequence[str] = (),
-        rcpt_options: Sequence[str] = (),
-    ) -> SendResult:
-        _flag("atleastone", atleastone)
-        _flag("queue", queue)
-        if progress is not None and not callable(progress):
-            raise InvalidInputError("progress must be a callable taking the octets sent")
-        prepared = envelope.prepare(
-            message,
-            originator=originator,
-            recipients=recipients,
-            header=header,
-            login=_login,
-            hostname=_hostname(),
-        )
-        _check_message_text(prepared)
-        extras = mail_parameters(
-            dsn=dsn, requiretls=requiretls, mail_options=mail_options, rcpt_options=rcpt_options
-        )
+    def _send(self, message: MessageInput, options: MessageOptions, *, last: bool) -> SendResult:
+        prepared, extras = prepare(message, options)
         return self._driver.run(
             self._conduct.send(
                 prepared,
-                atleastone=atleastone,
-                queue=queue,
-                progress=progress,
+                atleastone=options.atleastone,
+                queue=options.queue,
+                progress=options.progress,
                 last=last,
                 extras=extras,
             )
         )
 
 
-def sendmessage(
-    message: MessageInput,
-    *,
-    servers: str | Sequence[str] = "localhost",
-    ports: int | Sequence[int] = 25,
-    client: str | None = None,
-    queue: bool = False,
-    atleastone: bool = False,
-    originator: str | None = None,
-    recipients: str | Sequence[str] | None = None,
-    header: Sequence[tuple[str, str]] = (),
-    usetls: bool = True,
-    tlsimport: bool = False,
-    tlspolicy: str | TLSPolicyCallable | None = None,
-    tls_backend: str = "stdlib",
-    cafile: str | os.PathLike[str] | None = None,
-    capath: str | os.PathLike[str] | None = None,
-    client_cert: str | os.PathLike[str] | None = None,
-    client_key: str | os.PathLike[str] | None = None,
-    tls_verify: bool = True,
-    tls_context: object | None = None,
-    username: str | None = None,
-    password: str | None = None,
-    oauth_token: str | Callable[[], str] | None = None,
-    authzid: str | None = None,
-    mechanisms: Sequence[str] | None = None,
-    insecure_cleartext_auth: bool = False,
-    debug: bool = False,
-    maxsecs: float | None = None,
-    timeout: float | None = None,
-    timeouts: session.Timeouts | Mapping[str, float] | None = None,
-    progress: Callable[[int], None] | None = None,
-    dsn: DSN | None = None,
-    requiretls: bool = False,
-    mail_options: Sequence[str] = (),
-    rcpt_options: Sequence[str] = (),
-    plugins: Sequence[object] = (),
-    block_plugins: Sequence[str] = (),
-) -> SendResult:
+@function_signature(SendOptions)
+def sendmessage(message: MessageInput, **options: Any) -> SendResult:
     """Send ``message`` by SMTP, as Tcllib's ``::smtp::sendmessage`` does.
 
     Returns the refused recipients as a :class:`SendResult` (a list of
@@ -633,44 +580,6 @@ def sendmessage(
     input raises :class:`smtplug.InvalidInputError` before any connection is
     opened. A one-shot use of :class:`Client`. See ``docs/options.md``.
     """
-    with Client(
-        servers=servers,
-        ports=ports,
-        client=client,
-        usetls=usetls,
-        tlsimport=tlsimport,
-        tlspolicy=tlspolicy,
-        tls_backend=tls_backend,
-        cafile=cafile,
-        capath=capath,
-        client_cert=client_cert,
-        client_key=client_key,
-        tls_verify=tls_verify,
-        tls_context=tls_context,
-        username=username,
-        password=password,
-        oauth_token=oauth_token,
-        authzid=authzid,
-        mechanisms=mechanisms,
-        insecure_cleartext_auth=insecure_cleartext_auth,
-        debug=debug,
-        maxsecs=maxsecs,
-        timeout=timeout,
-        timeouts=timeouts,
-        plugins=plugins,
-        block_plugins=block_plugins,
-    ) as connection:
-        return connection._send(
-            message,
-            originator=originator,
-            recipients=recipients,
-            header=header,
-            atleastone=atleastone,
-            queue=queue,
-            progress=progress,
-            last=True,
-            dsn=dsn,
-            requiretls=requiretls,
-            mail_options=mail_options,
-            rcpt_options=rcpt_options,
-        )
+    every = build(SendOptions, options)
+    with Client(**client_fields(every)) as connection:
+        return connection._send(message, every, last=True)

@@ -50,6 +50,7 @@ from smtplug.errors import (
     TLSError,
 )
 from smtplug.interfaces import (
+    AsyncTransport,
     ConnectionInfo,
     SASLCredentials,
     SASLMechanism,
@@ -118,6 +119,8 @@ class ConnectionPlan:
     transport_options: Mapping[str, Any]
     tls_verify: bool = True
     auth: AuthPlan | None = None
+    #: The asyncio variant of ``transport`` (None when no plugin registers one).
+    async_transport: AsyncTransport | None = None
     #: TLS sessions to resume, by (server, port): the same dict the transports
     #: read through ``transport_options["tls_sessions"]``; connections save theirs.
     tls_sessions: dict[tuple[str, int], object] = dataclasses.field(default_factory=dict)

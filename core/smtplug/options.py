@@ -1,0 +1,167 @@
+"""The options of smtplug's calls, defined once.
+
+:class:`ClientOptions` are the connection options (Tcllib's ``-servers``,
+``-ports``, ``-usetls`` ... and smtplug's own), :class:`MessageOptions` the
+per-message ones; :class:`SendOptions` is both, for the one-shot calls. Each
+name, type and default is written here and nowhere else: ``Client``,
+``AsyncClient``, ``sendmessage`` and ``asendmessage`` take ``**options``
+and get their signature (for type checkers, ``help()`` and editors) from
+these classes through :func:`init_signature` and its two siblings. Values are checked where they
+are used (:mod:`smtplug.api`), before any connection is opened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from smtplug.connect import TLSPolicyCallable
+from smtplug.errors import InvalidInputError
+from smtplug.protocol.dsn import DSN
+from smtplug.session import Timeouts
+from smtplug.source import MessageInput
+
+__all__ = [
+    "ClientOptions",
+    "MessageOptions",
+    "SendOptions",
+    "build",
+    "client_fields",
+    "function_signature",
+    "init_signature",
+    "method_signature",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+Path = str | os.PathLike[str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientOptions:
+    """How to reach and talk to the server: the options of ``Client``."""
+
+    servers: str | Sequence[str] = "localhost"
+    ports: int | Sequence[int] = 25
+    client: str | None = None
+    usetls: bool = True
+    tlsimport: bool = False
+    tlspolicy: str | TLSPolicyCallable | None = None
+    tls_backend: str = "stdlib"
+    cafile: Path | None = None
+    capath: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    tls_verify: bool = True
+    tls_context: object | None = None
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    oauth_token: str | Callable[[], str] | None = dataclasses.field(default=None, repr=False)
+    authzid: str | None = None
+    mechanisms: Sequence[str] | None = None
+    insecure_cleartext_auth: bool = False
+    debug: bool = False
+    maxsecs: float | None = None
+    timeout: float | None = None
+    timeouts: Timeouts | Mapping[str, float] | None = None
+    plugins: Sequence[object] = ()
+    block_plugins: Sequence[str] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class MessageOptions:
+    """What one message needs besides the connection: the options of
+    ``Client.sendmessage``."""
+
+    originator: str | None = None
+    recipients: str | Sequence[str] | None = None
+    header: Sequence[tuple[str, str]] = ()
+    atleastone: bool = False
+    queue: bool = False
+    progress: Callable[[int], None] | None = None
+    dsn: DSN | None = None
+    requiretls: bool = False
+    mail_options: Sequence[str] = ()
+    rcpt_options: Sequence[str] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class SendOptions(MessageOptions, ClientOptions):
+    """Both: the options of the one-shot ``sendmessage``."""
+
+
+CLIENT_FIELDS = frozenset(f.name for f in dataclasses.fields(ClientOptions))
+
+
+def build(kind: Callable[..., T], options: Mapping[str, Any]) -> T:
+    """``kind(**options)``, an unknown name an :class:`InvalidInputError`."""
+    try:
+        return kind(**options)
+    except TypeError:
+        known = {f.name for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
+        unknown = sorted(set(options) - known)
+        raise InvalidInputError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}"
+            f" (the options are: {', '.join(sorted(known))})"
+        ) from None
+
+
+def client_fields(options: SendOptions) -> dict[str, Any]:
+    """The connection options of a one-shot call, by name."""
+    return {name: getattr(options, name) for name in CLIENT_FIELDS}
+
+
+def _with_signature(
+    function: Callable[..., Any], options: Callable[..., Any], leading: int
+) -> None:
+    keywords = list(inspect.signature(options).parameters.values())
+    own = inspect.signature(function)
+    first = list(own.parameters.values())[:leading]
+    function.__signature__ = own.replace(parameters=[*first, *keywords])  # type: ignore[attr-defined]
+
+
+def init_signature(
+    options: Callable[P, Any],
+) -> Callable[[Callable[..., None]], Callable[Concatenate[Any, P], None]]:
+    """Give ``__init__(self, **options)`` the keywords of ``options``.
+
+    For type checkers (through the ParamSpec) and at run time
+    (``__signature__``, which ``help()``, ``inspect`` and editors read); the
+    function itself is returned unchanged, so a call costs nothing more.
+    """
+
+    def apply(function: Callable[..., None]) -> Callable[Concatenate[Any, P], None]:
+        _with_signature(function, options, 1)
+        return function
+
+    return apply
+
+
+def method_signature(
+    options: Callable[P, Any],
+) -> Callable[[Callable[..., R]], Callable[Concatenate[Any, MessageInput, P], R]]:
+    """:func:`init_signature` for ``method(self, message, **options)``."""
+
+    def apply(function: Callable[..., R]) -> Callable[Concatenate[Any, MessageInput, P], R]:
+        _with_signature(function, options, 2)
+        return function
+
+    return apply
+
+
+def function_signature(
+    options: Callable[P, Any],
+) -> Callable[[Callable[..., R]], Callable[Concatenate[MessageInput, P], R]]:
+    """:func:`init_signature` for ``function(message, **options)``."""
+
+    def apply(function: Callable[..., R]) -> Callable[Concatenate[MessageInput, P], R]:
+        _with_signature(function, options, 1)
+        return function
+
+    return apply
