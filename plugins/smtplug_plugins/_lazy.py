@@ -25,6 +25,7 @@ from smtplug.interfaces import (
     SASLExchange,
     SASLMechanism,
     TLSBackend,
+    TLSEngine,
     TLSOptions,
     TLSStream,
 )
@@ -103,6 +104,20 @@ class LazyBackend:
         return self.implementation().wrap(
             sock, server_hostname=server_hostname, options=options, timeout=timeout, session=session
         )
+
+    def engine(
+        self,
+        *,
+        server_hostname: str,
+        options: TLSOptions,
+        session: object | None = None,
+    ) -> TLSEngine:
+        # Spelt out, not left to __getattr__: isinstance(EngineTLSBackend)
+        # looks attributes up statically (Python 3.12 and later).
+        engine: TLSEngine = self.implementation().engine(  # type: ignore[attr-defined]
+            server_hostname=server_hostname, options=options, session=session
+        )
+        return engine
 
     def __getattr__(self, name: str) -> Any:
         # Anything else a backend offers (its context builder, for tests).

@@ -54,10 +54,10 @@ from service_identity.cryptography import (
 )
 
 from smtplug.errors import ConnectionLostError, InvalidInputError, TLSError
-from smtplug.interfaces import TLSInfo, TLSOptions, TLSStream
-from smtplug_plugins._tls import check_tls_files, server_end_point
+from smtplug.interfaces import TLSEngine, TLSInfo, TLSOptions, TLSStream
+from smtplug_plugins._tls import EngineBase, check_tls_files, server_end_point
 
-__all__ = ["PyOpenSSLBackend", "PyOpenSSLStream"]
+__all__ = ["PyOpenSSLBackend", "PyOpenSSLEngine", "PyOpenSSLStream"]
 
 # RFC 9266: the label and length of the tls-exporter channel binding.
 _EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
@@ -233,7 +233,83 @@ class _VerifyRecord:
         return f"{text} at {where}{subject}"
 
 
-class PyOpenSSLStream:
+def _handshake_error(exc: BaseException, conn: SSL.Connection | None, peer: str = "?") -> TLSError:
+    """The :class:`TLSError` for a failed handshake: ``certificate=True`` with
+    what the verify callback of ``conn`` recorded, if it recorded a failure."""
+    if isinstance(exc, TLSError):
+        return exc
+    record = None if conn is None else conn.get_app_data()
+    if isinstance(record, _VerifyRecord):
+        failure = record.failure()
+        if failure is not None:
+            return TLSError(failure, certificate=True)
+        peer = record.peer
+    return TLSError(f"TLS handshake with {peer} failed: {_describe(exc)}")
+
+
+def _session(conn: SSL.Connection) -> object | None:
+    """The session to resume next time (None when resumption cannot be told)."""
+    if _session_reused is None:
+        return None
+    return conn.get_session()
+
+
+def _shut_down(conn: SSL.Connection, broken: bool) -> None:
+    """Queue close_notify (sent without waiting for the peer's), or after a
+    fatal error mark the connection shut without one; never raises."""
+    if not broken:
+        with contextlib.suppress(Exception):
+            conn.shutdown()
+    else:
+        # No close_notify can go (the socket failed). OpenSSL would void the
+        # session when the connection is freed; TLS 1.1 and later no longer
+        # ask for that (RFC 5246 section 7.2.1). After a TLS-level error
+        # OpenSSL has voided it already, and this does not undo that.
+        with contextlib.suppress(Exception):
+            conn.set_shutdown(conn.get_shutdown() | SSL.SENT_SHUTDOWN)
+
+
+class _Channel:
+    """Reading and writing a pyOpenSSL connection, errors mapped: what the
+    stream (over a socket) and the engine (over memory buffers) share.
+    ``WantReadError``/``WantWriteError`` reach the caller, which waits (a
+    stream) or asks for records (an engine); after any other failure the
+    connection is ``_broken`` (no close_notify may follow)."""
+
+    _peer: str
+    _broken = False
+
+    def _recv(self, conn: SSL.Connection, max_bytes: int) -> bytes:
+        """``conn.recv``: ``b""`` once the peer closed, cleanly or not."""
+        try:
+            return conn.recv(max_bytes)
+        except (SSL.WantReadError, SSL.WantWriteError):
+            raise
+        except SSL.ZeroReturnError:
+            return b""
+        except SSL.SysCallError as exc:
+            self._broken = True
+            if exc.args and exc.args[0] == -1:  # EOF without close_notify
+                return b""
+            raise ConnectionLostError(f"read from {self._peer} failed: {_describe(exc)}") from exc
+        except SSL.Error as exc:
+            self._broken = True
+            raise ConnectionLostError(f"read from {self._peer} failed: {_describe(exc)}") from exc
+
+    def _send(self, conn: SSL.Connection, view: memoryview) -> int:
+        """``conn.send`` of a slice of ``view``: how many bytes it took."""
+        try:
+            # After WantWrite the same bytes are offered again, as OpenSSL
+            # requires; partial writes are enabled on pyOpenSSL contexts.
+            return conn.send(view[:_WRITE_CHUNK])
+        except (SSL.WantReadError, SSL.WantWriteError):
+            raise
+        except SSL.Error as exc:
+            self._broken = True
+            raise ConnectionLostError(f"write to {self._peer} failed: {_describe(exc)}") from exc
+
+
+class PyOpenSSLStream(_Channel):
     """A :class:`smtplug.interfaces.TLSStream` over a pyOpenSSL connection.
 
     Errors map as :class:`smtplug_plugins._sockets.SocketStream` maps them:
@@ -277,9 +353,9 @@ class PyOpenSSLStream:
 
     def tls_session(self) -> object | None:
         """The session to resume on the next connection (None once closed)."""
-        if self._conn is None or _session_reused is None:
+        if self._conn is None:
             return None
-        return self._conn.get_session()
+        return _session(self._conn)
 
     def read(self, max_bytes: int, timeout: float | None) -> bytes:
         """At most ``max_bytes`` decrypted bytes; ``b""`` once the peer closed.
@@ -296,25 +372,11 @@ class PyOpenSSLStream:
         deadline = _deadline(timeout)
         while True:
             try:
-                return conn.recv(max_bytes)
+                return self._recv(conn, max_bytes)
             except SSL.WantReadError:
                 writable = False
             except SSL.WantWriteError:
                 writable = True
-            except SSL.ZeroReturnError:
-                return b""
-            except SSL.SysCallError as exc:
-                self._broken = True
-                if exc.args and exc.args[0] == -1:  # EOF without close_notify
-                    return b""
-                raise ConnectionLostError(
-                    f"read from {self._peer} failed: {_describe(exc)}"
-                ) from exc
-            except SSL.Error as exc:
-                self._broken = True
-                raise ConnectionLostError(
-                    f"read from {self._peer} failed: {_describe(exc)}"
-                ) from exc
             try:
                 ready = _wait(self._sock, writable=writable, deadline=deadline)
             except (OSError, ValueError) as exc:
@@ -332,18 +394,11 @@ class PyOpenSSLStream:
         deadline = _deadline(timeout)
         while view:
             try:
-                # After WantWrite the same bytes are offered again, as OpenSSL
-                # requires; partial writes are enabled on pyOpenSSL contexts.
-                sent = conn.send(view[:_WRITE_CHUNK])
+                sent = self._send(conn, view)
             except SSL.WantWriteError:
                 writable = True
             except SSL.WantReadError:
                 writable = False
-            except SSL.Error as exc:
-                self._broken = True
-                raise ConnectionLostError(
-                    f"write to {self._peer} failed: {_describe(exc)}"
-                ) from exc
             else:
                 view = view[sent:]
                 deadline = _deadline(timeout)
@@ -363,16 +418,7 @@ class PyOpenSSLStream:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if not self._broken:
-            with contextlib.suppress(Exception):
-                conn.shutdown()
-        else:
-            # No close_notify can go (the socket failed). OpenSSL would void the
-            # session when the connection is freed; TLS 1.1 and later no longer
-            # ask for that (RFC 5246 section 7.2.1). After a TLS-level error
-            # OpenSSL has voided it already, and this does not undo that.
-            with contextlib.suppress(Exception):
-                conn.set_shutdown(conn.get_shutdown() | SSL.SENT_SHUTDOWN)
+        _shut_down(conn, self._broken)
         with contextlib.suppress(OSError):
             self._sock.close()
 
@@ -440,7 +486,6 @@ class PyOpenSSLBackend:
         failure) and closes ``sock`` on any failure. ``session`` (from an
         earlier connection's stream) is offered for resumption.
         """
-        peer = server_hostname
         try:
             return self._wrap(sock, server_hostname, options, timeout, session)
         except TLSError:
@@ -450,7 +495,7 @@ class PyOpenSSLBackend:
         except (SSL.Error, OSError, ValueError) as exc:
             with contextlib.suppress(OSError):
                 sock.close()
-            raise TLSError(f"TLS handshake with {peer} failed: {_describe(exc)}") from exc
+            raise _handshake_error(exc, None, server_hostname) from exc
 
     def _wrap(
         self,
@@ -462,6 +507,48 @@ class PyOpenSSLBackend:
     ) -> PyOpenSSLStream:
         peer = server_hostname
         deadline = _deadline(timeout)
+        sock.setblocking(False)
+        conn = self._connection(sock, server_hostname, options, session)
+        while True:
+            try:
+                conn.do_handshake()
+                break
+            except SSL.WantReadError:
+                writable = False
+            except SSL.WantWriteError:
+                writable = True
+            except SSL.Error as exc:
+                raise _handshake_error(exc, conn) from exc
+            if not _wait(sock, writable=writable, deadline=deadline):
+                raise TLSError(f"TLS handshake with {peer} timed out after {timeout} s")
+        return PyOpenSSLStream(conn, sock, peer, self._established(conn))
+
+    def engine(
+        self,
+        *,
+        server_hostname: str,
+        options: TLSOptions,
+        session: object | None = None,
+    ) -> TLSEngine:
+        """The connection ``wrap`` would make, over memory buffers (the host
+        name checked in the verify callback the same way)."""
+        try:
+            conn = self._connection(None, server_hostname, options, session)
+        except (SSL.Error, ValueError) as exc:
+            raise _handshake_error(exc, None, server_hostname) from exc
+        return PyOpenSSLEngine(self, conn)
+
+    def _connection(
+        self,
+        sock: socket.socket | None,
+        server_hostname: str,
+        options: TLSOptions,
+        session: object | None,
+    ) -> SSL.Connection:
+        """A client connection over ``sock`` (None: memory buffers) to
+        ``server_hostname``, before its handshake: SNI set, ``session``
+        offered, its :class:`_VerifyRecord` in the app data."""
+        peer = server_hostname
         if isinstance(options.context, SSL.Context):
             context = options.context
             # Used as given, like the stdlib backend's: its verify mode (not
@@ -483,7 +570,6 @@ class PyOpenSSLBackend:
         # context keeps its own callback, and its name is checked afterwards.
         record = _VerifyRecord(peer=peer, name=name, address=address, check_host=check_host)
 
-        sock.setblocking(False)
         conn = SSL.Connection(context, sock)
         conn.set_app_data(record)
         conn.set_connect_state()
@@ -492,35 +578,26 @@ class PyOpenSSLBackend:
         if isinstance(session, SSL.Session) and _session_reused is not None:
             with contextlib.suppress(SSL.Error):  # not resumable here: a full handshake
                 conn.set_session(session)
+        return conn
 
-        while True:
-            try:
-                conn.do_handshake()
-                break
-            except SSL.WantReadError:
-                writable = False
-            except SSL.WantWriteError:
-                writable = True
-            except SSL.Error as exc:
-                failure = record.failure()
-                if failure is not None:
-                    raise TLSError(failure, certificate=True) from exc
-                raise TLSError(f"TLS handshake with {peer} failed: {_describe(exc)}") from exc
-            if not _wait(sock, writable=writable, deadline=deadline):
-                raise TLSError(f"TLS handshake with {peer} timed out after {timeout} s")
-
+    def _established(self, conn: SSL.Connection) -> TLSInfo:
+        """After a completed handshake: the peer verified (when asked for) and
+        what was negotiated. Raises :class:`TLSError` (``certificate=True``)
+        after queueing a courtesy close_notify."""
+        record: _VerifyRecord = conn.get_app_data()
         resumed = _session_reused is not None and bool(_session_reused(conn._ssl))
         verified = False
-        if check_host:
+        if record.check_host:
             try:
-                self._verify_peer(conn, record, peer, name, address, resumed=resumed)
+                self._verify_peer(
+                    conn, record, record.peer, record.name, record.address, resumed=resumed
+                )
             except TLSError:
                 with contextlib.suppress(Exception):
                     conn.shutdown()  # a courtesy close_notify, without waiting
                 raise
             verified = True
-
-        return PyOpenSSLStream(conn, sock, peer, self._info(conn, verified, resumed))
+        return self._info(conn, verified, resumed)
 
     @staticmethod
     def _verify_peer(
@@ -594,6 +671,78 @@ class PyOpenSSLBackend:
             channel_bindings=bindings,
             resumed=resumed,
         )
+
+
+class PyOpenSSLEngine(_Channel, EngineBase):
+    """A :class:`smtplug.interfaces.TLSEngine` over a pyOpenSSL connection
+    with memory buffers (``SSL.Connection(context, None)``); the peer is
+    verified as :meth:`PyOpenSSLBackend.wrap` verifies it."""
+
+    def __init__(self, backend: PyOpenSSLBackend, conn: SSL.Connection) -> None:
+        self._backend = backend
+        self._conn = conn
+        record = conn.get_app_data()
+        self._peer = record.peer if isinstance(record, _VerifyRecord) else "?"
+        self._eof = False
+
+    def _advance(self) -> bool:
+        try:
+            self._conn.do_handshake()
+        except SSL.WantReadError:
+            return False
+        except SSL.Error as exc:
+            self._broken = True
+            raise _handshake_error(exc, self._conn) from exc
+        return True
+
+    def _established(self) -> TLSInfo:
+        return self._backend._established(self._conn)
+
+    def receive(self, data: bytes) -> None:
+        if self._eof:
+            return
+        if data:
+            self._conn.bio_write(data)
+        else:
+            self._eof = True
+            self._conn.bio_shutdown()
+
+    def outgoing(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunks.append(self._conn.bio_read(_WRITE_CHUNK))
+            except SSL.WantReadError:
+                break
+        return b"".join(chunks)
+
+    def read(self, max_bytes: int) -> bytes | None:
+        if max_bytes <= 0:
+            return b""
+        try:
+            return self._recv(self._conn, max_bytes)
+        except SSL.WantReadError:
+            return None
+        except SSL.WantWriteError as exc:  # memory buffers never fill up
+            raise ConnectionLostError(f"read from {self._peer} failed: {exc}") from exc
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                view = view[self._send(self._conn, view) :]
+        except (SSL.WantReadError, SSL.WantWriteError) as exc:
+            # Only a renegotiation can make a write wait for the peer.
+            self._broken = True
+            raise ConnectionLostError(
+                f"write to {self._peer} failed: the server renegotiates TLS"
+            ) from exc
+
+    def session(self) -> object | None:
+        return _session(self._conn)
+
+    def _shut_down(self, broken: bool) -> None:
+        _shut_down(self._conn, broken)
 
 
 def _record_failure(

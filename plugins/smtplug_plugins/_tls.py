@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import ssl
 
-from smtplug.errors import InvalidInputError
-from smtplug.interfaces import TLSOptions
+from smtplug.errors import InvalidInputError, TLSError
+from smtplug.interfaces import TLSInfo, TLSOptions
 
-__all__ = ["check_tls_files", "server_end_point"]
+__all__ = ["EngineBase", "check_tls_files", "server_end_point"]
 
 
 def _check_file(what: str, path: object, *, directory: bool = False) -> None:
@@ -69,3 +69,46 @@ def server_end_point(der: bytes) -> bytes | None:
     digest = hashes.Hash(algorithm)
     digest.update(der)
     return digest.finalize()
+
+
+class EngineBase:
+    """What the :class:`smtplug.interfaces.TLSEngine` of each backend shares:
+    the handshake's bookkeeping, ``info`` and an idempotent ``close``.
+
+    A subclass sets ``_peer`` and implements ``_advance`` (one handshake
+    step: True once complete, :class:`TLSError` on failure, setting
+    ``_broken``), ``_established`` (the peer's checks and the
+    :class:`TLSInfo`, called once) and ``_shut_down`` (queue close_notify,
+    or after a failure mark the connection shut; never raises).
+    """
+
+    _peer = "?"
+    _info: TLSInfo | None = None
+    _broken = False  # after a TLS error no close_notify may be sent
+    _closed = False
+
+    def _advance(self) -> bool:
+        raise NotImplementedError
+
+    def _established(self) -> TLSInfo:
+        raise NotImplementedError
+
+    def _shut_down(self, broken: bool) -> None:
+        raise NotImplementedError
+
+    def handshake(self) -> bool:
+        if self._info is None:
+            if not self._advance():
+                return False
+            self._info = self._established()
+        return True
+
+    def info(self) -> TLSInfo:
+        if self._info is None:
+            raise TLSError(f"the TLS handshake with {self._peer} is not complete")
+        return self._info
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._shut_down(self._broken or self._info is None)

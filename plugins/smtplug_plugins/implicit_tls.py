@@ -15,10 +15,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from smtplug.hookspecs import hookimpl
-from smtplug.interfaces import Stream, TLSBackend, TLSOptions, Transport
+from smtplug.interfaces import (
+    AsyncStream,
+    AsyncTransport,
+    Stream,
+    TLSBackend,
+    TLSOptions,
+    Transport,
+)
 from smtplug_plugins._sockets import open_socket
 
-__all__ = ["ImplicitTLSTransport"]
+__all__ = ["AsyncImplicitTLSTransport", "ImplicitTLSTransport"]
 
 
 class ImplicitTLSTransport:
@@ -40,6 +47,35 @@ class ImplicitTLSTransport:
         )
 
 
+class AsyncImplicitTLSTransport:
+    """The asyncio variant of :class:`ImplicitTLSTransport`: the TLS backend
+    must be able to run over memory buffers (both built-in ones can). The
+    handshake has its own ``timeout``, as the blocking one has."""
+
+    name = "implicit-tls"
+
+    async def connect(
+        self, host: str, port: int, *, timeout: float | None, options: Mapping[str, Any]
+    ) -> AsyncStream:
+        # Here, not at the top: a blocking send must not pay for importing asyncio.
+        from smtplug_plugins._aio import engine_backend, open_connection, secure
+
+        backend = engine_backend(options["tls_backend"])  # before connecting
+        return await secure(
+            await open_connection(host, port, timeout),
+            backend,
+            server_hostname=host,
+            options=options["tls_options"],
+            timeout=timeout,
+            session=options.get("tls_sessions", {}).get((host, port)),
+        )
+
+
 @hookimpl
 def smtplug_register_transports() -> Sequence[Transport]:
     return [ImplicitTLSTransport()]
+
+
+@hookimpl
+def smtplug_register_async_transports() -> Sequence[AsyncTransport]:
+    return [AsyncImplicitTLSTransport()]

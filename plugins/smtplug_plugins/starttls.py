@@ -15,10 +15,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from smtplug.hookspecs import hookimpl
-from smtplug.interfaces import Stream, TLSBackend, TLSOptions, TLSStream, Transport
+from smtplug.interfaces import (
+    AsyncStream,
+    AsyncTransport,
+    Stream,
+    TLSBackend,
+    TLSOptions,
+    TLSStream,
+    Transport,
+)
 from smtplug_plugins._sockets import SocketStream, open_socket
 
-__all__ = ["StartTLSStream", "StartTLSTransport"]
+__all__ = ["AsyncStartTLSTransport", "StartTLSStream", "StartTLSTransport"]
 
 
 class StartTLSStream(SocketStream):
@@ -68,6 +76,33 @@ class StartTLSTransport:
         )
 
 
+class AsyncStartTLSTransport:
+    """The asyncio variant of :class:`StartTLSTransport`: the TLS backend
+    must be able to run over memory buffers (both built-in ones can)."""
+
+    name = "starttls"
+
+    async def connect(
+        self, host: str, port: int, *, timeout: float | None, options: Mapping[str, Any]
+    ) -> AsyncStream:
+        # Here, not at the top: a blocking send must not pay for importing asyncio.
+        from smtplug_plugins._aio import AsyncStartTLSStream, engine_backend, open_connection
+
+        backend = engine_backend(options["tls_backend"])  # before connecting
+        return AsyncStartTLSStream(
+            await open_connection(host, port, timeout),
+            backend=backend,
+            tls_options=options["tls_options"],
+            server_hostname=host,
+            session=options.get("tls_sessions", {}).get((host, port)),
+        )
+
+
 @hookimpl
 def smtplug_register_transports() -> Sequence[Transport]:
     return [StartTLSTransport()]
+
+
+@hookimpl
+def smtplug_register_async_transports() -> Sequence[AsyncTransport]:
+    return [AsyncStartTLSTransport()]
