@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from apis import api, pytest_generate_tests  # noqa: F401 (fixtures for every test module)
 from servers import RecordingServer
 
 

@@ -15,9 +15,12 @@ from email.message import EmailMessage
 import pytest
 
 import smtplug
+from apis import both_apis
 from smtplug import AuthenticationError, InvalidInputError
 from smtplug.testing import ScriptedServer
 from tlsfixtures import server_context, tls_ca, write_files
+
+pytestmark = both_apis
 
 USERS = {"alice": "wonderland"}
 SECRET = "wonderland"

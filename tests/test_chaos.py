@@ -20,7 +20,10 @@ import socket
 import pytest
 
 import chaos
+from apis import both_apis
 from chaos import SCENARIOS, Delivery, Report, Scenario
+
+pytestmark = both_apis
 
 SEEDS = [1, 2, 3]
 DEFAULT_PER_CASE = 20

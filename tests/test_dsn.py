@@ -8,11 +8,14 @@ from email.message import EmailMessage
 import pytest
 
 import smtplug
+from apis import both_apis
 from scripted import send_to
 from smtplug import DSN, InvalidInputError, TLSError
 from smtplug.protocol.dsn import xtext
 from smtplug.testing import ScriptedServer
 from tlsfixtures import server_context, tls_ca, write_files
+
+pytestmark = both_apis
 
 
 def message(to: str = "bob@example.org, carol@example.org") -> EmailMessage:

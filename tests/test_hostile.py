@@ -24,6 +24,7 @@ from email.message import EmailMessage, Message
 import pytest
 
 import smtplug
+from apis import both_apis
 from scripted import send_to
 from smtplug import (
     AuthenticationError,
@@ -37,6 +38,8 @@ from smtplug import (
 from smtplug.protocol.data import normalise_line_endings
 from smtplug.testing import CLOSE, RESET, STALL, Answer, ScriptedServer, Session
 from tlsfixtures import server_context, tls_ca, write_files
+
+pytestmark = both_apis
 
 USER = "alice"
 PASSWORD = "Tr0ub4dor&3-s3cret"

@@ -22,7 +22,10 @@ import time
 import pytest
 
 import smtplug
+from apis import both_apis
 from smtplug import ResponseError, source
+
+pytestmark = both_apis
 
 CHUNK = source.CHUNK
 REFUSAL = b"552 5.3.4 Message size exceeds administrative limit\r\n"

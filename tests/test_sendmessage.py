@@ -11,6 +11,7 @@ from email.message import EmailMessage
 import pytest
 
 import smtplug
+from apis import blocking_only, both_apis
 from servers import refused_port, silent_port
 from smtplug import (
     ConnectError,
@@ -20,6 +21,8 @@ from smtplug import (
     SendResult,
     SMTPError,
 )
+
+pytestmark = both_apis
 
 
 def message(subject="This is the subject.", body="This is the message.\n", **headers):
@@ -387,6 +390,7 @@ def test_blocking_the_plain_transport(smtp_server):
     assert smtp_server.sessions == []
 
 
+@blocking_only  # the plugin's transport has no asyncio variant
 def test_extra_transport_plugin_replaces_a_blocked_builtin(smtp_server):
     from smtplug_plugins.plain import PlainTransport
 
@@ -484,8 +488,15 @@ def test_bad_input_refused_before_connecting(smtp_server, options):
 
 
 def test_unknown_keyword_is_a_type_error():
-    with pytest.raises(TypeError):
+    # Both what Python raises for an unknown keyword and an smtplug error.
+    with pytest.raises(TypeError) as info:
         smtplug.sendmessage("x", no_such_option=True)  # type: ignore[call-arg]
+    assert isinstance(info.value, smtplug.InvalidInputError)
+    assert "no_such_option" in str(info.value)
+    with pytest.raises(TypeError, match="no_such_option"):
+        smtplug.Client(no_such_option=True)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="no_such_option"):
+        smtplug.Client().sendmessage("x", no_such_option=True)  # type: ignore[call-arg]
 
 
 def test_every_error_class_is_exported_and_derives_from_smtperror():

@@ -10,8 +10,11 @@ from collections.abc import Iterator
 import pytest
 
 import smtplug
+from apis import both_apis
 from smtplug.api import _timeouts
 from smtplug.errors import ConnectionLostError, DeliveryUnknownError
+
+pytestmark = both_apis
 
 RFC = {
     "connect": 60.0,

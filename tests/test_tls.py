@@ -12,8 +12,11 @@ from email.message import EmailMessage
 import pytest
 
 import smtplug
+from apis import both_apis
 from smtplug import ConnectError, InvalidInputError, TLSError
 from tlsfixtures import server_context, tls_ca, write_files
+
+pytestmark = both_apis
 
 BACKENDS = ["stdlib", "pyopenssl"]
 

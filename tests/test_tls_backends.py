@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from OpenSSL import SSL
 
+from apis import both_apis
 from smtplug.errors import ConnectionLostError, InvalidInputError, TLSError
 from smtplug.interfaces import TLSBackend, TLSOptions, TLSStream
 from smtplug.plugins import build_registry
@@ -37,6 +38,8 @@ from tlsfixtures import (
     tls_ca,
     write_files,
 )
+
+pytestmark = both_apis
 
 BACKENDS = ["stdlib", "pyopenssl"]
 

@@ -18,6 +18,7 @@ from email.message import EmailMessage
 import pytest
 
 import smtplug
+from apis import both_apis
 from scripted import client_for, send_to
 from smtplug import (
     ConnectError,
@@ -27,6 +28,8 @@ from smtplug import (
     TLSError,
 )
 from smtplug.testing import CLOSE, STALL, Answer, ScriptedServer
+
+pytestmark = both_apis
 
 PIPE_CHUNK = ["PIPELINING", "CHUNKING", "8BITMIME"]
 

@@ -18,6 +18,7 @@ from smtplug.errors import (
     ServerFailure,
     SMTPError,
     TLSError,
+    UnknownOptionError,
 )
 from smtplug.hookspecs import hookimpl, hookspec
 from smtplug.interfaces import ConnectionInfo
@@ -64,6 +65,7 @@ __all__ = [
     "ServerFailure",
     "TLSError",
     "Timeouts",
+    "UnknownOptionError",
     "__version__",
     "asendmessage",
     "hookimpl",

@@ -72,6 +72,11 @@ class InvalidInputError(SMTPError, ValueError):
     default_code = 501
 
 
+class UnknownOptionError(InvalidInputError, TypeError):
+    """An option name that no call takes (a TypeError too, as Python raises
+    for an unknown keyword)."""
+
+
 class MessageTooLargeError(SMTPError):
     """The message is larger than the server's ``SIZE`` limit (RFC 1870):
     refused by smtplug before MAIL (or, for a stream of unknown size, before

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from smtplug.connect import TLSPolicyCallable
-from smtplug.errors import InvalidInputError
+from smtplug.errors import UnknownOptionError
 from smtplug.protocol.dsn import DSN
 from smtplug.session import Timeouts
 from smtplug.source import MessageInput
@@ -100,13 +100,13 @@ CLIENT_FIELDS = frozenset(f.name for f in dataclasses.fields(ClientOptions))
 
 
 def build(kind: Callable[..., T], options: Mapping[str, Any]) -> T:
-    """``kind(**options)``, an unknown name an :class:`InvalidInputError`."""
+    """``kind(**options)``, an unknown name an :class:`UnknownOptionError`."""
     try:
         return kind(**options)
     except TypeError:
         known = {f.name for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
         unknown = sorted(set(options) - known)
-        raise InvalidInputError(
+        raise UnknownOptionError(
             f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}"
             f" (the options are: {', '.join(sorted(known))})"
         ) from None

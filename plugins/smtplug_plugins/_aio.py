@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from typing import cast
 
@@ -138,7 +139,11 @@ class _Connection(asyncio.Protocol):
         if self.buffer or self.eof or self.lost:
             return True
         if timeout is not None and timeout <= 0:
-            return False
+            # One turn of the loop first: what the kernel holds for this
+            # connection is delivered only when the loop runs (a client that
+            # writes without waiting would never see the server's refusal).
+            await asyncio.sleep(0)
+            return bool(self.buffer or self.eof or self.lost)
         return await self._wait("_reader", timeout)
 
     def take(self, max_bytes: int | None = None) -> bytes:
@@ -174,10 +179,16 @@ class _Connection(asyncio.Protocol):
                 raise ConnectionLostError(f"write to {self.peer} failed: {detail}")
             transport.write(view[:_CHUNK])
             view = view[_CHUNK:]
-            if self._paused and not self.lost and not await self._wait("_writer", timeout):
-                raise ConnectionLostError(
-                    f"write to {self.peer} made no progress for {timeout} s", timed_out=True
-                )
+            if self._paused and not self.lost:
+                if not await self._wait("_writer", timeout):
+                    raise ConnectionLostError(
+                        f"write to {self.peer} made no progress for {timeout} s",
+                        timed_out=True,
+                    )
+            elif view:
+                # The kernel took it all: still let the loop run between slices
+                # (replies arrive, other connections get their turn).
+                await asyncio.sleep(0)
 
     def close(self) -> None:
         """Close the transport (what is written still goes); idempotent."""
@@ -202,7 +213,9 @@ async def open_connection(host: str, port: int, timeout: float | None) -> _Conne
     except (TimeoutError, asyncio.TimeoutError) as exc:
         raise ConnectError(f"connecting to {peer} timed out after {timeout} s") from exc
     except OSError as exc:
-        raise ConnectError(f"cannot connect to {peer}: {exc.strerror or exc}") from exc
+        # asyncio's own text ("Connect call failed (...)") hides the reason.
+        reason = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
+        raise ConnectError(f"cannot connect to {peer}: {reason}") from exc
     return protocol
 
 
