@@ -18,15 +18,13 @@ import subprocess
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import django
 import django.utils.deprecation
 import pytest
 
 import django_settings
-from django_settings import MAILERS_DJANGO, deprecated_email_settings, mailer
+from django_settings import MAILERS_DJANGO, legacy, mailer
 
 django_settings.configure()
 
@@ -41,55 +39,16 @@ from smtplug.django import EmailBackend, InvalidMailerError, RecipientsRefusedEr
 from smtplug.testing import ScriptedServer  # noqa: E402
 from tlsfixtures import server_context, tls_ca, write_files  # noqa: E402
 
-#: Django's deprecation warnings (RemovedInDjango2028Warning on 6.1, its
-#: predecessors' before) fail these tests, unless a test expects them.
-DJANGO_DEPRECATIONS = sorted(
-    name
-    for name, value in vars(django.utils.deprecation).items()
-    if name.startswith("Removed") and isinstance(value, type) and issubclass(value, Warning)
-)
-pytestmark = [
-    pytest.mark.filterwarnings(f"error::django.utils.deprecation.{name}")
-    for name in DJANGO_DEPRECATIONS
-]
+pytestmark = django_settings.deprecations_are_errors()
 
 needs_mailers = pytest.mark.skipif(
     not MAILERS_DJANGO,
     reason="Django < 6.1 has no MAILERS (CI runs this on Python 3.12/3.13, with Django 6.1)",
 )
 
-SMTPLUG_DIR = os.path.dirname(smtplug.__file__) + os.sep
-
 DJANGO_TLS_ERROR = (
     "EMAIL_USE_TLS/EMAIL_USE_SSL are mutually exclusive, so only set one of those settings to True."
 )
-
-
-@contextmanager
-def legacy(**email_settings) -> Iterator[list[warnings.WarningMessage]]:
-    """The EMAIL_* configuration (these settings over Django's defaults, no
-    MAILERS), for a backend made directly or by ``get_connection()``.
-
-    On Django 6.1 it is deprecated: Django warns when the settings are set,
-    when a backend is made directly and at ``get_connection()``. Those
-    warnings are recorded (and yielded); none may come from smtplug's code,
-    which reads the settings as Django's own backend does. Before 6.1 no
-    deprecation warning may come at all (the module's filters).
-    """
-    if not MAILERS_DJANGO:
-        with deprecated_email_settings(**email_settings):
-            yield []
-        return
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with deprecated_email_settings(**email_settings):
-            yield caught
-    from_smtplug = [
-        f"{w.filename}:{w.lineno}: {w.message}"
-        for w in caught
-        if w.filename.startswith(SMTPLUG_DIR)
-    ]
-    assert from_smtplug == []
 
 
 def backend_for(server: ScriptedServer, **kwargs) -> EmailBackend:
