@@ -1,7 +1,11 @@
 """smtplug.django.EmailBackend in real Django, against smtplug.testing.ScriptedServer.
 
-Django is configured once with tests/django_settings.py; each test passes
-host and port (or overrides settings with ``override_settings``).
+Django is configured once with tests/django_settings.py, in the configuration
+the installed Django wants: MAILERS on Django 6.1 and later (each test makes
+its mailer from a MAILERS entry with its server's host and port), EMAIL_*
+settings before. The EMAIL_* configuration, deprecated on Django 6.1, is
+tested on both (``legacy``). Every Django deprecation warning is an error
+here, except the ones ``legacy`` expects from Django itself.
 """
 
 from __future__ import annotations
@@ -9,25 +13,38 @@ from __future__ import annotations
 import email
 import email.policy
 import logging
+import os
 import subprocess
 import sys
 import threading
+import warnings
 
 import django
+import django.utils.deprecation
 import pytest
 
 import django_settings
+from django_settings import MAILERS_DJANGO, legacy, mailer
 
 django_settings.configure()
 
 from django.core import mail  # noqa: E402
+from django.core.exceptions import ImproperlyConfigured  # noqa: E402
 from django.core.mail import EmailMessage, EmailMultiAlternatives  # noqa: E402
+from django.core.mail.backends.smtp import EmailBackend as DjangoSMTPBackend  # noqa: E402
 from django.test import override_settings  # noqa: E402
 
 import smtplug  # noqa: E402
-from smtplug.django import EmailBackend, RecipientsRefusedError  # noqa: E402
+from smtplug.django import EmailBackend, InvalidMailerError, RecipientsRefusedError  # noqa: E402
 from smtplug.testing import ScriptedServer  # noqa: E402
 from tlsfixtures import server_context, tls_ca, write_files  # noqa: E402
+
+pytestmark = django_settings.deprecations_are_errors()
+
+needs_mailers = pytest.mark.skipif(
+    not MAILERS_DJANGO,
+    reason="Django < 6.1 has no MAILERS (CI runs this on Python 3.12/3.13, with Django 6.1)",
+)
 
 DJANGO_TLS_ERROR = (
     "EMAIL_USE_TLS/EMAIL_USE_SSL are mutually exclusive, so only set one of those settings to True."
@@ -35,7 +52,11 @@ DJANGO_TLS_ERROR = (
 
 
 def backend_for(server: ScriptedServer, **kwargs) -> EmailBackend:
+    """A backend for ``server``, configured as the installed Django wants: a
+    MAILERS entry's OPTIONS on Django 6.1, the keywords before."""
     kwargs.setdefault("timeout", 10)
+    if MAILERS_DJANGO:
+        return mailer(host="127.0.0.1", port=server.port, **kwargs)
     return EmailBackend(host="127.0.0.1", port=server.port, **kwargs)
 
 
@@ -90,22 +111,22 @@ def test_importing_smtplug_never_imports_django():
     assert done.stdout.strip() == "ok"
 
 
-# --- settings and keywords -----------------------------------------------------------------
+# --- the EMAIL_* settings and keywords (Django < 6.1; deprecated on 6.1) -------------------
 
 
 def test_use_tls_and_use_ssl_together_is_djangos_value_error():
-    with pytest.raises(ValueError) as info:
+    with legacy(), pytest.raises(ValueError) as info:
         EmailBackend(use_tls=True, use_ssl=True)
     assert str(info.value) == DJANGO_TLS_ERROR
     with (
-        override_settings(EMAIL_USE_TLS=True, EMAIL_USE_SSL=True),
+        legacy(EMAIL_USE_TLS=True, EMAIL_USE_SSL=True),
         pytest.raises(ValueError, match="mutually exclusive"),
     ):
         EmailBackend()
 
 
 def test_django_settings_are_mapped_to_smtplug_options():
-    with override_settings(
+    with legacy(
         EMAIL_HOST="mail.example.net",
         EMAIL_PORT=2525,
         EMAIL_HOST_USER="alice",
@@ -129,11 +150,12 @@ def test_django_settings_are_mapped_to_smtplug_options():
 
 
 def test_keywords_win_over_settings_and_defaults_are_plain_smtp():
-    with override_settings(EMAIL_HOST="ignored.example", EMAIL_USE_SSL=True):
+    with legacy(EMAIL_HOST="ignored.example", EMAIL_USE_SSL=True):
         backend = EmailBackend(host="kw.example", port=465, timeout=3)
         assert backend.client_options()["tlsimport"] is True
         assert backend.client_options()["usetls"] is False
-    plain = EmailBackend().client_options()  # Django's defaults
+    with legacy():
+        plain = EmailBackend().client_options()  # Django's defaults
     assert plain["servers"] == "localhost" and plain["ports"] == 25
     assert plain["usetls"] is False and plain["tlsimport"] is False
     assert "tlspolicy" not in plain and "timeout" not in plain
@@ -143,13 +165,14 @@ def test_keywords_win_over_settings_and_defaults_are_plain_smtp():
 
 def test_username_without_password_does_not_authenticate():
     # Django logs in only when both are set.
-    assert "username" not in EmailBackend(username="alice", password="").client_options()
-    assert "username" not in EmailBackend(username="", password="x").client_options()
+    with legacy():
+        assert "username" not in EmailBackend(username="alice", password="").client_options()
+        assert "username" not in EmailBackend(username="", password="x").client_options()
 
 
 def test_smtplug_options_setting_and_keyword():
     settings_options = {"tlspolicy": "opportunistic", "cafile": "/ca.pem", "atleastone": False}
-    with override_settings(SMTPLUG_OPTIONS=settings_options):
+    with legacy(), override_settings(SMTPLUG_OPTIONS=settings_options):
         backend = EmailBackend(use_tls=True)
         # Merged over the mapped ones: the setting's tlspolicy wins.
         assert backend.client_options()["tlspolicy"] == "opportunistic"
@@ -165,28 +188,196 @@ def test_smtplug_options_setting_and_keyword():
 
 
 def test_unknown_smtplug_options_are_an_error():
-    with pytest.raises(smtplug.InvalidInputError, match="tls_polcy"):
+    with legacy(), pytest.raises(smtplug.InvalidInputError, match="tls_polcy"):
         EmailBackend(options={"tls_polcy": "require"})
     with (
+        legacy(),
         override_settings(SMTPLUG_OPTIONS={"bogus": 1}),
         pytest.raises(smtplug.InvalidInputError, match=r"SMTPLUG_OPTIONS.*bogus"),
     ):
         EmailBackend()
-    with pytest.raises(smtplug.InvalidInputError, match="mapping"):
+    with legacy(), pytest.raises(smtplug.InvalidInputError, match="mapping"):
         EmailBackend(options=["tlspolicy"])  # type: ignore[arg-type]
     # Even with fail_silently: a misspelt option is a configuration error.
-    with pytest.raises(smtplug.InvalidInputError):
+    with legacy(), pytest.raises(smtplug.InvalidInputError):
         EmailBackend(fail_silently=True, options={"mechanism": ["PLAIN"]})
 
 
 def test_bad_option_value_fails_open_or_is_silent():
-    backend = EmailBackend(options={"tlspolicy": "no-such-policy"})
+    backend = backend_for_nothing(options={"tlspolicy": "no-such-policy"})
     with pytest.raises(smtplug.SMTPError):
         backend.open()
     assert backend.connection is None
-    silent = EmailBackend(fail_silently=True, options={"tlspolicy": "no-such-policy"})
+    silent = backend_for_nothing(fail_silently=True, options={"tlspolicy": "no-such-policy"})
     assert silent.open() is None
     assert silent.send_messages([make_message()]) == 0
+
+
+def backend_for_nothing(**kwargs) -> EmailBackend:
+    """A backend for localhost:25 (which it never reaches), configured as
+    the installed Django wants."""
+    if MAILERS_DJANGO:
+        return mailer(host="localhost", **kwargs)
+    return EmailBackend(**kwargs)
+
+
+def test_fail_silently_is_the_backends_own_attribute():
+    # Django 6.1 deprecates BaseEmailBackend's fail_silently (passing it to
+    # BaseEmailBackend.__init__, reading it from there): a backend keeps its own.
+    with legacy():
+        for backend in (EmailBackend(fail_silently=True), EmailBackend()):
+            assert vars(backend)["fail_silently"] is backend.fail_silently
+        assert EmailBackend(fail_silently=True).fail_silently is True
+        assert EmailBackend().fail_silently is False
+
+
+def test_deprecated_configuration_warns_as_djangos_own_backend_does():
+    """With the EMAIL_* settings on Django 6.1, the backend gives exactly the
+    warnings Django's SMTP backend gives in its place (made directly, by
+    get_connection(), with fail_silently); before 6.1, none."""
+    email_settings = {
+        "EMAIL_HOST": "mail.example.net",
+        "EMAIL_PORT": 2525,
+        "EMAIL_HOST_USER": "alice",
+        "EMAIL_HOST_PASSWORD": "secret",
+        "EMAIL_TIMEOUT": 12,
+    }
+
+    def warnings_of(backend_path: str) -> list[tuple[type[Warning], str, str]]:
+        backend_class = (
+            EmailBackend if backend_path == django_settings.BACKEND else DjangoSMTPBackend
+        )
+        # A fresh settings object each time: Django caches what was read.
+        with (
+            legacy(**email_settings, EMAIL_BACKEND=backend_path),
+            warnings.catch_warnings(record=True) as caught,  # not setting them
+        ):
+            warnings.simplefilter("always")
+            direct = backend_class(fail_silently=True, timeout=5)
+            assert direct.fail_silently is True and direct.host == "mail.example.net"
+            assert mail.get_connection(fail_silently=True).fail_silently is True
+            assert backend_class(username="bob").port == 2525
+        return [(w.category, str(w.message), os.path.basename(w.filename)) for w in caught]
+
+    ours = warnings_of(django_settings.BACKEND)
+    djangos = warnings_of("django.core.mail.backends.smtp.EmailBackend")
+    assert ours == djangos
+    if MAILERS_DJANGO:
+        # Django warns when a backend is made directly and at get_connection(),
+        # each pointing at the caller; nothing for reading the settings.
+        assert [message.split(".")[0] for _, message, _ in ours] == [
+            "Directly creating EmailBackend instances is deprecated",
+            "get_connection() is deprecated",
+            "Directly creating EmailBackend instances is deprecated",
+        ]
+        assert {filename for _, _, filename in ours} == {"test_django.py"}
+    else:
+        assert ours == []
+
+
+# --- MAILERS (Django 6.1) ------------------------------------------------------------------
+
+
+@needs_mailers
+def test_mailers_options_are_mapped_to_smtplug_options():
+    backend = mailer(
+        "outbound",
+        host="mail.example.net",
+        port=2525,
+        username="alice",
+        password="secret",
+        use_tls=True,
+        timeout=12,
+        ssl_certfile="/etc/client.pem",
+        ssl_keyfile="/etc/client.key",
+        fail_silently=True,
+        options={"tls_backend": "pyopenssl", "atleastone": False},
+    )
+    assert isinstance(backend, EmailBackend) and backend.alias == "outbound"
+    assert (backend.host, backend.port, backend.username) == ("mail.example.net", 2525, "alice")
+    assert backend.fail_silently is True
+    options = backend.client_options()
+    assert options["servers"] == "mail.example.net" and options["ports"] == 2525
+    assert options["usetls"] is True and options["tlsimport"] is False
+    assert options["tlspolicy"] == "require"
+    assert options["timeout"] == 12
+    assert options["client_cert"] == "/etc/client.pem"
+    assert options["client_key"] == "/etc/client.key"
+    assert (options["username"], options["password"]) == ("alice", "secret")
+    assert options["tls_backend"] == "pyopenssl"
+    assert backend.message_options() == {"atleastone": False}
+
+
+@needs_mailers
+def test_mailers_defaults_are_djangos():
+    # Django's SMTP backend's defaults for its OPTIONS; no setting is read.
+    plain = mailer(host="mail.example.net")
+    assert plain.port == 25 and plain.fail_silently is False
+    options = plain.client_options()
+    assert options["usetls"] is False and options["tlsimport"] is False
+    assert "tlspolicy" not in options and "timeout" not in options
+    assert "username" not in options and "client_cert" not in options
+    assert mailer(host="h", use_tls=True).port == 587
+    assert mailer(host="h", use_ssl=True).port == 465
+    assert mailer(host="h", use_ssl=True).client_options()["tlsimport"] is True
+    for backend, django_backend in (
+        (mailer(host="h"), DjangoSMTPBackend(alias="x", host="h")),
+        (mailer(host="h", use_tls=True), DjangoSMTPBackend(alias="x", host="h", use_tls=True)),
+    ):
+        names = ("port", "username", "password", "use_tls", "use_ssl", "timeout")
+        assert [getattr(backend, n) for n in names] == [getattr(django_backend, n) for n in names]
+
+
+@needs_mailers
+def test_mailers_configuration_errors_are_djangos_invalid_mailer():
+    with pytest.raises(InvalidMailerError, match=r"MAILERS\['bad'\]: OPTIONS must define 'host'"):
+        mailer("bad")
+    with pytest.raises(InvalidMailerError) as info:
+        mailer("bad", host="h", use_tls=True, use_ssl=True)
+    assert info.value.diagnostic == (
+        "MAILERS['bad']: The 'use_ssl' and 'use_tls' OPTIONS are incompatible. "
+        "Set at most one of them to True."
+    )
+    # Every one of these is Django's InvalidMailer (an ImproperlyConfigured)
+    # and smtplug's InvalidInputError (a ValueError).
+    assert isinstance(info.value, mail.InvalidMailer)
+    assert isinstance(info.value, ImproperlyConfigured)
+    assert isinstance(info.value, smtplug.InvalidInputError)
+    assert isinstance(info.value, ValueError)
+    # An OPTIONS name neither Django's backend nor smtplug's takes.
+    with pytest.raises(InvalidMailerError, match=r"MAILERS\['bad'\]: Unknown options 'bogus'"):
+        mailer("bad", host="h", bogus=1)
+    # A misspelt smtplug option, even with fail_silently.
+    with pytest.raises(InvalidMailerError, match=r"MAILERS\['bad'\].*'options'.*tls_polcy"):
+        mailer("bad", host="h", fail_silently=True, options={"tls_polcy": "require"})
+    with pytest.raises(InvalidMailerError, match="mapping"):
+        mailer("bad", host="h", options=["tlspolicy"])
+
+
+@needs_mailers
+def test_mailers_smtplug_options_setting_when_the_entry_has_none():
+    with override_settings(SMTPLUG_OPTIONS={"cafile": "/ca.pem", "queue": True}):
+        assert mailer(host="h").client_options()["cafile"] == "/ca.pem"
+        assert mailer(host="h").message_options() == {"atleastone": True, "queue": True}
+        # The entry's options are used instead of the setting.
+        chosen = mailer(host="h", options={"tls_backend": "pyopenssl"})
+        assert "cafile" not in chosen.client_options()
+    with (
+        override_settings(SMTPLUG_OPTIONS={"bogus": 1}),
+        pytest.raises(InvalidMailerError, match=r"SMTPLUG_OPTIONS.*bogus"),
+    ):
+        mailer(host="h")
+
+
+@needs_mailers
+def test_a_directly_made_backend_where_mailers_is_defined_is_a_configuration_error():
+    # Django's own backend made so reads EMAIL_HOST_USER, which Django then
+    # refuses (AttributeError): here an InvalidMailerError, after Django's warning.
+    with (
+        pytest.warns(django.utils.deprecation.RemovedInDjango2028Warning, match="Directly"),
+        pytest.raises(InvalidMailerError, match=r"EMAIL_HOST_USER.*MAILERS is defined"),
+    ):
+        EmailBackend(host="127.0.0.1", port=25)
 
 
 # --- open, close, count -------------------------------------------------------------------
@@ -247,7 +438,7 @@ def test_nothing_to_send_and_messages_without_recipients():
 def test_send_mail_through_the_email_backend_setting():
     with (
         ScriptedServer() as server,
-        override_settings(EMAIL_HOST="127.0.0.1", EMAIL_PORT=server.port, EMAIL_TIMEOUT=10),
+        legacy(EMAIL_HOST="127.0.0.1", EMAIL_PORT=server.port, EMAIL_TIMEOUT=10),
     ):
         assert isinstance(mail.get_connection(), EmailBackend)
         sent = mail.send_mail("via send_mail", "Body.\n", "alice@example.com", ["bob@example.org"])
@@ -255,6 +446,28 @@ def test_send_mail_through_the_email_backend_setting():
         server.wait_idle()
     (t,) = delivered(server)
     assert parsed(t)["Subject"] == "via send_mail"
+
+
+@needs_mailers
+def test_send_mail_through_mailers_default_and_using():
+    with ScriptedServer() as default, ScriptedServer() as other:
+        entries = {
+            alias: {
+                "BACKEND": "smtplug.django.EmailBackend",
+                "OPTIONS": {"host": "127.0.0.1", "port": server.port, "timeout": 10},
+            }
+            for alias, server in (("default", default), ("other", other))
+        }
+        with override_settings(MAILERS=entries):
+            assert isinstance(mail.mailers.default, EmailBackend)
+            args = ("Body.\n", "alice@example.com", ["bob@example.org"])
+            assert mail.send_mail("to default", *args) == 1
+            assert mail.send_mail("to other", *args, using="other") == 1
+            assert make_message("message.send").send(using="other") == 1
+        default.wait_idle()
+        other.wait_idle()
+    assert [parsed(t)["Subject"] for t in delivered(default)] == ["to default"]
+    assert [parsed(t)["Subject"] for t in delivered(other)] == ["to other", "message.send"]
 
 
 def test_neither_tls_setting_is_plain_smtp_even_when_starttls_is_offered():

@@ -1,15 +1,27 @@
-"""A Django email backend on smtplug: ``EMAIL_BACKEND = "smtplug.django.EmailBackend"``.
+"""A Django email backend on smtplug: ``smtplug.django.EmailBackend``.
 
-A drop-in for ``django.core.mail.backends.smtp.EmailBackend``: the same
-settings (``EMAIL_HOST``, ``EMAIL_PORT``, ``EMAIL_HOST_USER``,
-``EMAIL_HOST_PASSWORD``, ``EMAIL_USE_TLS``, ``EMAIL_USE_SSL``,
-``EMAIL_TIMEOUT``, ``EMAIL_SSL_CERTFILE``, ``EMAIL_SSL_KEYFILE``), the same
-constructor keywords, the same ``open()`` / ``close()`` / ``send_messages()``
-contract, sending through one :class:`smtplug.Client`. smtplug's own options
-(``tlspolicy``, ``tls_backend``, ``cafile``, ``mechanisms``, ``oauth_token``,
-``atleastone``, ``timeouts`` ...) come from the ``SMTPLUG_OPTIONS`` setting or
-the ``options=`` keyword, over the options mapped from Django's settings.
-See ``docs/django.md``.
+A drop-in for ``django.core.mail.backends.smtp.EmailBackend``, configured as
+the installed Django configures its own:
+
+- Django 6.1 and later: a ``MAILERS`` entry, ``{"BACKEND":
+  "smtplug.django.EmailBackend", "OPTIONS": {...}}``, with the OPTIONS of
+  Django's SMTP backend (``host``, ``port``, ``username``, ``password``,
+  ``use_tls``, ``use_ssl``, ``timeout``, ``ssl_certfile``, ``ssl_keyfile``,
+  ``fail_silently``) plus ``options`` (smtplug's own); ``mail.mailers[alias]``
+  builds the backend. No deprecated setting is read.
+- Before, or on Django 6.1 while a project still has ``EMAIL_BACKEND``: the
+  settings ``EMAIL_HOST``, ``EMAIL_PORT``, ``EMAIL_HOST_USER``,
+  ``EMAIL_HOST_PASSWORD``, ``EMAIL_USE_TLS``, ``EMAIL_USE_SSL``,
+  ``EMAIL_TIMEOUT``, ``EMAIL_SSL_CERTFILE``, ``EMAIL_SSL_KEYFILE``, and the
+  same constructor keywords, read (and deprecated) as Django's backend
+  reads them.
+
+The same ``open()`` / ``close()`` / ``send_messages()`` contract, sending
+through one :class:`smtplug.Client`. smtplug's own options (``tlspolicy``,
+``tls_backend``, ``cafile``, ``mechanisms``, ``oauth_token``, ``atleastone``,
+``timeouts`` ...) come from the ``options`` keyword (an OPTIONS entry with
+MAILERS) or else the ``SMTPLUG_OPTIONS`` setting, over the options mapped
+from Django's. See ``docs/django.md``.
 
 This module imports Django; nothing else in smtplug imports this module.
 """
@@ -24,13 +36,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import django  # type: ignore[import-untyped]
+import django.core.mail  # type: ignore[import-untyped]
+import django.utils.deprecation  # type: ignore[import-untyped]
 from django.conf import settings  # type: ignore[import-untyped]
+from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
 from django.core.mail.backends.base import BaseEmailBackend  # type: ignore[import-untyped]
 from django.core.mail.utils import DNS_NAME  # type: ignore[import-untyped]
+from django.utils.functional import empty  # type: ignore[import-untyped]
 
 import smtplug
 
-__all__ = ["EmailBackend", "RecipientsRefusedError"]
+__all__ = ["EmailBackend", "InvalidMailerError", "RecipientsRefusedError"]
 
 logger = logging.getLogger("smtplug.django")
 
@@ -50,11 +66,11 @@ def _client_option_names() -> frozenset[str] | None:
     )
 
 
-def _check_options(options: object, where: str) -> dict[str, Any]:
+def _check_options(
+    options: object, where: str, error: type[smtplug.InvalidInputError]
+) -> dict[str, Any]:
     if not isinstance(options, Mapping):
-        raise smtplug.InvalidInputError(
-            f"{where} must be a mapping of smtplug options, not {type(options).__name__}"
-        )
+        raise error(f"{where} must be a mapping of smtplug options, not {type(options).__name__}")
     known = _client_option_names()
     unknown = sorted(
         str(name)
@@ -63,7 +79,7 @@ def _check_options(options: object, where: str) -> dict[str, Any]:
         or (known is not None and name not in known and name not in MESSAGE_OPTIONS)
     )
     if unknown:
-        raise smtplug.InvalidInputError(
+        raise error(
             f"{where}: unknown smtplug option(s): {', '.join(unknown)} (the options are "
             "smtplug.Client's keywords, plus atleastone and queue)"
         )
@@ -74,6 +90,63 @@ def _check_options(options: object, where: str) -> dict[str, Any]:
 #: the SMTP backend's ``prep_address``); earlier versions on its SafeMIME
 #: classes and ``sanitize_address``. The backend follows the installed one.
 _DJANGO_6 = django.VERSION >= (6, 0)
+
+#: Django 6.1 configures backends through the MAILERS setting:
+#: ``mail.mailers[alias]`` calls ``BACKEND(alias=alias, **OPTIONS)``. It
+#: deprecates the EMAIL_* settings (each read by code outside Django warns;
+#: with MAILERS defined they are gone), creating a backend directly, and
+#: ``BaseEmailBackend.fail_silently`` (a backend keeps its own). Found by
+#: feature, as Django's own code tells the two configurations apart.
+_MAILERS: bool = hasattr(django.core.mail, "mailers")
+
+#: The error Django raises for a bad MAILERS entry (ImproperlyConfigured
+#: before Django 6.1, which has no MAILERS).
+_InvalidMailer: Any = getattr(django.core.mail, "InvalidMailer", ImproperlyConfigured)
+
+#: What Django 6.1 warns with for the deprecated email configuration.
+_DEPRECATION: Any = getattr(
+    django.utils.deprecation, "RemovedInDjango2028Warning", PendingDeprecationWarning
+)
+
+
+class InvalidMailerError(smtplug.InvalidInputError, _InvalidMailer):  # type: ignore[misc]
+    """A MAILERS entry for this backend is wrong (no ``host``, ``use_tls``
+    with ``use_ssl``, an unknown OPTIONS name or smtplug option), or an
+    EMAIL_* setting was needed where MAILERS is defined. Raised when the
+    backend is made, whatever ``fail_silently`` says.
+
+    Both an :class:`smtplug.InvalidInputError` (so a ``ValueError``) and
+    Django's ``InvalidMailer`` (an ``ImproperlyConfigured``), which Django's
+    own backend raises for the same mistakes.
+    """
+
+    def __init__(self, message: str) -> None:
+        smtplug.InvalidInputError.__init__(self, message)
+
+
+def _email_setting(name: str) -> Any:
+    """The deprecated EMAIL_* setting ``name``, read as Django's own SMTP
+    backend reads it.
+
+    Django 6.1 warns at each read of one from code outside Django (its own
+    backend reads them silently; the project was warned for each one it sets
+    when its settings were loaded), so the read goes to the settings object
+    under the lazy ``settings`` proxy, which is what the proxy reads. With
+    MAILERS defined the EMAIL_* settings are not available (Django raises
+    AttributeError): InvalidMailerError here.
+    """
+    if not _MAILERS:
+        return getattr(settings, name)
+    if settings._wrapped is empty:
+        settings._setup(name)
+    configured = settings._wrapped
+    if hasattr(configured, "MAILERS"):
+        raise InvalidMailerError(
+            f"The {name} setting is not available when MAILERS is defined: get this "
+            "backend from django.core.mail.mailers (a MAILERS entry's OPTIONS) instead "
+            "of creating it directly"
+        )
+    return getattr(configured, name)
 
 
 def _sanitize(address: object, encoding: str) -> str:
@@ -140,9 +213,16 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]
     """Django's SMTP email backend, sending with smtplug.
 
     The same keywords as ``django.core.mail.backends.smtp.EmailBackend``
-    (each ``None`` means "from the setting"), plus ``options``: smtplug's own
-    options, used instead of the ``SMTPLUG_OPTIONS`` setting. Unknown option
-    names, and ``use_tls`` with ``use_ssl``, are errors here.
+    (its MAILERS OPTIONS on Django 6.1 and later), plus ``options``: smtplug's
+    own options, used instead of the ``SMTPLUG_OPTIONS`` setting. Unknown
+    option names, and ``use_tls`` with ``use_ssl``, are errors here.
+
+    Made by ``mail.mailers`` (``alias`` given), it takes its configuration
+    from the keywords alone, with the defaults of Django's backend: ``host``
+    required, ``port`` 465 with ``use_ssl``, 587 with ``use_tls``, else 25.
+    Made without ``alias`` (``EMAIL_BACKEND``, ``get_connection()``, or
+    directly), each keyword that is ``None`` means "from the EMAIL_* setting",
+    as in Django.
     """
 
     def __init__(
@@ -160,19 +240,82 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]
         options: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(fail_silently=fail_silently, **kwargs)
-        self.host: str = host or settings.EMAIL_HOST
-        self.port: int = port or settings.EMAIL_PORT
-        self.username: str = settings.EMAIL_HOST_USER if username is None else username
-        self.password: str = settings.EMAIL_HOST_PASSWORD if password is None else password
-        self.use_tls: bool = settings.EMAIL_USE_TLS if use_tls is None else use_tls
-        self.use_ssl: bool = settings.EMAIL_USE_SSL if use_ssl is None else use_ssl
-        self.timeout: float | None = settings.EMAIL_TIMEOUT if timeout is None else timeout
-        self.ssl_keyfile: str | None = (
-            settings.EMAIL_SSL_KEYFILE if ssl_keyfile is None else ssl_keyfile
+        alias: str | None = kwargs.get("alias")
+        if _MAILERS and alias is None:
+            # As Django's SMTP backend warns (for callers outside Django).
+            django.utils.deprecation.warn_about_external_use(
+                "Directly creating EmailBackend instances is deprecated. Use mail.mailers instead.",
+                _DEPRECATION,
+            )
+        # fail_silently is this backend's own (Django 6.1 deprecates the base
+        # class's); the base class checks the rest (alias, unknown OPTIONS).
+        try:
+            super().__init__(**kwargs)
+        except _InvalidMailer as exc:
+            raise InvalidMailerError(str(exc)) from exc
+        self.fail_silently: bool = fail_silently
+        self.host: str
+        self.port: int
+        self.username: str | None
+        self.password: str | None
+        self.use_tls: bool
+        self.use_ssl: bool
+        self.timeout: float | None
+        self.ssl_keyfile: str | None
+        self.ssl_certfile: str | None
+        if alias is None:
+            self._from_settings(
+                host, port, username, password, use_tls, use_ssl, timeout, ssl_keyfile, ssl_certfile
+            )
+        else:
+            self._from_mailer(
+                alias,
+                host,
+                port,
+                username,
+                password,
+                use_tls,
+                use_ssl,
+                timeout,
+                ssl_keyfile,
+                ssl_certfile,
+            )
+        error = smtplug.InvalidInputError if alias is None else InvalidMailerError
+        if options is None:
+            self.options = _check_options(
+                getattr(settings, "SMTPLUG_OPTIONS", None) or {}, "SMTPLUG_OPTIONS", error
+            )
+        else:
+            where = "options" if alias is None else f"MAILERS[{alias!r}]: OPTIONS['options']"
+            self.options = _check_options(options, where, error)
+        self.connection: smtplug.Client | None = None
+        self._lock = threading.RLock()
+
+    def _from_settings(
+        self,
+        host: str | None,
+        port: int | None,
+        username: str | None,
+        password: str | None,
+        use_tls: bool | None,
+        use_ssl: bool | None,
+        timeout: float | None,
+        ssl_keyfile: str | None,
+        ssl_certfile: str | None,
+    ) -> None:
+        """Django's EMAIL_* settings for each keyword that is None."""
+        self.host = host or _email_setting("EMAIL_HOST")
+        self.port = port or _email_setting("EMAIL_PORT")
+        self.username = _email_setting("EMAIL_HOST_USER") if username is None else username
+        self.password = _email_setting("EMAIL_HOST_PASSWORD") if password is None else password
+        self.use_tls = _email_setting("EMAIL_USE_TLS") if use_tls is None else use_tls
+        self.use_ssl = _email_setting("EMAIL_USE_SSL") if use_ssl is None else use_ssl
+        self.timeout = _email_setting("EMAIL_TIMEOUT") if timeout is None else timeout
+        self.ssl_keyfile = (
+            _email_setting("EMAIL_SSL_KEYFILE") if ssl_keyfile is None else ssl_keyfile
         )
-        self.ssl_certfile: str | None = (
-            settings.EMAIL_SSL_CERTFILE if ssl_certfile is None else ssl_certfile
+        self.ssl_certfile = (
+            _email_setting("EMAIL_SSL_CERTFILE") if ssl_certfile is None else ssl_certfile
         )
         if self.use_ssl and self.use_tls:
             # Django's own error, word for word.
@@ -180,14 +323,40 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]
                 "EMAIL_USE_TLS/EMAIL_USE_SSL are mutually exclusive, so only set "
                 "one of those settings to True."
             )
-        if options is None:
-            self.options = _check_options(
-                getattr(settings, "SMTPLUG_OPTIONS", None) or {}, "SMTPLUG_OPTIONS"
+
+    def _from_mailer(
+        self,
+        alias: str,
+        host: str | None,
+        port: int | None,
+        username: str | None,
+        password: str | None,
+        use_tls: bool | None,
+        use_ssl: bool | None,
+        timeout: float | None,
+        ssl_keyfile: str | None,
+        ssl_certfile: str | None,
+    ) -> None:
+        """A MAILERS entry's OPTIONS, with the defaults of Django's backend."""
+        if host is None:
+            raise InvalidMailerError(f"MAILERS[{alias!r}]: OPTIONS must define 'host'.")
+        self.host = host
+        self.username = username
+        self.password = password
+        self.use_tls = bool(use_tls)
+        self.use_ssl = bool(use_ssl)
+        self.timeout = timeout
+        self.ssl_keyfile = ssl_keyfile
+        self.ssl_certfile = ssl_certfile
+        if self.use_ssl and self.use_tls:
+            # Django's own error, word for word.
+            raise InvalidMailerError(
+                f"MAILERS[{alias!r}]: The 'use_ssl' and 'use_tls' OPTIONS are incompatible. "
+                "Set at most one of them to True."
             )
-        else:
-            self.options = _check_options(options, "options")
-        self.connection: smtplug.Client | None = None
-        self._lock = threading.RLock()
+        if port is None:
+            port = 465 if self.use_ssl else 587 if self.use_tls else 25
+        self.port = port
 
     def client_options(self) -> dict[str, Any]:
         """The keywords the :class:`smtplug.Client` is built with: the Django

@@ -1,10 +1,14 @@
 """smtplug.django.EmailBackend in real Django against the real Postfix.
 
-STARTTLS with the harness's CA (EMAIL_USE_TLS), implicit TLS (EMAIL_USE_SSL)
-with a client certificate, AUTH as Django does it (EMAIL_HOST_USER and
-EMAIL_HOST_PASSWORD), a multipart message with alternatives, attachments and
-non-ASCII text, Bcc, and refused recipients; each checked in what arrived in
-the Maildir (and in Postfix's Received header and log).
+STARTTLS with the harness's CA (use_tls), implicit TLS (use_ssl) with a client
+certificate, AUTH as Django does it (username and password), a multipart
+message with alternatives, attachments and non-ASCII text, Bcc, and refused
+recipients; each checked in what arrived in the Maildir (and in Postfix's
+Received header and log). The backends are configured as the installed Django
+wants (a MAILERS entry on Django 6.1, keywords before); the EMAIL_* settings,
+deprecated on 6.1, are tested on both, and MAILERS aliases with send_mail()
+on 6.1. Django's deprecation warnings are errors, but for those Django gives
+for the EMAIL_* settings.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import email.policy
 import pytest
 
 import django_settings
+from django_settings import MAILERS_DJANGO, legacy, mailer
 
 django_settings.configure()
 
@@ -25,7 +30,15 @@ from django.test import override_settings  # noqa: E402
 import smtplug  # noqa: E402
 from smtplug.django import EmailBackend, RecipientsRefusedError  # noqa: E402
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, *django_settings.deprecations_are_errors()]
+
+
+def make_backend(**kwargs) -> EmailBackend:
+    """A backend with these keywords, configured as the installed Django
+    wants: a MAILERS entry's OPTIONS on Django 6.1, the keywords before."""
+    if MAILERS_DJANGO:
+        return mailer(**kwargs)
+    return EmailBackend(**kwargs)
 
 
 def arrived(pf, count: int = 1) -> list[email.message.EmailMessage]:
@@ -43,7 +56,7 @@ def simple(subject: str, **kwargs) -> EmailMessage:
 
 def test_starttls_with_cafile(postfix_clean):
     pf = postfix_clean
-    backend = EmailBackend(
+    backend = make_backend(
         host=pf.host, port=pf.plain_port, use_tls=True, timeout=30, options={"cafile": pf.ca}
     )
     assert backend.send_messages([simple("django starttls")]) == 1
@@ -55,7 +68,7 @@ def test_starttls_with_cafile(postfix_clean):
 
 def test_starttls_without_the_ca_is_refused(postfix_clean):
     pf = postfix_clean
-    backend = EmailBackend(host=pf.host, port=pf.plain_port, use_tls=True, timeout=30)
+    backend = make_backend(host=pf.host, port=pf.plain_port, use_tls=True, timeout=30)
     with pytest.raises(smtplug.ConnectError) as info:
         backend.send_messages([simple("unverified")])
     assert any(
@@ -66,14 +79,16 @@ def test_starttls_without_the_ca_is_refused(postfix_clean):
 
 def test_auth_over_starttls_from_django_settings(postfix_clean):
     pf = postfix_clean
-    with override_settings(
-        EMAIL_HOST=pf.host,
-        EMAIL_PORT=pf.submission_port,
-        EMAIL_HOST_USER=pf.user,
-        EMAIL_HOST_PASSWORD=pf.password,
-        EMAIL_USE_TLS=True,
-        EMAIL_TIMEOUT=30,
-        SMTPLUG_OPTIONS={"cafile": pf.ca},
+    with (
+        legacy(
+            EMAIL_HOST=pf.host,
+            EMAIL_PORT=pf.submission_port,
+            EMAIL_HOST_USER=pf.user,
+            EMAIL_HOST_PASSWORD=pf.password,
+            EMAIL_USE_TLS=True,
+            EMAIL_TIMEOUT=30,
+        ),
+        override_settings(SMTPLUG_OPTIONS={"cafile": pf.ca}),
     ):
         sent = mail.send_mail(
             "django auth", "After AUTH.\n", "alice@example.com", ["bob@example.org"]
@@ -87,7 +102,7 @@ def test_auth_over_starttls_from_django_settings(postfix_clean):
 def test_auth_with_the_realm_and_a_wrong_password(postfix_clean):
     pf = postfix_clean
     common = dict(host=pf.host, port=pf.submission_port, use_tls=True, timeout=30)
-    backend = EmailBackend(
+    backend = make_backend(
         username=f"{pf.user}@{pf.realm}",
         password=pf.password,
         options={"cafile": pf.ca, "mechanisms": ["PLAIN"]},
@@ -95,13 +110,13 @@ def test_auth_with_the_realm_and_a_wrong_password(postfix_clean):
     )
     assert backend.send_messages([simple("realm")]) == 1
     arrived(pf)
-    wrong = EmailBackend(
+    wrong = make_backend(
         username=pf.user, password=pf.password + "-wrong", options={"cafile": pf.ca}, **common
     )
     with pytest.raises(smtplug.AuthenticationError) as info:
         wrong.send_messages([simple("wrong")])
     assert info.value.code == 535 and pf.password not in str(info.value)
-    silent = EmailBackend(
+    silent = make_backend(
         username=pf.user,
         password=pf.password + "-wrong",
         fail_silently=True,
@@ -115,7 +130,7 @@ def test_auth_with_the_realm_and_a_wrong_password(postfix_clean):
 def test_implicit_tls_with_a_client_certificate_and_auth(postfix_clean):
     pf = postfix_clean
     offset = pf.log_offset()
-    backend = EmailBackend(
+    backend = make_backend(
         host=pf.host,
         port=pf.smtps_port,
         use_ssl=True,
@@ -148,7 +163,7 @@ def test_alternatives_attachments_and_non_ascii(postfix_clean):
     payload = bytes(range(256)) * 16
     msg.attach("blob.bin", payload, "application/octet-stream")
     msg.attach("notizen.txt", "Äpfel und Birnen\n", "text/plain")
-    backend = EmailBackend(
+    backend = make_backend(
         host=pf.host, port=pf.plain_port, use_tls=True, timeout=30, options={"cafile": pf.ca}
     )
     assert backend.send_messages([msg]) == 1
@@ -168,7 +183,7 @@ def test_alternatives_attachments_and_non_ascii(postfix_clean):
 def test_bcc_is_delivered_but_never_shown(postfix_clean):
     pf = postfix_clean
     msg = simple("bcc", cc=["carol@example.org"], bcc=["secret@example.net"])
-    backend = EmailBackend(
+    backend = make_backend(
         host=pf.host, port=pf.plain_port, use_tls=True, timeout=30, options={"cafile": pf.ca}
     )
     assert backend.send_messages([msg]) == 1
@@ -190,7 +205,7 @@ def test_bcc_is_delivered_but_never_shown(postfix_clean):
 def test_a_refused_recipient(postfix_clean):
     pf = postfix_clean
     refused = f"nobody@{pf.refused_domain}"
-    backend = EmailBackend(
+    backend = make_backend(
         host=pf.host, port=pf.plain_port, use_tls=True, timeout=30, options={"cafile": pf.ca}
     )
     # One of two refused: sent to the other, and counted (Django's semantics).
@@ -205,7 +220,7 @@ def test_a_refused_recipient(postfix_clean):
     assert set(info.value.recipients) == {refused}
     assert info.value.recipients[refused][0] == 550
     # With fail_silently: not counted, and the rest of the batch goes.
-    silent = EmailBackend(
+    silent = make_backend(
         host=pf.host,
         port=pf.plain_port,
         use_tls=True,
@@ -217,7 +232,7 @@ def test_a_refused_recipient(postfix_clean):
     (got,) = arrived(pf)
     assert got["Subject"] == "after"
     # atleastone=False: one refusal and nothing is sent.
-    strict = EmailBackend(
+    strict = make_backend(
         host=pf.host,
         port=pf.plain_port,
         use_tls=True,
@@ -228,3 +243,66 @@ def test_a_refused_recipient(postfix_clean):
     with pytest.raises(RecipientsRefusedError):
         strict.send_messages([simple("strict", to=["bob@example.org", refused])])
     assert pf.messages() == []
+
+
+if MAILERS_DJANGO:
+    # Django 6.1's configuration (defined only where it exists: an interop
+    # skip fails CI, and CI runs this on Python 3.12/3.13 with Django 6.1).
+
+    def test_mailers_auth_over_starttls_and_implicit_tls_with_send_mail(postfix_clean):
+        pf = postfix_clean
+        offset = pf.log_offset()
+        mailers = {
+            "default": {
+                "BACKEND": "smtplug.django.EmailBackend",
+                "OPTIONS": {
+                    "host": pf.host,
+                    "port": pf.submission_port,
+                    "username": pf.user,
+                    "password": pf.password,
+                    "use_tls": True,
+                    "timeout": 30,
+                    "options": {"cafile": pf.ca},
+                },
+            },
+            "smtps": {
+                "BACKEND": "smtplug.django.EmailBackend",
+                "OPTIONS": {
+                    "host": pf.host,
+                    "port": pf.smtps_port,
+                    "use_ssl": True,
+                    "username": pf.user,
+                    "password": pf.password,
+                    "ssl_certfile": pf.client_cert,
+                    "ssl_keyfile": pf.client_key,
+                    "timeout": 30,
+                    "options": {"cafile": pf.ca},
+                },
+            },
+            "refusing": {
+                "BACKEND": "smtplug.django.EmailBackend",
+                "OPTIONS": {
+                    "host": pf.host,
+                    "port": pf.plain_port,
+                    "use_tls": True,
+                    "timeout": 30,
+                    "fail_silently": True,
+                    "options": {"cafile": pf.ca, "atleastone": False},
+                },
+            },
+        }
+        refused = f"nobody@{pf.refused_domain}"
+        args = ("Through MAILERS.\n", "alice@example.com", ["bob@example.org"])
+        with override_settings(MAILERS=mailers):
+            assert mail.send_mail("mailers default", *args) == 1
+            assert mail.send_mail("mailers smtps", *args, using="smtps") == 1
+            # fail_silently from OPTIONS: every recipient refused counts zero.
+            strict = simple("mailers refused", to=["bob@example.org", refused])
+            assert strict.send(using="refusing") == 0
+        got = {m["Subject"]: m for m in arrived(pf, 2)}
+        assert set(got) == {"mailers default", "mailers smtps"}
+        for m in got.values():
+            assert "using TLS" in m["Received"]
+            assert f"Authenticated sender: {pf.user}" in m["Received"]
+        pf.wait_for_log("Trusted TLS connection established", offset)
+        assert len(pf.messages()) == 2
