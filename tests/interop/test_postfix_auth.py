@@ -10,9 +10,10 @@ from email.message import EmailMessage
 import pytest
 
 import smtplug
+from apis import both_apis
 from smtplug import AuthenticationError
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, both_apis]
 
 MECHANISMS = ["PLAIN", "LOGIN", "CRAM-MD5", "DIGEST-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256"]
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 import pytest
 
 import smtplug
+from apis import both_apis
 from smtplug import AuthenticationError
 
 from .test_postfix_auth import message, options
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, both_apis]
 
 
 def test_long_plain_response_after_the_empty_challenge(postfix_clean, capsys):

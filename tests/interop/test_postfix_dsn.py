@@ -12,9 +12,10 @@ from email.message import EmailMessage
 import pytest
 
 import smtplug
+from apis import both_apis
 from smtplug import DSN
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, both_apis]
 
 
 def test_a_success_notification_comes_back_with_envid_and_orcpt(postfix_clean):

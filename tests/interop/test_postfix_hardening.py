@@ -13,8 +13,9 @@ import email.policy
 import pytest
 
 import smtplug
+from apis import both_apis
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, both_apis]
 
 # The nine end-of-data look-alikes of the December 2023 SMTP smuggling research.
 SMUGGLING = [

@@ -14,9 +14,10 @@ from email.message import EmailMessage
 import pytest
 
 import smtplug
+from apis import both_apis
 from smtplug import ConnectError, ResponseError, TLSError
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, both_apis]
 
 BACKENDS = ["stdlib", "pyopenssl"]
 

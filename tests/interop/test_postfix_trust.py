@@ -20,8 +20,9 @@ from email.message import EmailMessage
 import pytest
 
 import smtplug
+from apis import both_apis
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, both_apis]
 
 
 def message(subject: str, sender: str = "alice@example.com", to: str = "bob@example.org"):
