@@ -4,8 +4,8 @@ Theory of operation. Each step of a session (greeting, EHLO/HELO, QUED, one
 mail transaction, QUIT) is a generator. It *yields* what it needs done, a
 :class:`Send` (bytes to write) or a :class:`Receive` (read one reply, with a
 deadline), and is *sent* back the result: ``None`` for a write, the parsed
-:class:`~smtplug.protocol.Reply` for a read. A driver (the sync one in
-:mod:`smtplug.driver` now, an asyncio one later) runs the generator against a
+:class:`~smtplug.protocol.Reply` for a read. A driver (
+:mod:`smtplug.drivers`: blocking or asyncio) runs the generator against a
 real stream. I/O failures are thrown *into* the generator at the yield that
 caused them, so the session decides what they mean: a connection lost while
 waiting for the reply to the final "." becomes

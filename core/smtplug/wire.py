@@ -1,7 +1,7 @@
 """One connection's protocol bookkeeping, without I/O: what every driver needs.
 
-Theory of operation. A driver (the blocking one in :mod:`smtplug.driver`, an
-asyncio one later) moves bytes; a :class:`Wire` decides what they mean for
+Theory of operation. A driver (:mod:`smtplug.drivers`: blocking or asyncio)
+moves bytes; a :class:`Wire` decides what they mean for
 the connection, so that no driver makes a protocol decision:
 
 * replies: the driver feeds what it read (:meth:`Wire.feed`) and takes
