@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import platform
+import resource
 import signal
 import socket
 import statistics
@@ -190,12 +191,25 @@ class Contender:
     sessions: int  # sessions the sink must count per run (-1: one per message)
 
 
-def verified_run(contender: Contender, job: Job, sink: sinkmod.Sink) -> float:
-    """Run once; return the wall time. Raises DeliveryError unless the sink got it all."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def verified_run(contender: Contender, job: Job, sink: sinkmod.Sink) -> tuple[float, float]:
+    """Run once; return (wall time, the client's CPU time). Raises DeliveryError
+    unless the sink got it all.
+
+    The CPU time is user + system of the harness process (where the Python
+    clients run) plus that of the child processes it waited for meanwhile
+    (smtp-source): the client's own cost, without the sink's, and far less
+    moved by other load on the machine than the wall time."""
     before = sink.counters()
+    cpu = time.process_time() + _children_cpu()
     started = time.perf_counter()
     contender.runner(job)
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() + _children_cpu() - cpu
     sessions = job.count if contender.sessions < 0 else contender.sessions
     want_messages, want_sessions = before.messages + job.count, before.sessions + sessions
     after = sink.wait_for(lambda c: c.messages >= want_messages and c.sessions >= want_sessions, 5)
@@ -206,7 +220,7 @@ def verified_run(contender: Contender, job: Job, sink: sinkmod.Sink) -> float:
         )
     if not sink.alive():
         raise DeliveryError("smtp-sink died")
-    return elapsed
+    return elapsed, cpu
 
 
 def run_rounds(
@@ -242,7 +256,7 @@ def run_rounds(
             if client.status != "ok":
                 continue
             try:
-                elapsed = verified_run(contender, job, sink)
+                elapsed, cpu = verified_run(contender, job, sink)
             except NotAvailable as exc:
                 client.status = f"n/a ({exc})"
                 continue
@@ -254,6 +268,7 @@ def run_rounds(
                 continue
             client.seconds.append(elapsed)
             client.samples.append(job.count / elapsed)
+            client.extra.setdefault("cpu_us_per_message", []).append(cpu / job.count * 1e6)
 
 
 def contenders_for(number: int, have_source: bool) -> list[Contender]:
@@ -614,14 +629,20 @@ def print_result(result: ScenarioResult) -> None:
     else:
         medians = {n: median_iqr(c.samples)[0] for n, c in result.clients.items() if c.samples}
         floor = medians.get(FLOOR, float("nan"))
-        print(f"  {'client':<13}{'median msg/s':>14}{'IQR':>10}{'x floor':>9}{'runs':>6}  status")
+        cpus = cpu_medians(result)
+        floor_cpu = cpus.get(FLOOR, float("nan"))
+        print(
+            f"  {'client':<13}{'median msg/s':>14}{'IQR':>10}{'x floor':>9}"
+            f"{'CPU us/msg':>12}{'x floor':>9}{'runs':>6}  status"
+        )
         for name, client in result.clients.items():
             median, iqr = median_iqr(client.samples)
             places = 2 if median < 10 else 1
             shown = (
                 f"{median:14.{places}f}{iqr:10.{places}f}{_ratio(median, floor):>9}"
+                f"{cpus[name]:12.0f}{_ratio(cpus[name], floor_cpu):>9}"
                 if client.samples
-                else f"{'-':>14}{'-':>10}{'-':>9}"
+                else f"{'-':>14}{'-':>10}{'-':>9}{'-':>12}{'-':>9}"
             )
             print(f"  {name:<13}{shown}{len(client.samples):>6}  {client.status}")
         ours = medians.get(REFERENCE, float("nan"))
@@ -634,6 +655,10 @@ def print_result(result: ScenarioResult) -> None:
             alo = medians.get("smtplug-alo", float("nan"))
             ratios.append(f"smtplug-alo/{FLOOR} {_ratio(alo, floor)}")
         print("  ratios (messages per second, above 1 = smtplug faster): " + "   ".join(ratios))
+        print(
+            "  CPU us/msg: the client's own CPU time (user + system: the harness's, plus "
+            "smtp-source's), median; its x floor is the multiple of the floor's cost"
+        )
         if "smtplug-alo" in result.clients:
             print("  smtplug-alo: smtplug with atleastone=True (DATA in the MAIL/RCPT flight)")
     if result.note:
@@ -675,11 +700,21 @@ def print_big(result: ScenarioResult) -> None:
     )
 
 
+def cpu_medians(result: ScenarioResult) -> dict[str, float]:
+    """Each client's median CPU microseconds per message (clients with samples)."""
+    return {
+        name: statistics.median(client.extra["cpu_us_per_message"])
+        for name, client in result.clients.items()
+        if client.extra.get("cpu_us_per_message")
+    }
+
+
 SUMMARY_CLIENTS = (FLOOR, "smtplug", "smtplug-alo", "smtplib", "aiosmtplib", "smtp-source")
 
 
-def summary_table(results: list[ScenarioResult]) -> list[str]:
-    """A Markdown table of every message scenario: median msg/s (x the floor's)."""
+def summary_table(results: list[ScenarioResult], *, cpu: bool = False) -> list[str]:
+    """A Markdown table of every message scenario: median msg/s (x the floor's);
+    ``cpu``: median CPU us per message (x the floor's)."""
     rows = [r for r in results if r.number != 4 and not r.skipped and r.clients]
     if not rows:
         return []
@@ -689,7 +724,10 @@ def summary_table(results: list[ScenarioResult]) -> list[str]:
         "|---|---|" + "---|" * len(shown),
     ]
     for r in rows:
-        medians = {n: median_iqr(c.samples)[0] for n, c in r.clients.items() if c.samples}
+        if cpu:
+            medians = cpu_medians(r)
+        else:
+            medians = {n: median_iqr(c.samples)[0] for n, c in r.clients.items() if c.samples}
         floor = medians.get(FLOOR, float("nan"))
         cells = []
         for name in shown:
@@ -926,6 +964,8 @@ def main(argv: list[str] | None = None) -> int:
     if table:
         print("\nsummary: median msg/s (x the floor's, above 1 = faster than the floor)")
         print("\n".join(table))
+        print("\nsummary: median client CPU us per message (x the floor's: its cost multiple)")
+        print("\n".join(summary_table(results, cpu=True)))
     print(
         f"\ndone in {time.monotonic() - started:.0f} s"
         + (f"; raw samples in {args.json}" if args.json else "")

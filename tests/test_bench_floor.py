@@ -176,6 +176,7 @@ def test_run_one_tiny_round_pinned_and_unpinned(tmp_path):
         for name in ("floor", "smtplug"):
             assert scenario["clients"][name]["status"] == "ok", (key, name)
             assert len(scenario["clients"][name]["samples"]) == 1
+            assert len(scenario["clients"][name]["extra"]["cpu_us_per_message"]) == 1
         params = scenario["params"]
         if key.endswith("-pinned"):
             assert params["pinned"] is True
@@ -183,4 +184,4 @@ def test_run_one_tiny_round_pinned_and_unpinned(tmp_path):
             assert len(params["sink_cpus"].split(",")) == len(params["client_cpus"].split(","))
         else:
             assert params["pinned"] is False and params["sink_cpus"] == params["client_cpus"]
-    assert "| scenario | condition | floor | smtplug |" in done.stdout
+    assert done.stdout.count("| scenario | condition | floor | smtplug |") == 2  # msg/s, CPU
