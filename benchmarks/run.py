@@ -735,10 +735,10 @@ def summary_table(results: list[ScenarioResult], *, cpu: bool = False) -> list[s
                 cells.append("")
             elif name not in medians:
                 cells.append(r.clients[name].status.split(":")[0])
-            elif name == FLOOR:
-                cells.append(f"{medians[name]:.0f}")
             else:
-                cells.append(f"{medians[name]:.0f} ({_ratio(medians[name], floor)})")
+                value = medians[name]
+                shown = f"{value:.0f}" if value >= 10 else f"{value:.2f}"
+                cells.append(shown if name == FLOOR else f"{shown} ({_ratio(value, floor)})")
         lines.append(f"| {r.number} | {condition_label(r)} | " + " | ".join(cells) + " |")
     return lines
 
