@@ -3,8 +3,8 @@
 A runner sends ``job.count`` messages to ``job.host:job.port`` and raises
 :class:`DeliveryError` unless every one of them was accepted by the client's
 own account (smtplug's ``result.accepted``, smtplib's empty refused dict,
-aiosmtplib's empty error dict, smtp-source's exit status). The sink's
-counters are checked on top of that by the caller.
+aiosmtplib's empty error dict, the floor's reply codes, smtp-source's exit
+status). The sink's counters are checked on top of that by the caller.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import floor
 import guard
 
 import smtplug
@@ -36,6 +37,33 @@ SMALL_MESSAGE = (
     "Message-ID: <benchmark@example.com>\r\nMIME-Version: 1.0\r\n"
     "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
 ).encode() + _BODY
+
+
+def message_of(kb: int) -> bytes:
+    """The benchmark message of about ``kb`` KB: 1 is SMALL_MESSAGE (1045 octets, as
+    before); any other size is SMALL_MESSAGE's headers and lines of the same kind,
+    padded to exactly ``kb`` * 1024 octets."""
+    if kb == 1:
+        return SMALL_MESSAGE
+    size = kb * 1024
+    head, _ = SMALL_MESSAGE.split(b"\r\n\r\n", 1)
+    out = head + b"\r\n\r\n"
+    number = 0
+    while True:
+        line = f"Line {number:02d} of a benchmark message; nothing in it needs escaping.\r\n"
+        if len(out) + len(line) > size:
+            break
+        out += line.encode()
+        number += 1
+    rest = size - len(out)
+    if rest >= 2:
+        out += b"x" * (rest - 2) + b"\r\n"
+    return out
+
+
+def body_octets(message: bytes) -> int:
+    """The octets after the header block (smtp-source's -l)."""
+    return len(message.split(b"\r\n\r\n", 1)[1])
 
 
 class DeliveryError(AssertionError):
@@ -76,7 +104,7 @@ def _check_smtplug(result: object, job: Job) -> None:
         raise DeliveryError(f"smtplug: {len(recipients)} of {len(job.recipients)} recipients")
 
 
-def smtplug_per_connection(job: Job) -> None:
+def smtplug_per_connection(job: Job, *, atleastone: bool = False) -> None:
     if not hasattr(smtplug, "sendmessage"):
         raise NotAvailable("smtplug.sendmessage missing")
     for _ in range(job.count):
@@ -89,8 +117,16 @@ def smtplug_per_connection(job: Job) -> None:
             originator=FROM,
             recipients=job.recipients,
             timeout=job.timeout,
+            **({"atleastone": True} if atleastone else {}),
         )
         _check_smtplug(result, job)
+
+
+def smtplug_atleastone_per_connection(job: Job) -> None:
+    """As smtplug_per_connection with atleastone=True: DATA joins the MAIL/RCPT
+    flight, the floor's flights (the default, Tcllib's atleastone=False, waits
+    for every RCPT reply before DATA when there is more than one recipient)."""
+    smtplug_per_connection(job, atleastone=True)
 
 
 def _smtplug_kept(job: Job, count: int) -> None:
@@ -108,6 +144,32 @@ def _smtplug_kept(job: Job, count: int) -> None:
 
 def smtplug_kept(job: Job) -> None:
     _smtplug_kept(job, job.count)
+
+
+# --- the floor: benchmarks/floor.py, a minimal pipelined client ----------------------------
+
+
+def floor_per_connection(job: Job) -> None:
+    try:
+        for _ in range(job.count):
+            floor.send_per_connection(
+                job.host, job.port, FROM, job.recipients, job.message, timeout=job.timeout
+            )
+    except floor.FloorError as exc:
+        raise DeliveryError(f"floor: {exc}") from exc
+
+
+def _floor_kept(job: Job, count: int) -> None:
+    try:
+        floor.send_kept(
+            job.host, job.port, FROM, job.recipients, job.message, count, timeout=job.timeout
+        )
+    except floor.FloorError as exc:
+        raise DeliveryError(f"floor: {exc}") from exc
+
+
+def floor_kept(job: Job) -> None:
+    _floor_kept(job, job.count)
 
 
 # --- smtplib -------------------------------------------------------------------------------
@@ -230,6 +292,7 @@ def threaded(kept: Callable[[Job, int], None]) -> Runner:
 
 smtplug_concurrent = threaded(_smtplug_kept)
 smtplib_concurrent = threaded(_smtplib_kept)
+floor_concurrent = threaded(_floor_kept)
 
 
 # --- smtp-source (Postfix's C load generator, timed end to end as a subprocess) ------------
@@ -238,7 +301,7 @@ smtplib_concurrent = threaded(_smtplib_kept)
 def smtp_source(*, kept: bool) -> Runner:
     def run(job: Job) -> None:
         command = [SOURCE, "-s", str(job.connections), "-m", str(job.count)]
-        command += ["-l", str(len(_BODY)), "-M", "localhost", "-f", FROM, "-t", TO]
+        command += ["-l", str(body_octets(job.message)), "-M", "localhost", "-f", FROM, "-t", TO]
         command += ["-r", str(len(job.recipients)), "-S", "smtplug benchmark"]
         command += (["-d"] if kept else []) + [f"{job.host}:{job.port}"]
         process = subprocess.Popen(

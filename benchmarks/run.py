@@ -1,12 +1,16 @@
-"""Benchmark smtplug against smtplib, aiosmtplib and Postfix's smtp-source.
+"""Benchmark smtplug against a minimal pipelined client (the floor), smtplib,
+aiosmtplib and Postfix's smtp-source.
 
     python benchmarks/run.py [--quick] [--scenarios 1,2,...] [--json out.json]
+                             [--message-kb 1,2] [--pin [on|off|both]]
 
 Every scenario runs the clients in rounds, alternating them within one run (so
 machine noise hits all of them alike), against Postfix's smtp-sink on
 127.0.0.1 (scenario 5: inside a network namespace this script creates behind
 a veth pair with netem delay, removed afterwards). Each timed run is checked
-against the sink's own counters. See benchmarks/README.md.
+against the sink's own counters. Each scenario runs once per condition:
+message size (--message-kb) and pinning (--pin: sink and clients on separate
+CPUs). See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import dataclasses
 import json
 import os
 import platform
+import resource
 import signal
 import socket
 import statistics
@@ -33,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import clients
 import guard
 import netlink
+import pinning
 import sink as sinkmod
 from clients import HUNDRED, TO, DeliveryError, Job, NotAvailable, Runner
 
@@ -40,7 +46,8 @@ import smtplug
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE = "smtplug"
-OTHERS = ("smtplib", "aiosmtplib", "smtp-source")
+FLOOR = "floor"  # benchmarks/floor.py: every client's speed is also shown over the floor's
+OTHERS = ("smtplib", "aiosmtplib", "smtp-source", FLOOR)
 
 # Sizes: messages per timed run (scenario 4: megabytes; scenario 6: per connection).
 FULL = {1: 500, 2: 5000, 3: 200, 4: 50, 5: 10, 6: 500}
@@ -54,7 +61,7 @@ BUDGET_QUICK = {1: 30, 2: 30, 3: 30, 4: 60, 5: 60, 6: 30}
 GRACE = 60
 
 TITLES = {
-    1: "one ~1 KB message per connection",
+    1: "one message per connection",
     2: "small messages over one connection",
     3: "one message to 100 recipients, a new connection each time",
     4: "one big message: time and peak memory (fresh process per client and round)",
@@ -65,6 +72,45 @@ TITLES = {
 
 class ScenarioTimeout(Exception):
     pass
+
+
+# --- conditions: message size and pinning ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Condition:
+    kb: int  # the message: clients.message_of(kb)
+    pinned: bool
+
+    def label(self, plan: pinning.Plan | None) -> str:
+        where = f"pinned: {plan.describe()}" if self.pinned and plan else "unpinned"
+        return f"{self.kb} KB message, {where}"
+
+    def key(self) -> str:
+        return f"{self.kb}k-{'pinned' if self.pinned else 'unpinned'}"
+
+
+class Placement:
+    """Where the harness and the servers it started run under the current condition."""
+
+    def __init__(self) -> None:
+        self.plan: pinning.Plan | None = None
+        self.pinned = False
+
+    def enter(self, condition: Condition) -> None:
+        """Pin (or unpin) the harness, every thread of it; servers via :meth:`server`."""
+        self.pinned = condition.pinned
+        if self.plan is not None:
+            cpus = self.plan.client if self.pinned else self.plan.everything
+            pinning.set_affinity(os.getpid(), cpus)
+
+    def server(self, pid: int | None) -> None:
+        """Place a server process this run started (smtp-sink, the delay relay)."""
+        if self.plan is not None and pid is not None:
+            pinning.set_affinity(pid, self.plan.server if self.pinned else self.plan.everything)
+
+
+PLACEMENT = Placement()
 
 
 @contextlib.contextmanager
@@ -103,9 +149,12 @@ class ScenarioResult:
     clients: dict[str, ClientResult] = field(default_factory=dict)
     note: str = ""
     skipped: str = ""
+    condition: Condition | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "number": self.number,
+            "condition": dataclasses.asdict(self.condition) if self.condition else None,
             "title": self.title,
             "unit": self.unit,
             "params": self.params,
@@ -142,12 +191,25 @@ class Contender:
     sessions: int  # sessions the sink must count per run (-1: one per message)
 
 
-def verified_run(contender: Contender, job: Job, sink: sinkmod.Sink) -> float:
-    """Run once; return the wall time. Raises DeliveryError unless the sink got it all."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def verified_run(contender: Contender, job: Job, sink: sinkmod.Sink) -> tuple[float, float]:
+    """Run once; return (wall time, the client's CPU time). Raises DeliveryError
+    unless the sink got it all.
+
+    The CPU time is user + system of the harness process (where the Python
+    clients run) plus that of the child processes it waited for meanwhile
+    (smtp-source): the client's own cost, without the sink's, and far less
+    moved by other load on the machine than the wall time."""
     before = sink.counters()
+    cpu = time.process_time() + _children_cpu()
     started = time.perf_counter()
     contender.runner(job)
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() + _children_cpu() - cpu
     sessions = job.count if contender.sessions < 0 else contender.sessions
     want_messages, want_sessions = before.messages + job.count, before.sessions + sessions
     after = sink.wait_for(lambda c: c.messages >= want_messages and c.sessions >= want_sessions, 5)
@@ -158,7 +220,7 @@ def verified_run(contender: Contender, job: Job, sink: sinkmod.Sink) -> float:
         )
     if not sink.alive():
         raise DeliveryError("smtp-sink died")
-    return elapsed
+    return elapsed, cpu
 
 
 def run_rounds(
@@ -194,7 +256,7 @@ def run_rounds(
             if client.status != "ok":
                 continue
             try:
-                elapsed = verified_run(contender, job, sink)
+                elapsed, cpu = verified_run(contender, job, sink)
             except NotAvailable as exc:
                 client.status = f"n/a ({exc})"
                 continue
@@ -206,19 +268,27 @@ def run_rounds(
                 continue
             client.seconds.append(elapsed)
             client.samples.append(job.count / elapsed)
+            client.extra.setdefault("cpu_us_per_message", []).append(cpu / job.count * 1e6)
 
 
 def contenders_for(number: int, have_source: bool) -> list[Contender]:
     one_each = -1
     if number in (1, 3, 5):
         found = [
+            Contender(FLOOR, clients.floor_per_connection, one_each),
             Contender("smtplug", clients.smtplug_per_connection, one_each),
+            *(
+                [Contender("smtplug-alo", clients.smtplug_atleastone_per_connection, one_each)]
+                if number != 1  # one recipient: DATA is in the flight either way
+                else []
+            ),
             Contender("smtplib", clients.smtplib_per_connection, one_each),
             Contender("aiosmtplib", clients.aiosmtplib_per_connection, one_each),
             Contender("smtp-source", clients.smtp_source(kept=False), one_each),
         ]
     elif number == 2:
         found = [
+            Contender(FLOOR, clients.floor_kept, 1),
             Contender("smtplug", clients.smtplug_kept, 1),
             Contender("smtplib", clients.smtplib_kept, 1),
             Contender("aiosmtplib", clients.aiosmtplib_kept, 1),
@@ -226,6 +296,7 @@ def contenders_for(number: int, have_source: bool) -> list[Contender]:
         ]
     elif number == 6:
         found = [
+            Contender(FLOOR, clients.floor_concurrent, 8),
             Contender("smtplug", clients.smtplug_concurrent, 8),
             Contender("smtplib", clients.smtplib_concurrent, 8),
             Contender("aiosmtplib", clients.aiosmtplib_concurrent, 8),
@@ -237,11 +308,21 @@ def contenders_for(number: int, have_source: bool) -> list[Contender]:
     return found
 
 
+def placement_params(sink: sinkmod.Sink) -> dict[str, Any]:
+    """The condition's CPUs as measured (read back from the kernel), for the report."""
+    params: dict[str, Any] = {"pinned": PLACEMENT.pinned}
+    if sink.pid is not None and hasattr(os, "sched_getaffinity"):
+        params["sink_cpus"] = pinning.affinity(sink.pid)
+        params["client_cpus"] = pinning.affinity(os.getpid())
+    return params
+
+
 def message_scenario(
     number: int,
     args: argparse.Namespace,
     sink: sinkmod.Sink,
     budget: float,
+    condition: Condition,
     target: tuple[str, int] | None = None,
 ) -> ScenarioResult:
     """Scenarios 1, 2, 3, 5, 6; clients connect to ``target`` (default: the sink)."""
@@ -250,6 +331,7 @@ def message_scenario(
     connections = 8 if number == 6 else 1
     count = size * connections
     recipients = HUNDRED if number in (3, 5) else [TO]
+    message = clients.message_of(condition.kb)
     title = TITLES[number].format(delay=args.delay_ms)
     rounds = args.rounds if number != 5 else min(args.rounds, 2 if args.quick else 3)
     result = ScenarioResult(
@@ -260,15 +342,17 @@ def message_scenario(
             "messages_per_run": count,
             "connections": connections,
             "recipients": len(recipients),
-            "message_bytes": len(clients.SMALL_MESSAGE),
+            "message_bytes": len(message),
             "rounds": rounds,
             "server": f"{host}:{port}",
+            **placement_params(sink),
         },
+        condition=condition,
     )
     sink.settle()  # sessions a timed-out scenario left behind are counted by now
     with time_limit(budget) as deadline:
         job = Job(
-            host, port, count, recipients, connections=connections,
+            host, port, count, recipients, message=message, connections=connections,
             timeout=args.timeout, deadline=deadline,
         )  # fmt: skip
         try:
@@ -355,14 +439,22 @@ def big_child(
     return report
 
 
-def big_scenario(args: argparse.Namespace, sink: sinkmod.Sink, budget: float) -> ScenarioResult:
+def big_scenario(
+    args: argparse.Namespace, sink: sinkmod.Sink, budget: float, condition: Condition
+) -> ScenarioResult:
     size = args.sizes[4] * 1024 * 1024
     rounds = args.big_rounds
     result = ScenarioResult(
         4,
         TITLES[4],
         "s",
-        {"message_bytes": size, "rounds": rounds, "server": f"{sink.host}:{sink.port}"},
+        {
+            "message_bytes": size,
+            "rounds": rounds,
+            "server": f"{sink.host}:{sink.port}",
+            **placement_params(sink),
+        },
+        condition=condition,
     )
     for client in BIG_CLIENTS:
         result.clients[client] = ClientResult(
@@ -414,18 +506,21 @@ def connect_time(host: str, port: int, tries: int = 5) -> float:
     return statistics.median(times)
 
 
-def delayed_scenario(args: argparse.Namespace, budget: float) -> ScenarioResult:
+def delayed_scenario(
+    args: argparse.Namespace, budget: float, condition: Condition
+) -> ScenarioResult:
     title = TITLES[5].format(delay=args.delay_ms)
     try:
         with (
             netlink.delayed_link(args.delay_ms) as link,
             sinkmod.running_sink(link.remote, netns=link.netns) as sink,
         ):
+            PLACEMENT.server(sink.pid)
             before = sink.counters()
             rtt = connect_time(sink.host, sink.port, tries=5)
             # The probe connections are sessions too: let the sink count them first.
             sink.wait_for(lambda c: c.sessions >= before.sessions + 5, 5)
-            result = message_scenario(5, args, sink, budget)
+            result = message_scenario(5, args, sink, budget, condition)
             result.params["measured_greeting_ms"] = round(rtt * 1000, 2)
             result.title += " (netns + veth + netem)" if args.delay_ms else " (netns + veth)"
             result.note = (
@@ -438,9 +533,9 @@ def delayed_scenario(args: argparse.Namespace, budget: float) -> ScenarioResult:
         if left:
             print(f"WARNING: could not remove {', '.join(left)}", file=sys.stderr)
         if args.delay_proxy:
-            result = proxied_scenario(args, budget, str(exc))
+            result = proxied_scenario(args, budget, str(exc), condition)
         else:
-            result = ScenarioResult(5, title, "msg/s", {})
+            result = ScenarioResult(5, title, "msg/s", {}, condition=condition)
             result.skipped = (
                 f"{exc}. (--delay-proxy emulates the delay with a user-space relay on "
                 "127.0.0.1 instead.)"
@@ -462,6 +557,7 @@ def delay_proxy(upstream: tuple[str, int], delay_ms: float, seconds: float) -> I
     )
     token = guard.register(f"delay relay pid {process.pid}", process.kill)
     try:
+        PLACEMENT.server(process.pid)
         assert process.stdout is not None
         with time_limit(15):
             line = process.stdout.readline().decode().split()
@@ -479,15 +575,18 @@ def delay_proxy(upstream: tuple[str, int], delay_ms: float, seconds: float) -> I
         guard.unregister(token)
 
 
-def proxied_scenario(args: argparse.Namespace, budget: float, why: str) -> ScenarioResult:
+def proxied_scenario(
+    args: argparse.Namespace, budget: float, why: str, condition: Condition
+) -> ScenarioResult:
     with (
         sinkmod.running_sink("127.0.0.1") as sink,
         delay_proxy((sink.host, sink.port), args.delay_ms, budget + 30) as port,
     ):
+        PLACEMENT.server(sink.pid)
         before = sink.counters()
         rtt = connect_time("127.0.0.1", port, tries=3)
         sink.wait_for(lambda c: c.sessions >= before.sessions + 3, 5)
-        result = message_scenario(5, args, sink, budget, target=("127.0.0.1", port))
+        result = message_scenario(5, args, sink, budget, condition, target=("127.0.0.1", port))
         result.title += " [EMULATED: user-space delay relay on 127.0.0.1]"
         result.params["measured_greeting_ms"] = round(rtt * 1000, 2)
         result.note = (
@@ -508,8 +607,18 @@ def _ratio(ours: float, theirs: float) -> str:
     return f"{ours / theirs:.2f}"
 
 
+def condition_label(result: ScenarioResult) -> str:
+    if result.condition is None:
+        return ""
+    label = result.condition.label(PLACEMENT.plan)
+    if result.number == 4:  # its own big message: only the pinning applies
+        label = label.split(", ", 1)[1]
+    return label
+
+
 def print_result(result: ScenarioResult) -> None:
-    print(f"\n== {result.number}. {result.title} ==")
+    label = condition_label(result)
+    print(f"\n== {result.number}. {result.title}" + (f" [{label}]" if label else "") + " ==")
     if result.skipped:
         print(f"scenario {result.number} skipped: {result.skipped}")
         return
@@ -518,24 +627,40 @@ def print_result(result: ScenarioResult) -> None:
     if result.number == 4:
         print_big(result)
     else:
-        print(f"  {'client':<13}{'median msg/s':>14}{'IQR':>10}{'runs':>6}  status")
+        medians = {n: median_iqr(c.samples)[0] for n, c in result.clients.items() if c.samples}
+        floor = medians.get(FLOOR, float("nan"))
+        cpus = cpu_medians(result)
+        floor_cpu = cpus.get(FLOOR, float("nan"))
+        print(
+            f"  {'client':<13}{'median msg/s':>14}{'IQR':>10}{'x floor':>9}"
+            f"{'CPU us/msg':>12}{'x floor':>9}{'runs':>6}  status"
+        )
         for name, client in result.clients.items():
             median, iqr = median_iqr(client.samples)
             places = 2 if median < 10 else 1
             shown = (
-                f"{median:14.{places}f}{iqr:10.{places}f}"
+                f"{median:14.{places}f}{iqr:10.{places}f}{_ratio(median, floor):>9}"
+                f"{cpus[name]:12.0f}{_ratio(cpus[name], floor_cpu):>9}"
                 if client.samples
-                else f"{'-':>14}{'-':>10}"
+                else f"{'-':>14}{'-':>10}{'-':>9}{'-':>12}{'-':>9}"
             )
             print(f"  {name:<13}{shown}{len(client.samples):>6}  {client.status}")
-        medians = {n: median_iqr(c.samples)[0] for n, c in result.clients.items() if c.samples}
         ours = medians.get(REFERENCE, float("nan"))
         ratios = [
             f"smtplug/{name} {_ratio(ours, medians.get(name, float('nan')))}"
             for name in OTHERS
             if name in result.clients
         ]
+        if "smtplug-alo" in result.clients:
+            alo = medians.get("smtplug-alo", float("nan"))
+            ratios.append(f"smtplug-alo/{FLOOR} {_ratio(alo, floor)}")
         print("  ratios (messages per second, above 1 = smtplug faster): " + "   ".join(ratios))
+        print(
+            "  CPU us/msg: the client's own CPU time (user + system: the harness's, plus "
+            "smtp-source's), median; its x floor is the multiple of the floor's cost"
+        )
+        if "smtplug-alo" in result.clients:
+            print("  smtplug-alo: smtplug with atleastone=True (DATA in the MAIL/RCPT flight)")
     if result.note:
         print(f"  note: {result.note}")
 
@@ -573,6 +698,49 @@ def print_big(result: ScenarioResult) -> None:
         "  memory is on top of a baseline that already holds the caller's copy of the "
         "message (bytes clients)"
     )
+
+
+def cpu_medians(result: ScenarioResult) -> dict[str, float]:
+    """Each client's median CPU microseconds per message (clients with samples)."""
+    return {
+        name: statistics.median(client.extra["cpu_us_per_message"])
+        for name, client in result.clients.items()
+        if client.extra.get("cpu_us_per_message")
+    }
+
+
+SUMMARY_CLIENTS = (FLOOR, "smtplug", "smtplug-alo", "smtplib", "aiosmtplib", "smtp-source")
+
+
+def summary_table(results: list[ScenarioResult], *, cpu: bool = False) -> list[str]:
+    """A Markdown table of every message scenario: median msg/s (x the floor's);
+    ``cpu``: median CPU us per message (x the floor's)."""
+    rows = [r for r in results if r.number != 4 and not r.skipped and r.clients]
+    if not rows:
+        return []
+    shown = [name for name in SUMMARY_CLIENTS if any(name in r.clients for r in rows)]
+    lines = [
+        "| scenario | condition | " + " | ".join(shown) + " |",
+        "|---|---|" + "---|" * len(shown),
+    ]
+    for r in rows:
+        if cpu:
+            medians = cpu_medians(r)
+        else:
+            medians = {n: median_iqr(c.samples)[0] for n, c in r.clients.items() if c.samples}
+        floor = medians.get(FLOOR, float("nan"))
+        cells = []
+        for name in shown:
+            if name not in r.clients:
+                cells.append("")
+            elif name not in medians:
+                cells.append(r.clients[name].status.split(":")[0])
+            else:
+                value = medians[name]
+                shown = f"{value:.0f}" if value >= 10 else f"{value:.2f}"
+                cells.append(shown if name == FLOOR else f"{shown} ({_ratio(value, floor)})")
+        lines.append(f"| {r.number} | {condition_label(r)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def machine_facts() -> dict[str, Any]:
@@ -641,9 +809,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="time budget per scenario, seconds (default: 30 to 60 quick, 120 to 420 full)",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="per network operation, s")
+    parser.add_argument(
+        "--message-kb",
+        default="1",
+        help="message sizes in KB, each a condition of its own, e.g. 1,2 (default 1: the "
+        "1045-octet message; others are padded to exactly N x 1024 octets)",
+    )
+    parser.add_argument(
+        "--pin",
+        nargs="?",
+        const="on",
+        default="off",
+        choices=("off", "on", "both"),
+        help="sink and clients on separate CPUs (os.sched_setaffinity, only processes this "
+        "run starts); 'both' runs every scenario unpinned, then pinned (--pin alone: on)",
+    )
     args = parser.parse_args(argv)
     try:
         args.wanted = sorted({int(part) for part in args.scenarios.split(",") if part.strip()})
+        args.kbs = list(dict.fromkeys(int(part) for part in args.message_kb.split(",")))
         sizes = dict(QUICK if args.quick else FULL)
         for item in filter(None, (part.strip() for part in args.sizes.split(","))):
             key, value = item.split("=")
@@ -652,6 +836,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--scenarios and --sizes take numbers, e.g. --scenarios 1,3 --sizes 1=100")
     if not set(args.wanted) <= set(FULL) or min(sizes.values()) < 1:
         parser.error("scenarios are 1 to 6; sizes must be at least 1")
+    if not args.kbs or not all(1 <= kb <= 1024 for kb in args.kbs):
+        parser.error("--message-kb takes sizes from 1 to 1024, e.g. --message-kb 1,2")
     if args.rounds is not None and not 1 <= args.rounds <= 50:
         parser.error("--rounds must be 1 to 50")
     args.sizes = sizes
@@ -660,7 +846,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.budgets = BUDGET_QUICK if args.quick else BUDGET_FULL
     if args.budget is not None:
         args.budgets = dict.fromkeys(FULL, args.budget)
+    pins = {"off": [False], "on": [True], "both": [False, True]}[args.pin]
+    args.conditions = [Condition(kb, pinned) for pinned in pins for kb in args.kbs]
     return args
+
+
+def conditions_for(number: int, args: argparse.Namespace) -> list[Condition]:
+    """Scenario 4 sends its own big message: one run per pinning, not per size."""
+    if number != 4:
+        return list(args.conditions)
+    first = args.kbs[0]
+    return [c for c in args.conditions if c.kb == first]
+
+
+def result_key(result: ScenarioResult, args: argparse.Namespace) -> str:
+    """ "1" with one condition (as before); "1-2k-pinned" and so on with several."""
+    if len(args.conditions) == 1 or result.condition is None:
+        return str(result.number)
+    return f"{result.number}-{result.condition.key()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -681,34 +884,59 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {key}: {value}")
     if not hasattr(smtplug, "Client"):
         print("  note: smtplug.Client missing: scenarios 2 and 6 show n/a for smtplug")
+    unpinnable = ""
+    if any(c.pinned for c in args.conditions):
+        try:
+            PLACEMENT.plan = pinning.make_plan()
+            print(f"  pinning: {PLACEMENT.plan.describe()} (unpinned: CPUs "
+                  f"{pinning.affinity(os.getpid())})")  # fmt: skip
+        except pinning.PinningUnavailable as exc:
+            unpinnable = f"pinning unavailable: {exc}"
+            print(f"  {unpinnable}: the pinned conditions are skipped")
+    print("  conditions: " + "; ".join(c.label(PLACEMENT.plan) for c in args.conditions))
     started = time.monotonic()
     results: list[ScenarioResult] = []
+
+    def run_one(number: int, condition: Condition, sink: sinkmod.Sink | None) -> None:
+        if condition.pinned and unpinnable:
+            result = ScenarioResult(number, TITLES[number].format(delay=args.delay_ms), "", {})
+            result.condition, result.skipped = condition, unpinnable
+        else:
+            PLACEMENT.enter(condition)
+            PLACEMENT.server(sink.pid if sink is not None else None)
+            budget = args.budgets[number]
+            watchdog.arm(budget + GRACE, f"scenario {number} ({condition.key()})")
+            if number == 5:
+                result = delayed_scenario(args, budget, condition)
+            elif number == 4:
+                assert sink is not None
+                result = big_scenario(args, sink, budget, condition)
+            else:
+                assert sink is not None
+                result = message_scenario(number, args, sink, budget, condition)
+            watchdog.disarm()
+        print_result(result)
+        results.append(result)
+
     try:
         local = [n for n in args.wanted if n != 5]
         if local:
             with sinkmod.running_sink("127.0.0.1") as sink:
                 print(f"  smtp-sink: pid {sink.pid} on {sink.host}:{sink.port}")
                 for number in local:
-                    budget = args.budgets[number]
-                    watchdog.arm(budget + GRACE, f"scenario {number}")
-                    if number == 4:
-                        result = big_scenario(args, sink, budget)
-                    else:
-                        result = message_scenario(number, args, sink, budget)
-                    watchdog.disarm()
-                    print_result(result)
-                    results.append(result)
+                    for condition in conditions_for(number, args):
+                        run_one(number, condition, sink)
         if 5 in args.wanted:
-            watchdog.arm(args.budgets[5] + GRACE, "scenario 5")
-            result = delayed_scenario(args, args.budgets[5])
-            watchdog.disarm()
-            print_result(result)
-            results.append(result)
-    except sinkmod.SinkError as exc:
+            for condition in conditions_for(5, args):
+                run_one(5, condition, None)
+    except (sinkmod.SinkError, pinning.PinningUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
         watchdog.close()
+        if PLACEMENT.plan is not None:  # the harness back on all its CPUs
+            with contextlib.suppress(OSError, pinning.PinningUnavailable):
+                pinning.set_affinity(os.getpid(), PLACEMENT.plan.everything)
         if args.json:
             with open(args.json, "w") as handle:
                 json.dump(
@@ -719,18 +947,31 @@ def main(argv: list[str] | None = None) -> int:
                             "rounds": args.rounds,
                             "sizes": args.sizes,
                             "delay_ms": args.delay_ms,
+                            "message_kb": args.kbs,
+                            "pin": args.pin,
                         },
-                        "scenarios": {str(r.number): r.as_json() for r in results},
+                        "pinning": (
+                            {k: sorted(v) for k, v in dataclasses.asdict(PLACEMENT.plan).items()}
+                            if PLACEMENT.plan
+                            else unpinnable
+                        ),
+                        "scenarios": {result_key(r, args): r.as_json() for r in results},
                     },
                     handle,
                     indent=2,
                 )
+    table = summary_table(results)
+    if table:
+        print("\nsummary: median msg/s (x the floor's, above 1 = faster than the floor)")
+        print("\n".join(table))
+        print("\nsummary: median client CPU us per message (x the floor's: its cost multiple)")
+        print("\n".join(summary_table(results, cpu=True)))
     print(
         f"\ndone in {time.monotonic() - started:.0f} s"
         + (f"; raw samples in {args.json}" if args.json else "")
     )
     failed = [
-        f"{r.number}:{name}"
+        f"{result_key(r, args)}:{name}"
         for r in results
         for name, c in r.clients.items()
         if c.status.startswith(("failed", "timed out"))
