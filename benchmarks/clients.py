@@ -253,6 +253,58 @@ def aiosmtplib_concurrent(job: Job) -> None:
     asyncio.run(run())
 
 
+# --- smtplug's asyncio API (smtplug.asendmessage, smtplug.AsyncClient) ---------------------
+
+
+async def _smtplug_async_kept(job: Job, count: int) -> None:
+    async with smtplug.AsyncClient(
+        servers=[job.host], ports=[job.port], client="localhost", usetls=False, timeout=job.timeout
+    ) as client:
+        for _ in range(count):
+            _check_smtplug(
+                await client.sendmessage(job.message, originator=FROM, recipients=job.recipients),
+                job,
+            )
+
+
+def smtplug_async_per_connection(job: Job) -> None:
+    if not hasattr(smtplug, "asendmessage"):
+        raise NotAvailable("smtplug.asendmessage missing")
+
+    async def run() -> None:
+        for _ in range(job.count):
+            result = await smtplug.asendmessage(
+                job.message,
+                servers=[job.host],
+                ports=[job.port],
+                client="localhost",
+                usetls=False,
+                originator=FROM,
+                recipients=job.recipients,
+                timeout=job.timeout,
+            )
+            _check_smtplug(result, job)
+
+    asyncio.run(run())
+
+
+def smtplug_async_kept(job: Job) -> None:
+    if not hasattr(smtplug, "AsyncClient"):
+        raise NotAvailable("smtplug.AsyncClient missing")
+    asyncio.run(_smtplug_async_kept(job, job.count))
+
+
+def smtplug_async_concurrent(job: Job) -> None:
+    if not hasattr(smtplug, "AsyncClient"):
+        raise NotAvailable("smtplug.AsyncClient missing")
+
+    async def run() -> None:
+        shares = _shares(job.count, job.connections)
+        await asyncio.gather(*(_smtplug_async_kept(job, share) for share in shares))
+
+    asyncio.run(run())
+
+
 # --- threads, one connection each (scenario 6) ----------------------------------------------
 
 

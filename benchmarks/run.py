@@ -282,6 +282,7 @@ def contenders_for(number: int, have_source: bool) -> list[Contender]:
                 if number != 1  # one recipient: DATA is in the flight either way
                 else []
             ),
+            Contender("smtplug-async", clients.smtplug_async_per_connection, one_each),
             Contender("smtplib", clients.smtplib_per_connection, one_each),
             Contender("aiosmtplib", clients.aiosmtplib_per_connection, one_each),
             Contender("smtp-source", clients.smtp_source(kept=False), one_each),
@@ -290,6 +291,7 @@ def contenders_for(number: int, have_source: bool) -> list[Contender]:
         found = [
             Contender(FLOOR, clients.floor_kept, 1),
             Contender("smtplug", clients.smtplug_kept, 1),
+            Contender("smtplug-async", clients.smtplug_async_kept, 1),
             Contender("smtplib", clients.smtplib_kept, 1),
             Contender("aiosmtplib", clients.aiosmtplib_kept, 1),
             Contender("smtp-source", clients.smtp_source(kept=True), 1),
@@ -298,6 +300,7 @@ def contenders_for(number: int, have_source: bool) -> list[Contender]:
         found = [
             Contender(FLOOR, clients.floor_concurrent, 8),
             Contender("smtplug", clients.smtplug_concurrent, 8),
+            Contender("smtplug-async", clients.smtplug_async_concurrent, 8),
             Contender("smtplib", clients.smtplib_concurrent, 8),
             Contender("aiosmtplib", clients.aiosmtplib_concurrent, 8),
         ]
@@ -654,6 +657,13 @@ def print_result(result: ScenarioResult) -> None:
         if "smtplug-alo" in result.clients:
             alo = medians.get("smtplug-alo", float("nan"))
             ratios.append(f"smtplug-alo/{FLOOR} {_ratio(alo, floor)}")
+        if "smtplug-async" in result.clients:
+            mine = medians.get("smtplug-async", float("nan"))
+            ratios += [
+                f"smtplug-async/{name} {_ratio(mine, medians.get(name, float('nan')))}"
+                for name in ("aiosmtplib", "smtplug")
+                if name in result.clients
+            ]
         print("  ratios (messages per second, above 1 = smtplug faster): " + "   ".join(ratios))
         print(
             "  CPU us/msg: the client's own CPU time (user + system: the harness's, plus "
@@ -709,7 +719,15 @@ def cpu_medians(result: ScenarioResult) -> dict[str, float]:
     }
 
 
-SUMMARY_CLIENTS = (FLOOR, "smtplug", "smtplug-alo", "smtplib", "aiosmtplib", "smtp-source")
+SUMMARY_CLIENTS = (
+    FLOOR,
+    "smtplug",
+    "smtplug-alo",
+    "smtplug-async",
+    "smtplib",
+    "aiosmtplib",
+    "smtp-source",
+)
 
 
 def summary_table(results: list[ScenarioResult], *, cpu: bool = False) -> list[str]:
