@@ -201,15 +201,22 @@ class _Connection(asyncio.Protocol):
                     transport.close()
 
 
+_timeout = getattr(asyncio, "timeout", None)  # Python 3.11 and later
+
+
 async def open_connection(host: str, port: int, timeout: float | None) -> _Connection:
     """Connect over TCP (IPv4 or IPv6, as the name resolves) with TCP_NODELAY;
     :class:`ConnectError` as :func:`smtplug_plugins._sockets.open_socket` raises it."""
     loop = asyncio.get_running_loop()
     peer = f"{host}:{port}"
+    connecting = loop.create_connection(lambda: _Connection(loop, peer), host, port)
     try:
-        _, protocol = await asyncio.wait_for(
-            loop.create_connection(lambda: _Connection(loop, peer), host, port), timeout
-        )
+        if _timeout is not None:
+            # (asyncio.timeout costs no task of its own, as wait_for does.)
+            async with _timeout(timeout):
+                _, protocol = await connecting
+        else:  # Python 3.10
+            _, protocol = await asyncio.wait_for(connecting, timeout)
     except (TimeoutError, asyncio.TimeoutError) as exc:
         raise ConnectError(f"connecting to {peer} timed out after {timeout} s") from exc
     except OSError as exc:

@@ -122,7 +122,7 @@ class AsyncDriver:
             info,
             self._hook,
             _tls_of(stream),
-            can_start_tls=isinstance(stream, AsyncUpgradableStream),
+            can_start_tls=hasattr(stream, "start_tls"),  # (a Protocol isinstance is slow)
         )
         return self.wire
 

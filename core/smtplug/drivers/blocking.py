@@ -123,7 +123,7 @@ class BlockingDriver:
             info = dataclasses.replace(info, tls=True)
         self._stream = stream
         self.wire = Wire(
-            info, self._hook, _tls_of(stream), can_start_tls=isinstance(stream, UpgradableStream)
+            info, self._hook, _tls_of(stream), can_start_tls=hasattr(stream, "start_tls")
         )
         return self.wire
 
