@@ -189,7 +189,7 @@ def test_auth_offered_only_after_starttls(make_server, tls):
 
 def test_cleartext_auth_to_a_remote_host_is_refused(make_server, monkeypatch):
     # Tests may only talk to loopback; make 127.0.0.1 count as a remote host.
-    monkeypatch.setattr("smtplug.connect.is_loopback", lambda host: False)
+    monkeypatch.setattr("smtplug.auth.is_loopback", lambda host: False)
     server = make_server(auth_users=USERS)
     with pytest.raises(AuthenticationError) as info:
         send(server)
@@ -201,7 +201,7 @@ def test_cleartext_auth_to_a_remote_host_is_refused(make_server, monkeypatch):
 
 
 def test_remote_host_over_tls_authenticates(make_server, tls, monkeypatch):
-    monkeypatch.setattr("smtplug.connect.is_loopback", lambda host: False)
+    monkeypatch.setattr("smtplug.auth.is_loopback", lambda host: False)
     files, context = tls
     server = make_server(auth_users=USERS, tls_context=context())
     assert send(server, cafile=files.cafile).accepted

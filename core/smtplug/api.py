@@ -9,30 +9,22 @@ transport plugins.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import getpass
-import inspect
 import math
 import os
 import platform
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from smtplug import envelope, session
-from smtplug.connect import (
-    AuthPlan,
-    CallablePolicy,
-    ConnectionPlan,
-    TLSPolicyCallable,
-)
+from smtplug import auth, envelope, session
+from smtplug.connect import ConnectionPlan
 from smtplug.drivers.blocking import BlockingDriver
 from smtplug.errors import InvalidInputError
 from smtplug.interfaces import (
-    SASLCredentials,
     TLSBackend,
     TLSOptions,
     TLSPolicy,
@@ -42,7 +34,10 @@ from smtplug.options import (
     ClientOptions,
     MessageOptions,
     SendOptions,
+    TLSPolicyCallable,
+    as_list,
     build,
+    check_flag,
     client_fields,
     function_signature,
     init_signature,
@@ -55,14 +50,9 @@ from smtplug.protocol.data import LineCheck
 from smtplug.protocol.dsn import MailParameters, mail_parameters
 from smtplug.results import SendResult
 from smtplug.source import MessageInput
+from smtplug.tlssetup import CallablePolicy
 
 __all__ = ["Client", "SendResult", "TLSPolicyCallable", "sendmessage"]
-
-
-def _flag(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidInputError(f"{name} must be True or False, not {value!r}")
-    return value
 
 
 def _seconds(name: str, value: object) -> float:
@@ -113,23 +103,12 @@ def _simple_timeouts(every: float | None, final: float | None) -> session.Timeou
     return session.Timeouts(**values)
 
 
-def _as_list(name: str, value: object, kind: type) -> list[Any]:
-    items = [value] if isinstance(value, kind) else value
-    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
-        raise InvalidInputError(f"{name} must be a {kind.__name__} or a list of them")
-    items = list(items)
-    for item in items:
-        if not isinstance(item, kind) or isinstance(item, bool):
-            raise InvalidInputError(f"{name} must hold {kind.__name__} values, not {item!r}")
-    return items
-
-
 _NOT_IN_A_NAME = re.compile(r"[\s/]")  # whitespace (any script's) or a slash
 
 
 def _servers_and_ports(servers: object, ports: object) -> list[tuple[str, int]]:
-    server_list: list[str] = _as_list("servers", servers, str)
-    port_list: list[int] = _as_list("ports", ports, int)
+    server_list: list[str] = as_list("servers", servers, str)
+    port_list: list[int] = as_list("ports", ports, int)
     if not server_list:
         raise InvalidInputError("servers is empty")
     for server in server_list:
@@ -188,102 +167,10 @@ def _tls_setup(registry: Registry, args: _TLSArgs) -> tuple[TLSBackend, TLSOptio
             raise InvalidInputError(f"{name} must be a path, not {type(value).__name__}")
         paths[name] = None if value is None else str(os.fspath(value))
     options = TLSOptions(
-        verify=_flag("tls_verify", args.tls_verify), context=args.tls_context, **paths
+        verify=check_flag("tls_verify", args.tls_verify), context=args.tls_context, **paths
     )
     backend.check(options)
     return backend, options
-
-
-@dataclass(frozen=True, slots=True)
-class _AuthArgs:
-    """The authentication options of one call, as given."""
-
-    username: object
-    password: object = dataclasses.field(repr=False)
-    oauth_token: object = dataclasses.field(repr=False)
-    authzid: object
-    mechanisms: object
-    insecure_cleartext_auth: object
-
-
-def _no_controls(what: str, value: str) -> str:
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise InvalidInputError(f"{what} contains a control character")
-    return value
-
-
-def _auth_plan(registry: Registry, args: _AuthArgs) -> AuthPlan | None:
-    cleartext = _flag("insecure_cleartext_auth", args.insecure_cleartext_auth)
-    username, password, token = args.username, args.password, args.oauth_token
-    if username is None:
-        if password is not None or token is not None:
-            raise InvalidInputError("password or oauth_token given without username")
-        if args.mechanisms is not None or args.authzid is not None:
-            raise InvalidInputError("mechanisms or authzid given without username")
-        return None
-    if not isinstance(username, str) or not username:
-        raise InvalidInputError("username must be a non-empty str")
-    _no_controls("username", username)
-    if password is not None:
-        if not isinstance(password, str):
-            raise InvalidInputError("password must be a str")
-        _no_controls("password", password)
-    token_source: Callable[[], str] | None
-    token_refresh: Callable[[], str] | None = None  # a str token is never renewed
-    if token is None:
-        token_source = None
-    elif isinstance(token, str):
-        _no_controls("oauth_token", token)
-        token_source = functools.partial(str, token)
-    elif callable(token):
-        token_source = token
-        token_refresh = _token_refresh(token)
-    else:
-        raise InvalidInputError("oauth_token must be a str or a callable returning one")
-    if args.authzid is not None and not isinstance(args.authzid, str):
-        raise InvalidInputError("authzid must be a str")
-    order: tuple[str, ...] | None = None
-    if args.mechanisms is not None:
-        names = [name.upper() for name in _as_list("mechanisms", args.mechanisms, str)]
-        unknown = [name for name in names if name not in registry.sasl_mechanisms]
-        if unknown or not names:
-            raise InvalidInputError(
-                f"mechanisms names no installed SASL mechanism: {unknown or 'empty list'}; "
-                f"installed: {sorted(registry.sasl_mechanisms) or 'none'}"
-            )
-        order = tuple(dict.fromkeys(names))
-    if not registry.sasl_mechanisms:
-        raise InvalidInputError(
-            "username given but no SASL mechanism plugin is installed, so smtplug "
-            "cannot authenticate (and will not send unauthenticated instead)"
-        )
-    if password is None and token_source is None and not (order and set(order) & _NO_SECRET):
-        raise InvalidInputError(
-            "username given without password or oauth_token (EXTERNAL and ANONYMOUS, "
-            "which need neither, are used only when named in mechanisms=)"
-        )
-    credentials = SASLCredentials(
-        username=username,
-        password=password,
-        oauth_token=token_source,
-        authzid=args.authzid,
-        oauth_refresh=token_refresh,
-    )
-    return AuthPlan(credentials, registry.sasl_mechanisms, order, cleartext)
-
-
-def _token_refresh(provider: Callable[..., str]) -> Callable[[], str]:
-    """How to ask an ``oauth_token`` provider for a new token after a refusal:
-    ``provider(refused=True)`` when its signature takes that keyword, else
-    ``provider()`` as for the first token (see :class:`smtplug.interfaces.OAuthTokenProvider`)."""
-    try:
-        inspect.signature(provider).bind(refused=True)
-    except (TypeError, ValueError):  # no such parameter, or no signature to read
-        return provider
-    return functools.partial(provider, refused=True)
-
-
-_NO_SECRET = frozenset({"EXTERNAL", "ANONYMOUS"})
 
 
 def _plan(
@@ -296,7 +183,7 @@ def _plan(
     tlsimport: bool,
     tlspolicy: object,
     tls: _TLSArgs,
-    auth_args: _AuthArgs,
+    auth_args: auth.AuthArgs,
     timeouts: session.Timeouts,
 ) -> ConnectionPlan:
     targets = _servers_and_ports(servers, ports)
@@ -348,7 +235,7 @@ def _plan(
     else:
         raise InvalidInputError("tlspolicy must be None, a policy name or a callable")
 
-    auth = _auth_plan(registry, auth_args)
+    auth_plan = auth.auth_plan(registry, auth_args)
 
     return ConnectionPlan(
         targets=tuple(targets),
@@ -359,7 +246,7 @@ def _plan(
         timeouts=timeouts,
         transport_options=transport_options,
         tls_verify=tls_options.verify,
-        auth=auth,
+        auth=auth_plan,
         async_transport=registry.async_transports.get(name),
         tls_sessions=tls_sessions,
     )
@@ -391,9 +278,9 @@ def setup(options: ClientOptions) -> Setup:
     """Check the connection options and plan the connections (no I/O)."""
     o = options
     for name, value in (("usetls", o.usetls), ("tlsimport", o.tlsimport), ("debug", o.debug)):
-        _flag(name, value)
+        check_flag(name, value)
     timeouts_value = _timeouts(o.timeout, o.maxsecs, o.timeouts)
-    block = _as_list("block_plugins", o.block_plugins, str)
+    block = as_list("block_plugins", o.block_plugins, str)
     plugins = o.plugins
     if isinstance(plugins, str | bytes) or not isinstance(plugins, Iterable):
         raise InvalidInputError("plugins must be a list of plugin objects")
@@ -415,7 +302,7 @@ def setup(options: ClientOptions) -> Setup:
             o.tls_verify,
             o.tls_context,
         ),
-        auth_args=_AuthArgs(
+        auth_args=auth.AuthArgs(
             o.username,
             o.password,
             o.oauth_token,
@@ -432,8 +319,8 @@ def prepare(
     message: MessageInput, options: MessageOptions
 ) -> tuple[envelope.PreparedMessage, MailParameters | None]:
     """Check the per-message options and prepare the message (no I/O)."""
-    _flag("atleastone", options.atleastone)
-    _flag("queue", options.queue)
+    check_flag("atleastone", options.atleastone)
+    check_flag("queue", options.queue)
     if options.progress is not None and not callable(options.progress):
         raise InvalidInputError("progress must be a callable taking the octets sent")
     prepared = envelope.prepare(

@@ -15,12 +15,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from smtplug.connect import TLSPolicyCallable
-from smtplug.errors import UnknownOptionError
+from smtplug.errors import InvalidInputError, UnknownOptionError
 from smtplug.protocol.dsn import DSN
 from smtplug.session import Timeouts
 from smtplug.source import MessageInput
@@ -29,7 +28,9 @@ __all__ = [
     "ClientOptions",
     "MessageOptions",
     "SendOptions",
+    "as_list",
     "build",
+    "check_flag",
     "client_fields",
     "function_signature",
     "init_signature",
@@ -41,6 +42,9 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 Path = str | os.PathLike[str]
+
+#: Tcllib's ``-tlspolicy`` command: ``function(code, diagnostic) -> "secure" | "insecure"``.
+TLSPolicyCallable = Callable[[int, str], str]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +98,23 @@ class MessageOptions:
 @dataclass(frozen=True, kw_only=True)
 class SendOptions(MessageOptions, ClientOptions):
     """Both: the options of the one-shot ``sendmessage``."""
+
+
+def check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"{name} must be True or False, not {value!r}")
+    return value
+
+
+def as_list(name: str, value: object, kind: type) -> list[Any]:
+    items = [value] if isinstance(value, kind) else value
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+        raise InvalidInputError(f"{name} must be a {kind.__name__} or a list of them")
+    items = list(items)
+    for item in items:
+        if not isinstance(item, kind) or isinstance(item, bool):
+            raise InvalidInputError(f"{name} must hold {kind.__name__} values, not {item!r}")
+    return items
 
 
 CLIENT_FIELDS = frozenset(f.name for f in dataclasses.fields(ClientOptions))

@@ -41,6 +41,7 @@ from smtplug.observe import Observers, logger
 from smtplug.protocol import Capabilities
 from smtplug.protocol.dsn import MailParameters
 from smtplug.results import SendResult
+from smtplug.session import Stage
 from smtplug.wire import Wire
 
 __all__ = ["Conduct", "Program"]
@@ -149,7 +150,7 @@ class Conduct:
                 stale = (
                     reused
                     and attempt == 1
-                    and outcome.stage == "mail"
+                    and outcome.stage is Stage.MAIL
                     and (isinstance(exc, ConnectionLostError) or exc.code == 421)
                     and again
                 )
@@ -159,7 +160,7 @@ class Conduct:
                     not stale
                     and isinstance(exc, ResponseError)
                     and exc.code == 421
-                    and outcome.stage != "sent"
+                    and outcome.stage is not Stage.SENT
                     and again
                 )
                 if wire.broken or outcome.session_over or stale or closing:
@@ -187,7 +188,7 @@ class Conduct:
                         "after the message was delivered: %s", type(exc).__name__, exc_info=exc
                     )
                     return _result(outcome, wire)
-                if outcome.stage == "sent":
+                if outcome.stage is Stage.SENT:
                     # The end is on the wire: whatever failed next (a broken
                     # reply, an observer, a progress callback) leaves the
                     # server's answer unknown, and so the delivery.
@@ -200,7 +201,7 @@ class Conduct:
                 # Interrupted (a cancelled task): the driver closes the
                 # connection; if the end was sent, nobody knows the outcome.
                 self.forget()
-                if outcome.stage == "sent" and not outcome.delivered:
+                if outcome.stage is Stage.SENT and not outcome.delivered:
                     logger.warning(
                         "%s:%s: interrupted after the end of the message was sent: the "
                         "message may or may not have been delivered",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import functools
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -30,16 +31,13 @@ from smtplug import source
 from smtplug.actions import POLL, Action, Poll, Receive, Send, Upgrade
 from smtplug.envelope import PreparedMessage
 from smtplug.errors import (
-    AuthenticationError,
     ConnectionLostError,
     DeliveryUnknownError,
     InvalidInputError,
     MessageTooLargeError,
     ProtocolError,
     ResponseError,
-    SMTPError,
 )
-from smtplug.interfaces import SASLExchange
 from smtplug.protocol import Capabilities, Reply, commands
 from smtplug.protocol.data import BodyEncoder, DataEncoder, LineCheck
 from smtplug.protocol.dsn import MailParameters
@@ -49,6 +47,7 @@ __all__ = [
     "Poll",
     "Receive",
     "Send",
+    "Stage",
     "Timeouts",
     "TransactionOutcome",
     "Upgrade",
@@ -92,20 +91,33 @@ class Timeouts:
     """The reply to the final "." (or to ``BDAT ... LAST``)."""
 
 
+class Stage(enum.Enum):
+    """How far a mail transaction got; what a failure at that point means.
+
+    ``MAIL`` until the server accepted MAIL (a failure there: the kept
+    session may be stale, reconnecting is safe); ``RCPT`` while recipients
+    are given; ``DATA`` once the message started going (nothing delivered
+    yet, but the body may not be restartable); ``SENT`` once the end of the
+    message is on the wire: from then on a lost connection means the
+    delivery is unknown. The transaction only moves forward, except back to
+    ``MAIL`` when a pipelined MAIL turns out refused.
+    """
+
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+    SENT = "sent"
+
+
 @dataclass(slots=True)
 class TransactionOutcome:
-    """What one mail transaction did, and how far it got.
-
-    ``stage`` is ``"mail"`` until MAIL is accepted, then ``"rcpt"``, ``"data"``
-    once the message started going, ``"sent"`` once its end is on the wire
-    (from then on a lost connection means the delivery is unknown).
-    """
+    """What one mail transaction did, and how far it got (:class:`Stage`)."""
 
     refused: list[tuple[str, int, str]] = field(default_factory=list)
     accepted_recipients: list[str] = field(default_factory=list)
     delivered: bool = False
     reply: Reply | None = None
-    stage: str = "mail"
+    stage: Stage = Stage.MAIL
     quit_sent: bool = False
     session_over: bool = False
     """The session cannot carry another transaction (QUIT sent, or the server
@@ -139,7 +151,7 @@ def _send_end(
     action: Send, trailer: bytes, outcome: TransactionOutcome
 ) -> Generator[Action, Reply | None, bool]:
     """Write the bytes that end the message (and ``trailer``, a pipelined QUIT);
-    from then on the outcome's stage is "sent".
+    from then on the outcome's stage is ``Stage.SENT``.
 
     A failed write did not hand its last octet to the network, so a message
     end that closes the write never reached the server; one followed by QUIT
@@ -149,11 +161,11 @@ def _send_end(
         written = yield from _send(action)
     except ConnectionLostError as exc:
         if trailer:
-            outcome.stage = "sent"
+            outcome.stage = Stage.SENT
             _after_end(exc, "the end of the message", outcome)
         raise
     if written or trailer:
-        outcome.stage = "sent"
+        outcome.stage = Stage.SENT
     return written
 
 
@@ -189,20 +201,6 @@ def hello(client: str, timeouts: Timeouts) -> Generator[Action, Reply | None, Ca
     return Capabilities.from_helo(_expect(reply, "HELO", 250))
 
 
-def starttls(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
-    """STARTTLS; the caller reads the reply (220: go on with :func:`upgrade`;
-    anything else is a refusal for the TLS policy to judge), except a 421."""
-    return (yield from _tolerant(commands.starttls(), "STARTTLS", timeouts))
-
-
-def upgrade(timeouts: Timeouts) -> Generator[Action, Reply | None, None]:
-    """The TLS handshake after a 220 to STARTTLS (RFC 3207).
-
-    Every capability learnt before it is void: the caller sends EHLO again.
-    """
-    yield Upgrade(timeouts.command)
-
-
 def queue(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
     """Tcllib's ``-queue``: QUED, whose answer is only reported, never fatal.
 
@@ -235,7 +233,7 @@ def _quit_wait(timeouts: Timeouts) -> Receive:
 def _after_end(exc: ConnectionLostError, what: str, outcome: TransactionOutcome) -> None:
     """Once the message's end is on the wire, a lost connection means the
     delivery is unknown: raise that instead (the caller re-raises otherwise)."""
-    if outcome.stage == "sent":
+    if outcome.stage is Stage.SENT:
         raise DeliveryUnknownError(
             f"the connection was lost after the end of the message was sent and before "
             f"the server's reply to {what}: the message may or may not have been "
@@ -564,14 +562,14 @@ def transaction(
                     if reply.code != 250:
                         # No transaction: whatever followed MAIL in the flight
                         # (even a whole BDAT message) was void; nothing delivered.
-                        outcome.stage = "mail"
+                        outcome.stage = Stage.MAIL
                         mail_error = ResponseError(
                             reply.diagnostic, reply.code, command="MAIL", enhanced=reply.enhanced
                         )
                         if reply.code == 421 or not pipelining:
                             raise mail_error
-                    elif outcome.stage == "mail":
-                        outcome.stage = "rcpt"
+                    elif outcome.stage is Stage.MAIL:
+                        outcome.stage = Stage.RCPT
                 else:
                     reply = yield rcpt_wait
                     assert reply is not None
@@ -647,7 +645,7 @@ def transaction(
             yield from _empty_data(timeouts, outcome)
             yield from _reset_after_refusal(timeouts, outcome)
             return outcome
-        outcome.stage = "data"
+        outcome.stage = Stage.DATA
         yield from _data_body(message, timeouts, outcome, trailer, progress, check)
         return (yield from _final(timeouts, outcome, bool(trailer)))
 
@@ -657,7 +655,7 @@ def transaction(
 
     # -- BDAT after the RCPT replies ---------------------------------------------
     if chunking:
-        outcome.stage = "data"
+        outcome.stage = Stage.DATA
         frames = 0  # chunks written whose replies are not read yet
         refusal: Reply | None = None
         for frame, last in _bdat_frames(message, timeouts, trailer, progress, check):
@@ -672,7 +670,7 @@ def transaction(
                     break
                 # Replies to the chunks before may be arriving: not unsolicited.
                 frame = Send(frame.data, frame.display, frame.timeout, replies_due=True)
-            # "sent" once the last frame is written, before its reply is read.
+            # SENT once the last frame is written, before its reply is read.
             written = yield from (_send_end(frame, trailer, outcome) if last else _send(frame))
             frames += 1
             if not pipelining or last or not written:
@@ -692,7 +690,7 @@ def transaction(
     yield from _send(_command(commands.data(), timeouts))
     reply = yield from _receive(timeouts.data, "DATA", outcome)
     _expect(reply, "DATA", 354)
-    outcome.stage = "data"
+    outcome.stage = Stage.DATA
     yield from _data_body(message, timeouts, outcome, trailer, progress, check)
     return (yield from _final(timeouts, outcome, bool(trailer)))
 
@@ -754,99 +752,3 @@ def quit(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
     reply = yield _quit_wait(timeouts)
     assert reply is not None
     return reply
-
-
-def authenticate(
-    mechanism: str,
-    exchange: SASLExchange,
-    timeouts: Timeouts,
-) -> Generator[Action, Reply | None, Reply]:
-    """One AUTH exchange (RFC 4954) with one mechanism; secrets never displayed.
-
-    Returns the 235 reply. A refusal raises :class:`AuthRefused` (an
-    :class:`AuthenticationError`) with the server's code; a mechanism's own
-    failure (a bad challenge, a server signature that does not verify)
-    cancels the exchange with ``*`` first.
-    A 421 raises :class:`ResponseError` (the server is closing).
-
-    An initial response that would make the AUTH line longer than 512 octets
-    is not put on it (RFC 4954 section 4 forbids that): ``AUTH mechanism`` goes
-    alone, and the response answers the server's first, empty, 334 challenge
-    (a non-empty one is a server error: the exchange is cancelled).
-    """
-    try:
-        initial = exchange.initial_response()
-    except Exception as exc:
-        raise _mechanism_failed(mechanism, exc) from exc
-    deferred: bytes | None = None
-    if initial is not None and not commands.initial_response_fits(mechanism, initial):
-        deferred = commands.sasl_response(initial)  # refused (too long) before AUTH is sent
-        initial = None
-    display = f"AUTH {mechanism}" + ("" if initial is None else " <redacted>")
-    yield Send(commands.auth(mechanism, initial), display, timeouts.command)
-    challenged = False  # the mechanism has answered a challenge
-    while True:
-        reply = yield Receive(timeouts.command, f"AUTH {mechanism}")
-        assert reply is not None
-        if reply.code == 334:
-            try:
-                challenge = commands.decode_challenge(reply.text)
-                if deferred is None:
-                    line = commands.sasl_response(exchange.respond(challenge))
-                    challenged = True
-                elif challenge:
-                    raise ProtocolError(
-                        "the server's first challenge is not empty, so the initial "
-                        "response (too long for the AUTH line) was not sent (RFC 4954)"
-                    )
-                else:
-                    line, deferred = deferred, None  # not a challenge to the mechanism
-            except Exception as exc:
-                # Abandon the exchange; the server answers 501 (RFC 4954).
-                yield Send(commands.sasl_cancel(), "*", timeouts.command)
-                cancelled = yield Receive(timeouts.command, "*")
-                assert cancelled is not None
-                raise _mechanism_failed(mechanism, exc) from exc
-            yield Send(line, "<redacted>", timeouts.command)
-        elif reply.code == 235:
-            try:
-                exchange.verify()
-            except Exception as exc:
-                failure = _mechanism_failed(mechanism, exc)
-                raise AuthenticationError(
-                    f"{failure.diagnostic} (the server accepted the login but did not prove "
-                    "that it knows the password: it may be an impostor)",
-                    failure.code,
-                    server_unverified=True,
-                ) from exc
-            return reply
-        elif reply.code == 421:
-            _expect(reply, f"AUTH {mechanism}", 235)
-        else:
-            raise AuthRefused(
-                f"{mechanism}: {reply.code} {reply.diagnostic}",
-                reply.code,
-                challenged=challenged,
-            )
-
-
-class AuthRefused(AuthenticationError):
-    """The server's refusal ending :func:`authenticate` (not a mechanism's own
-    failure); ``challenged`` when the mechanism had answered a 334 challenge
-    before it (for XOAUTH2/OAUTHBEARER: the server's JSON error)."""
-
-    def __init__(self, diagnostic: str, code: int, *, challenged: bool) -> None:
-        super().__init__(diagnostic, code)
-        self.challenged = challenged
-
-
-def _mechanism_failed(mechanism: str, exc: Exception) -> AuthenticationError:
-    """The error for a mechanism's own failure; never the text of a foreign
-    exception (it could hold a secret), only its type."""
-    if isinstance(exc, SMTPError):
-        text = exc.diagnostic
-        if not text.startswith(mechanism):
-            text = f"{mechanism}: {text}"
-        unverified = isinstance(exc, AuthenticationError) and exc.server_unverified
-        return AuthenticationError(text, exc.code, server_unverified=unverified)
-    return AuthenticationError(f"{mechanism}: the mechanism failed ({type(exc).__name__})")
