@@ -30,10 +30,10 @@ from smtplug.options import (
     MessageOptions,
     SendOptions,
     build,
-    client_fields,
     function_signature,
     init_signature,
     method_signature,
+    split,
 )
 from smtplug.program import Conduct
 from smtplug.results import SendResult
@@ -143,7 +143,7 @@ class AsyncClient:
 async def asendmessage(message: MessageInput, **options: Any) -> SendResult:
     """:func:`smtplug.sendmessage` for asyncio: the same options, result and
     errors, awaited. A one-shot use of :class:`AsyncClient`."""
-    every = build(SendOptions, options)
-    client = AsyncClient(**client_fields(every))
+    connection_options, message_options = split(options)
+    client = AsyncClient(**connection_options)
     async with client:
-        return await client._send(message, every, last=True)
+        return await client._send(message, message_options, last=True)

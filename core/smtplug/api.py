@@ -38,10 +38,10 @@ from smtplug.options import (
     as_list,
     build,
     check_flag,
-    client_fields,
     function_signature,
     init_signature,
     method_signature,
+    split,
 )
 from smtplug.plugins import Registry, build_registry
 from smtplug.program import Conduct
@@ -467,6 +467,6 @@ def sendmessage(message: MessageInput, **options: Any) -> SendResult:
     input raises :class:`smtplug.InvalidInputError` before any connection is
     opened. A one-shot use of :class:`Client`. See ``docs/options.md``.
     """
-    every = build(SendOptions, options)
-    with Client(**client_fields(every)) as connection:
-        return connection._send(message, every, last=True)
+    connection_options, message_options = split(options)
+    with Client(**connection_options) as connection:
+        return connection._send(message, message_options, last=True)

@@ -31,10 +31,10 @@ __all__ = [
     "as_list",
     "build",
     "check_flag",
-    "client_fields",
     "function_signature",
     "init_signature",
     "method_signature",
+    "split",
 ]
 
 P = ParamSpec("P")
@@ -120,12 +120,13 @@ def as_list(name: str, value: object, kind: type) -> list[Any]:
 CLIENT_FIELDS = frozenset(f.name for f in dataclasses.fields(ClientOptions))
 
 
-def build(kind: Callable[..., T], options: Mapping[str, Any]) -> T:
-    """``kind(**options)``, an unknown name an :class:`UnknownOptionError`."""
+def build(kind: Callable[..., T], options: Mapping[str, Any], *, of: object = None) -> T:
+    """``kind(**options)``, an unknown name an :class:`UnknownOptionError`
+    listing the options of ``of`` (default: of ``kind``)."""
     try:
         return kind(**options)
     except TypeError:
-        known = {f.name for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
+        known = {f.name for f in dataclasses.fields(of or kind)}  # type: ignore[arg-type]
         unknown = sorted(set(options) - known)
         raise UnknownOptionError(
             f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}"
@@ -133,9 +134,17 @@ def build(kind: Callable[..., T], options: Mapping[str, Any]) -> T:
         ) from None
 
 
-def client_fields(options: SendOptions) -> dict[str, Any]:
-    """The connection options of a one-shot call, by name."""
-    return {name: getattr(options, name) for name in CLIENT_FIELDS}
+def split(options: Mapping[str, Any]) -> tuple[dict[str, Any], MessageOptions]:
+    """A one-shot call's options: the connection's by name, and the message's
+    (built; a name of neither is an :class:`UnknownOptionError`)."""
+    connection = {}
+    message = {}
+    for name, value in options.items():
+        if name in CLIENT_FIELDS:
+            connection[name] = value
+        else:
+            message[name] = value
+    return connection, build(MessageOptions, message, of=SendOptions)
 
 
 def _with_signature(
