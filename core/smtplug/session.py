@@ -438,34 +438,28 @@ def _bdat_frames(
         progress(encoder.bytes_in)
 
 
-def transaction(
-    *,
+@dataclass(frozen=True, slots=True)
+class _TransactionPlan:
+    """What a transaction will send and how, decided before its first byte."""
+
+    pipelining: bool
+    chunking: bool
+    check: _StreamGuard | None  # checks a stream's lines and size as it goes
+    lines: list[bytes]  # MAIL and the RCPTs, encoded
+    trailer: bytes  # a QUIT pipelined behind the end of the message, or b""
+    early: bool  # DATA (or BDAT) joins the MAIL/RCPT flight
+    whole_in_flight: bool  # the whole message rides in that flight (one chunk)
+
+
+def _plan(
     message: PreparedMessage,
     capabilities: Capabilities,
     atleastone: bool,
-    timeouts: Timeouts,
-    outcome: TransactionOutcome,
-    quit_after: bool = False,
-    progress: Callable[[int], None] | None = None,
-    extras: MailParameters | None = None,
-) -> Generator[Action, Reply | None, TransactionOutcome]:
-    """MAIL, RCPT for each recipient, then the message (DATA or BDAT) or RSET.
-
-    The message is sent when at least one recipient was accepted and either
-    none was refused or ``atleastone`` is true; otherwise the transaction is
-    reset and the refusals returned. A refused MAIL, DATA, BDAT or end of
-    data raises :class:`ResponseError`. ``outcome`` records how far it got.
-
-    With PIPELINING (RFC 2920) MAIL and the RCPTs go in one write (in flights
-    of :data:`BATCH` commands); with ``atleastone``, or a single recipient, the
-    DATA (or, with CHUNKING, the whole message as BDAT) joins that flight,
-    since a refused recipient then changes nothing. With CHUNKING (RFC 3030) the message goes
-    as BDAT chunks: no dot-stuffing, no 354 to wait for. ``quit_after``
-    pipelines QUIT behind the end of the message (PIPELINING only); its reply
-    is then read too. ``extras`` are the caller's DSN (RFC 3461), REQUIRETLS
-    (RFC 8689) and other MAIL/RCPT parameters; one the server does not offer
-    fails before MAIL (DSN only when ``required``; otherwise it is left out).
-    """
+    quit_after: bool,
+    extras: MailParameters | None,
+) -> _TransactionPlan:
+    """Check what the server can take (8BITMIME, SMTPUTF8, SIZE) and plan the
+    commands and flights; raises before anything is sent."""
     pipelining = capabilities.has("PIPELINING")
     chunking = capabilities.has("CHUNKING")
     eight_bit = capabilities.has("8BITMIME")
@@ -519,6 +513,41 @@ def transaction(
     # MAIL and RCPT: a refusal there must not cost its upload (one round trip
     # against the whole message).
     whole_in_flight = early and message.size is not None and message.size <= source.CHUNK
+    return _TransactionPlan(pipelining, chunking, check, lines, trailer, early, whole_in_flight)
+
+
+def transaction(
+    *,
+    message: PreparedMessage,
+    capabilities: Capabilities,
+    atleastone: bool,
+    timeouts: Timeouts,
+    outcome: TransactionOutcome,
+    quit_after: bool = False,
+    progress: Callable[[int], None] | None = None,
+    extras: MailParameters | None = None,
+) -> Generator[Action, Reply | None, TransactionOutcome]:
+    """MAIL, RCPT for each recipient, then the message (DATA or BDAT) or RSET.
+
+    The message is sent when at least one recipient was accepted and either
+    none was refused or ``atleastone`` is true; otherwise the transaction is
+    reset and the refusals returned. A refused MAIL, DATA, BDAT or end of
+    data raises :class:`ResponseError`. ``outcome`` records how far it got.
+
+    With PIPELINING (RFC 2920) MAIL and the RCPTs go in one write (in flights
+    of :data:`BATCH` commands); with ``atleastone``, or a single recipient, the
+    DATA (or, with CHUNKING, the whole message as BDAT) joins that flight,
+    since a refused recipient then changes nothing. With CHUNKING (RFC 3030) the message goes
+    as BDAT chunks: no dot-stuffing, no 354 to wait for. ``quit_after``
+    pipelines QUIT behind the end of the message (PIPELINING only); its reply
+    is then read too. ``extras`` are the caller's DSN (RFC 3461), REQUIRETLS
+    (RFC 8689) and other MAIL/RCPT parameters; one the server does not offer
+    fails before MAIL (DSN only when ``required``; otherwise it is left out).
+    """
+    plan = _plan(message, capabilities, atleastone, quit_after, extras)
+    pipelining, chunking, check = plan.pipelining, plan.chunking, plan.check
+    lines, trailer, early = plan.lines, plan.trailer, plan.early
+    whole_in_flight = plan.whole_in_flight
     bdat_replies = 0
 
     # -- MAIL and RCPT, in flights when pipelining -----------------------------
