@@ -128,6 +128,7 @@ def test_cli_lists_plugins(capsys):
     out = capsys.readouterr().out
     assert "plain  (smtplug_plugins.plain, from smtplug)" in out
     assert "transports: plain" in out
+    assert "asyncio transports: plain" in out
 
 
 # -- plugins register cheaply: heavy packages are imported when chosen ---------

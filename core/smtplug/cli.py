@@ -20,6 +20,7 @@ __all__ = ["main"]
 
 _KINDS = (
     ("transports", "smtplug_register_transports"),
+    ("asyncio transports", "smtplug_register_async_transports"),
     ("TLS backends", "smtplug_register_tls_backends"),
     ("SASL mechanisms", "smtplug_register_sasl_mechanisms"),
     ("TLS policies", "smtplug_register_tls_policies"),
