@@ -821,7 +821,9 @@ async def cancel_a_pending_read(stream: AsyncStream) -> None:
     stream.close()
     assert asyncio.all_tasks() == {asyncio.current_task()}
     loop: Any = asyncio.get_running_loop()
-    assert not loop._scheduled, "a timer was left behind"
+    # (A cancelled handle may wait in the loop's heap until it is reached.)
+    live = [handle for handle in loop._scheduled if not handle.cancelled()]
+    assert not live, "a timer was left behind"
 
 
 def test_cancelled_plain_read_leaves_no_task_behind() -> None:

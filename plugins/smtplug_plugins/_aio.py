@@ -85,6 +85,12 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._reader: asyncio.Future[bool] | None = None
         self._writer: asyncio.Future[bool] | None = None
+        # One timer per connection for the waits' deadlines, moved lazily: a
+        # timer per read (armed, then cancelled at once nearly every time)
+        # costs a heap push and leaves cancelled handles in the loop's heap.
+        self._deadlines: dict[str, tuple[float, asyncio.Future[bool]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -109,6 +115,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.error = exc
+        self._stop_timer()
         _wake(self._reader)
         _wake(self._writer)
 
@@ -123,15 +130,45 @@ class _Connection(asyncio.Protocol):
 
     async def _wait(self, which: str, timeout: float | None) -> bool:
         """Wait for a wake-up of the reader or writer: False after ``timeout``."""
-        waiter: asyncio.Future[bool] = self.loop.create_future()
+        loop = self.loop
+        waiter: asyncio.Future[bool] = loop.create_future()
         setattr(self, which, waiter)
-        timer = None if timeout is None else self.loop.call_later(timeout, _expire, waiter)
+        if timeout is not None:
+            deadline = loop.time() + timeout
+            self._deadlines[which] = (deadline, waiter)
+            timer = self._timer
+            if timer is None or deadline < self._timer_at:
+                if timer is not None:
+                    timer.cancel()
+                self._timer_at = deadline
+                self._timer = loop.call_at(deadline, self._on_timer)
         try:
             return await waiter
         finally:
             setattr(self, which, None)
-            if timer is not None:
-                timer.cancel()
+            self._deadlines.pop(which, None)
+
+    def _on_timer(self) -> None:
+        """The earliest deadline may have passed: expire those waits, and arm
+        the timer again for the next deadline (a wait that ended early has
+        none: the timer then just lapses)."""
+        self._timer = None
+        now = self.loop.time()
+        upcoming = None
+        for which, (deadline, waiter) in list(self._deadlines.items()):
+            if deadline <= now:
+                del self._deadlines[which]
+                _expire(waiter)
+            elif upcoming is None or deadline < upcoming:
+                upcoming = deadline
+        if upcoming is not None:
+            self._timer_at = upcoming
+            self._timer = self.loop.call_at(upcoming, self._on_timer)
+
+    def _stop_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
 
     async def readable(self, timeout: float | None) -> bool:
         """True once there is something to take (bytes, end of file or a
@@ -192,6 +229,7 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close the transport (what is written still goes); idempotent."""
+        self._stop_timer()
         transport = self.transport
         if transport is not None and not transport.is_closing():
             with contextlib.suppress(Exception):
