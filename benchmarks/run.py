@@ -784,8 +784,8 @@ def summary_table(results: list[ScenarioResult], *, cpu: bool = False) -> list[s
                 cells.append(r.clients[name].status.split(":")[0])
             else:
                 value = medians[name]
-                shown = f"{value:.0f}" if value >= 10 else f"{value:.2f}"
-                cells.append(shown if name == FLOOR else f"{shown} ({_ratio(value, floor)})")
+                text = f"{value:.0f}" if value >= 10 else f"{value:.2f}"
+                cells.append(text if name == FLOOR else f"{text} ({_ratio(value, floor)})")
         lines.append(f"| {r.number} | {condition_label(r)} | " + " | ".join(cells) + " |")
     return lines
 
