@@ -347,6 +347,57 @@ smtplib_concurrent = threaded(_smtplib_kept)
 floor_concurrent = threaded(_floor_kept)
 
 
+# --- smtplug's pools (smtplug.Pool: worker threads; smtplug.AsyncPool: tasks) --------------
+
+
+def _check_outcome(outcome: object, job: Job) -> None:
+    if getattr(outcome, "status", None) != "sent":
+        raise DeliveryError(f"smtplug pool: {outcome!r}")
+    _check_smtplug(outcome.result, job)  # type: ignore[attr-defined]
+
+
+def smtplug_pool(job: Job) -> None:
+    """``Pool(max_connections=job.connections).send_many``: one worker thread per
+    connection, the messages from a generator."""
+    pool_class = getattr(smtplug, "Pool", None)
+    if pool_class is None:
+        raise NotAvailable("smtplug.Pool missing")
+    with pool_class(
+        servers=[job.host],
+        ports=[job.port],
+        client="localhost",
+        usetls=False,
+        timeout=job.timeout,
+        max_connections=job.connections,
+    ) as pool:
+        messages = (job.message for _ in range(job.count))
+        for outcome in pool.send_many(messages, originator=FROM, recipients=job.recipients):
+            _check_outcome(outcome, job)
+
+
+def smtplug_asyncpool(job: Job) -> None:
+    """``AsyncPool(max_connections=job.connections).send_many``: tasks on one loop."""
+    if not hasattr(smtplug, "AsyncPool"):
+        raise NotAvailable("smtplug.AsyncPool missing")
+
+    async def run() -> None:
+        async with smtplug.AsyncPool(
+            servers=[job.host],
+            ports=[job.port],
+            client="localhost",
+            usetls=False,
+            timeout=job.timeout,
+            max_connections=job.connections,
+        ) as pool:
+            messages = (job.message for _ in range(job.count))
+            async for outcome in pool.send_many(
+                messages, originator=FROM, recipients=job.recipients
+            ):
+                _check_outcome(outcome, job)
+
+    asyncio.run(run())
+
+
 # --- smtp-source (Postfix's C load generator, timed end to end as a subprocess) ------------
 
 

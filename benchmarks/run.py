@@ -49,13 +49,14 @@ REFERENCE = "smtplug"
 FLOOR = "floor"  # benchmarks/floor.py: every client's speed is also shown over the floor's
 OTHERS = ("smtplib", "aiosmtplib", "smtp-source", FLOOR)
 
-# Sizes: messages per timed run (scenario 4: megabytes; scenario 6: per connection).
-FULL = {1: 500, 2: 5000, 3: 200, 4: 50, 5: 10, 6: 500}
-QUICK = {1: 100, 2: 1000, 3: 30, 4: 5, 5: 1, 6: 100}
+# Sizes: messages per timed run (scenario 4: megabytes; scenario 6: per connection;
+# scenario 7: in all, through send_many).
+FULL = {1: 500, 2: 5000, 3: 200, 4: 50, 5: 10, 6: 500, 7: 10000}
+QUICK = {1: 100, 2: 1000, 3: 30, 4: 5, 5: 1, 6: 100, 7: 2000}
 # Time budgets per scenario, in seconds: a scenario past its budget is stopped
 # and reported with the rounds it finished.
-BUDGET_FULL = {1: 120, 2: 200, 3: 150, 4: 300, 5: 420, 6: 200}
-BUDGET_QUICK = {1: 30, 2: 30, 3: 30, 4: 60, 5: 60, 6: 30}
+BUDGET_FULL = {1: 120, 2: 200, 3: 150, 4: 300, 5: 420, 6: 200, 7: 300}
+BUDGET_QUICK = {1: 30, 2: 30, 3: 30, 4: 60, 5: 60, 6: 30, 7: 60}
 # Past budget + GRACE (set-up, clean-up, a swallowed SIGALRM) the watchdog
 # stops the whole run, undoing everything it created.
 GRACE = 60
@@ -67,6 +68,7 @@ TITLES = {
     4: "one big message: time and peak memory (fresh process per client and round)",
     5: "scenario 3 over a link with {delay:g} ms delay each way",
     6: "small messages over 8 concurrent connections",
+    7: "10 000 small messages through send_many on a pool of 8 connections",
 }
 
 
@@ -189,6 +191,7 @@ class Contender:
     name: str
     runner: Runner
     sessions: int  # sessions the sink must count per run (-1: one per message)
+    at_most: bool = False  # a pool: from 1 to ``sessions`` (it opens what it needs)
 
 
 def _children_cpu() -> float:
@@ -212,7 +215,14 @@ def verified_run(contender: Contender, job: Job, sink: sinkmod.Sink) -> tuple[fl
     cpu = time.process_time() + _children_cpu() - cpu
     sessions = job.count if contender.sessions < 0 else contender.sessions
     want_messages, want_sessions = before.messages + job.count, before.sessions + sessions
-    after = sink.wait_for(lambda c: c.messages >= want_messages and c.sessions >= want_sessions, 5)
+    fewest = before.sessions + 1 if contender.at_most else want_sessions
+    after = sink.wait_for(lambda c: c.messages >= want_messages and c.sessions >= fewest, 5)
+    if contender.at_most:
+        # (The sink counts a session when it ends: wait until the pool's last
+        # QUITs are counted, or they would be charged to the next client.)
+        after = sink.settle()
+        if after.messages == want_messages and fewest <= after.sessions:
+            want_sessions = min(after.sessions, want_sessions)
     if (after.messages, after.sessions) != (want_messages, want_sessions):
         raise DeliveryError(
             f"the sink counted {after.messages - before.messages} messages in "
@@ -303,6 +313,15 @@ def contenders_for(number: int, have_source: bool) -> list[Contender]:
             Contender("smtplug-async", clients.smtplug_async_concurrent, 8),
             Contender("smtplib", clients.smtplib_concurrent, 8),
             Contender("aiosmtplib", clients.aiosmtplib_concurrent, 8),
+            Contender("smtplug-pool", clients.smtplug_pool, 8, at_most=True),
+            Contender("smtplug-asyncpool", clients.smtplug_asyncpool, 8, at_most=True),
+        ]
+    elif number == 7:
+        found = [
+            Contender("smtplug-pool", clients.smtplug_pool, 8, at_most=True),
+            Contender("smtplug-asyncpool", clients.smtplug_asyncpool, 8, at_most=True),
+            Contender("smtplib", clients.smtplib_concurrent, 8),
+            Contender("aiosmtplib", clients.aiosmtplib_concurrent, 8),
         ]
     else:
         raise ValueError(number)
@@ -331,8 +350,8 @@ def message_scenario(
     """Scenarios 1, 2, 3, 5, 6; clients connect to ``target`` (default: the sink)."""
     host, port = target or (sink.host, sink.port)
     size = args.sizes[number]
-    connections = 8 if number == 6 else 1
-    count = size * connections
+    connections = 8 if number in (6, 7) else 1
+    count = size if number == 7 else size * connections
     recipients = HUNDRED if number in (3, 5) else [TO]
     message = clients.message_of(condition.kb)
     title = TITLES[number].format(delay=args.delay_ms)
@@ -635,7 +654,7 @@ def print_result(result: ScenarioResult) -> None:
         cpus = cpu_medians(result)
         floor_cpu = cpus.get(FLOOR, float("nan"))
         print(
-            f"  {'client':<13}{'median msg/s':>14}{'IQR':>10}{'x floor':>9}"
+            f"  {'client':<18}{'median msg/s':>14}{'IQR':>10}{'x floor':>9}"
             f"{'CPU us/msg':>12}{'x floor':>9}{'runs':>6}  status"
         )
         for name, client in result.clients.items():
@@ -647,7 +666,7 @@ def print_result(result: ScenarioResult) -> None:
                 if client.samples
                 else f"{'-':>14}{'-':>10}{'-':>9}{'-':>12}{'-':>9}"
             )
-            print(f"  {name:<13}{shown}{len(client.samples):>6}  {client.status}")
+            print(f"  {name:<18}{shown}{len(client.samples):>6}  {client.status}")
         ours = medians.get(REFERENCE, float("nan"))
         ratios = [
             f"smtplug/{name} {_ratio(ours, medians.get(name, float('nan')))}"
@@ -664,6 +683,14 @@ def print_result(result: ScenarioResult) -> None:
                 for name in ("aiosmtplib", "smtplug")
                 if name in result.clients
             ]
+        for pool in ("smtplug-pool", "smtplug-asyncpool"):
+            if pool in result.clients:
+                mine = medians.get(pool, float("nan"))
+                ratios += [
+                    f"{pool}/{name} {_ratio(mine, medians.get(name, float('nan')))}"
+                    for name in ("aiosmtplib", "smtplib")
+                    if name in result.clients
+                ]
         print("  ratios (messages per second, above 1 = smtplug faster): " + "   ".join(ratios))
         print(
             "  CPU us/msg: the client's own CPU time (user + system: the harness's, plus "
@@ -724,6 +751,8 @@ SUMMARY_CLIENTS = (
     "smtplug",
     "smtplug-alo",
     "smtplug-async",
+    "smtplug-pool",
+    "smtplug-asyncpool",
     "smtplib",
     "aiosmtplib",
     "smtp-source",
@@ -755,8 +784,8 @@ def summary_table(results: list[ScenarioResult], *, cpu: bool = False) -> list[s
                 cells.append(r.clients[name].status.split(":")[0])
             else:
                 value = medians[name]
-                shown = f"{value:.0f}" if value >= 10 else f"{value:.2f}"
-                cells.append(shown if name == FLOOR else f"{shown} ({_ratio(value, floor)})")
+                text = f"{value:.0f}" if value >= 10 else f"{value:.2f}"
+                cells.append(text if name == FLOOR else f"{text} ({_ratio(value, floor)})")
         lines.append(f"| {r.number} | {condition_label(r)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -803,14 +832,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: under a minute")
-    parser.add_argument("--scenarios", default="1,2,3,4,5,6", help="e.g. 1,2,3 (default: all)")
+    parser.add_argument("--scenarios", default="1,2,3,4,5,6,7", help="e.g. 1,2,3 (default: all)")
     parser.add_argument("--json", metavar="PATH", help="write machine facts and raw samples")
     parser.add_argument("--rounds", type=int, help="rounds per scenario (default 5; quick 3)")
     parser.add_argument(
         "--sizes",
         default="",
         help="override sizes, e.g. '1=500,2=5000,3=200,4=50,5=10,6=500' (messages per run; "
-        "4: megabytes; 6: messages per connection)",
+        "4: megabytes; 6: messages per connection; 7: messages in all)",
     )
     parser.add_argument(
         "--delay-ms", type=float, default=10.0, help="scenario 5's delay each way (0: no netem)"
@@ -853,7 +882,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError:
         parser.error("--scenarios and --sizes take numbers, e.g. --scenarios 1,3 --sizes 1=100")
     if not set(args.wanted) <= set(FULL) or min(sizes.values()) < 1:
-        parser.error("scenarios are 1 to 6; sizes must be at least 1")
+        parser.error("scenarios are 1 to 7; sizes must be at least 1")
     if not args.kbs or not all(1 <= kb <= 1024 for kb in args.kbs):
         parser.error("--message-kb takes sizes from 1 to 1024, e.g. --message-kb 1,2")
     if args.rounds is not None and not 1 <= args.rounds <= 50:

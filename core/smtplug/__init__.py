@@ -22,6 +22,7 @@ from smtplug.errors import (
 )
 from smtplug.hookspecs import hookimpl, hookspec
 from smtplug.interfaces import ConnectionInfo
+from smtplug.pool import Outcome, Pool
 from smtplug.protocol import Reply
 from smtplug.protocol.dsn import DSN
 from smtplug.results import RefusedRecipient, SendResult
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from smtplug.aio import AsyncClient, asendmessage
+    from smtplug.pool import AsyncPool
 
 
 def __getattr__(name: str) -> object:
@@ -41,12 +43,17 @@ def __getattr__(name: str) -> object:
         from smtplug import aio
 
         return getattr(aio, name)
+    if name == "AsyncPool":
+        from smtplug import pool
+
+        return pool.AsyncPool
     raise AttributeError(f"module 'smtplug' has no attribute {name!r}")
 
 
 __all__ = [
     "DSN",
     "AsyncClient",
+    "AsyncPool",
     "AuthenticationError",
     "Client",
     "ConnectError",
@@ -55,7 +62,9 @@ __all__ = [
     "DeliveryUnknownError",
     "InvalidInputError",
     "MessageTooLargeError",
+    "Outcome",
     "PluginError",
+    "Pool",
     "ProtocolError",
     "RefusedRecipient",
     "Reply",

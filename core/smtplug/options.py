@@ -27,6 +27,7 @@ from smtplug.source import MessageInput
 __all__ = [
     "ClientOptions",
     "MessageOptions",
+    "PoolOptions",
     "SendOptions",
     "as_list",
     "build",
@@ -98,6 +99,22 @@ class MessageOptions:
 @dataclass(frozen=True, kw_only=True)
 class SendOptions(MessageOptions, ClientOptions):
     """Both: the options of the one-shot ``sendmessage``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolOptions(ClientOptions):
+    """The options of ``Pool`` and ``AsyncPool``: ``Client``'s, and the pool's own.
+
+    ``max_connections``: connections open at most at once. A connection is
+    closed (QUIT) once it carried ``max_messages_per_connection`` messages,
+    or once it is ``max_lifetime`` seconds old, or when it was idle longer
+    than ``idle_timeout`` seconds; None: no such limit.
+    """
+
+    max_connections: int = 8
+    max_messages_per_connection: int | None = None
+    max_lifetime: float | None = None
+    idle_timeout: float | None = None
 
 
 def check_flag(name: str, value: object) -> bool:

@@ -1,0 +1,790 @@
+"""``smtplug.Pool`` and ``smtplug.AsyncPool``: many connections, many messages.
+
+Theory of operation. A pool holds up to ``max_connections`` *slots*; each
+slot is one :class:`~smtplug.program.Conduct` (a kept connection and its
+programs) with a driver of its own, all built from one plan (one registry,
+one set of observers, one TLS session cache). A slot is handed to one sender
+at a time (a thread for :class:`Pool`, a task for :class:`AsyncPool`) and
+given back after the message; a slot carries at most one connection, so at
+most ``max_connections`` are ever open.
+
+Every send through a pool is one program (:func:`_send_program`), run by the
+slot's driver as :class:`~smtplug.Client` runs its own:
+
+1. before reuse (:func:`_ready`): a connection that carried
+   ``max_messages_per_connection`` messages, is older than ``max_lifetime``
+   or was idle longer than ``idle_timeout`` is closed with QUIT; any other
+   kept connection is *probed* (``PROBE``: a read that does not wait), so a
+   connection the server closed (or sent a 421 on) while it sat idle is
+   dropped before a transaction starts on it. A broken one is never reused
+   (the Conduct drops it);
+2. the Conduct's ``send`` program (reconnect, 421 failover, RSET, delivery
+   unknown: all decided there, once);
+3. after it (:func:`_settle`): the slot counts the message on the session
+   that carried it (a new session when the Conduct reconnected), and a
+   connection that reached its count or lifetime is closed at once.
+
+Idle connections past ``idle_timeout`` are also closed whenever a sender
+takes a slot (no timer thread or task). Bookkeeping of the slots
+(:class:`_Slots`) is shared by both pools and holds no I/O.
+
+``send_many`` keeps a bounded window of messages in flight (twice
+``max_connections``): messages are taken from the iterable only as outcomes
+are handed back, so a generator is never materialised; the outcomes come back
+in order, one per message (:class:`Outcome`), and one failing message does
+not stop the others. Where a retry policy would decide (issue 13: attempts,
+backoff, deadline, rate limits) is marked "retry hook" below: retries are not
+built yet.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import functools
+import inspect
+import threading
+import time
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Sized,
+)
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+from smtplug.actions import CLOSE, PROBE
+from smtplug.api import _seconds, prepare, setup
+from smtplug.drivers.aio import AsyncDriver
+from smtplug.drivers.blocking import BlockingDriver
+from smtplug.envelope import PreparedMessage
+from smtplug.errors import (
+    DeliveryUnknownError,
+    InvalidInputError,
+    MessageTooLargeError,
+    ResponseError,
+    SMTPError,
+)
+from smtplug.interfaces import EngineTLSBackend
+from smtplug.options import MessageOptions, PoolOptions, build, init_signature, method_signature
+from smtplug.program import Conduct
+from smtplug.protocol.dsn import MailParameters
+from smtplug.results import SendResult
+from smtplug.source import MessageInput
+from smtplug.wire import Wire
+
+if TYPE_CHECKING:
+    import asyncio  # (imported when an AsyncPool is used: it costs a blocking program 10 ms)
+
+__all__ = ["AsyncPool", "Outcome", "Pool", "Progress", "Status"]
+
+#: What became of one message of a batch.
+Status = Literal["sent", "refused", "not_sent", "unknown"]
+
+#: ``progress(done, total)`` for a batch: ``total`` is None for an iterable
+#: without a length (a generator).
+Progress = Callable[[int, int | None], None]
+
+#: The clock of every limit (a test may replace it).
+_clock: Callable[[], float] = time.monotonic
+
+D = TypeVar("D", BlockingDriver, AsyncDriver)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of message number ``message_index`` (from 0) of a batch.
+
+    Exactly one of ``result`` (the server answered the message: the
+    :class:`SendResult`) and ``error`` (the :class:`SMTPError` the send
+    raised) is set. :attr:`status` says what it means.
+    """
+
+    message_index: int
+    result: SendResult | None
+    error: SMTPError | None
+
+    @property
+    def status(self) -> Status:
+        """``"sent"``: accepted (``result.accepted``; some recipients may be
+        refused with ``atleastone=True``); ``"refused"``: the server refused
+        the message (every recipient, or a negative reply to MAIL, DATA or
+        the message's end, or its SIZE limit); ``"not_sent"``: the send
+        failed before the server could have the message (bad input, no
+        server reachable, a lost connection or a 421 before the end);
+        ``"unknown"``: :class:`DeliveryUnknownError`, the server may have it.
+        """
+        if self.result is not None:
+            return "sent" if self.result.accepted else "refused"
+        error = self.error
+        if isinstance(error, DeliveryUnknownError):
+            return "unknown"
+        if isinstance(error, MessageTooLargeError) or (
+            isinstance(error, ResponseError) and error.code != 421
+        ):
+            return "refused"
+        return "not_sent"
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    connections: int
+    messages: int | None
+    lifetime: float | None
+    idle: float | None
+
+
+def _count(name: str, value: object, *, optional: bool) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInputError(f"{name} must be a whole number of at least 1, not {value!r}")
+    return value
+
+
+def _limits(options: PoolOptions) -> _Limits:
+    connections = _count("max_connections", options.max_connections, optional=False)
+    assert connections is not None
+    return _Limits(
+        connections=connections,
+        messages=_count(
+            "max_messages_per_connection", options.max_messages_per_connection, optional=True
+        ),
+        lifetime=None
+        if options.max_lifetime is None
+        else _seconds("max_lifetime", options.max_lifetime),
+        idle=None
+        if options.idle_timeout is None
+        else _seconds("idle_timeout", options.idle_timeout),
+    )
+
+
+class _Slot(Generic[D]):
+    """One connection place of a pool: a Conduct, its driver, its counters."""
+
+    __slots__ = ("conduct", "driver", "messages", "opened", "used", "wire")
+
+    def __init__(self, conduct: Conduct, driver: D) -> None:
+        self.conduct = conduct
+        self.driver: D = driver
+        self.wire: Wire | None = None  # the session the counters are about
+        self.messages = 0  # messages sent on that session
+        self.opened = 0.0  # when that session was (at the latest) opened
+        self.used = 0.0  # when the slot was last given back
+
+    @property
+    def connected(self) -> bool:
+        return self.conduct.wire is not None
+
+
+def _spent(limits: _Limits, slot: _Slot[Any], now: float) -> bool:
+    """True when the slot's session reached its message count or its lifetime."""
+    return (limits.messages is not None and slot.messages >= limits.messages) or (
+        limits.lifetime is not None and now - slot.opened >= limits.lifetime
+    )
+
+
+def _idle_too_long(limits: _Limits, slot: _Slot[Any], now: float) -> bool:
+    return limits.idle is not None and now - slot.used > limits.idle
+
+
+def _ready(limits: _Limits, slot: _Slot[Any]) -> Generator[Any, Any, None]:
+    """A program: make the slot's kept connection fit to carry a transaction."""
+    conduct = slot.conduct
+    wire = conduct.wire
+    if wire is None:
+        return
+    if wire.broken:
+        conduct.forget()
+        yield CLOSE
+        return
+    now = _clock()
+    if _spent(limits, slot, now) or _idle_too_long(limits, slot, now):
+        yield from conduct.close()
+        return
+    if (yield PROBE):
+        wire.event("the kept session is gone (noticed before reuse); opening another")
+        conduct.forget()
+        yield CLOSE
+
+
+def _settle(slot: _Slot[Any], started: float) -> None:
+    """Count the message just sent on the session that carried it."""
+    wire = slot.conduct.wire
+    if wire is None or wire.broken:
+        slot.wire = None
+        slot.messages = 0
+    elif wire is slot.wire:
+        slot.messages += 1
+    else:  # opened by this send (first use, or a reconnect)
+        slot.wire = wire
+        slot.messages = 1
+        slot.opened = started
+
+
+def _send_program(
+    limits: _Limits,
+    slot: _Slot[Any],
+    prepared: PreparedMessage,
+    options: MessageOptions,
+    extras: MailParameters | None,
+) -> Generator[Any, Any, SendResult]:
+    """A program: one message through a slot (see the module doc)."""
+    yield from _ready(limits, slot)
+    started = _clock()
+    try:
+        result: SendResult = yield from slot.conduct.send(
+            prepared,
+            atleastone=options.atleastone,
+            queue=options.queue,
+            progress=options.progress,
+            last=False,
+            extras=extras,
+        )
+    finally:
+        _settle(slot, started)
+    if slot.conduct.connected and _spent(limits, slot, _clock()):
+        yield from slot.conduct.close()
+    return result
+
+
+class _Slots(Generic[D]):
+    """Which slots are idle, how many exist; no I/O, no locking (the pools lock)."""
+
+    def __init__(self, limits: _Limits, make: Callable[[], _Slot[D]]) -> None:
+        self.limits = limits
+        self.make: Callable[[], _Slot[D]] = make
+        self.idle: list[_Slot[D]] = []  # the most recently used last
+        self.all: list[_Slot[D]] = []
+        self.closed = False
+
+    def take(self) -> tuple[_Slot[D] | None, list[_Slot[D]]]:
+        """A slot for a sender (a kept connection first, the most recently
+        used one), or None when all are busy; and the idle slots whose
+        connection was idle too long, taken out to be closed."""
+        idle = self.idle
+        expired: list[_Slot[D]] = []
+        if self.limits.idle is not None and idle:
+            now = _clock()
+            expired = [s for s in idle if s.connected and _idle_too_long(self.limits, s, now)]
+            if expired:
+                self.idle = idle = [s for s in idle if s not in expired]
+        for place in range(len(idle) - 1, -1, -1):
+            if idle[place].connected:
+                return idle.pop(place), expired
+        if idle:
+            return idle.pop(), expired
+        if len(self.all) < self.limits.connections:
+            slot = self.make()
+            self.all.append(slot)
+            return slot, expired
+        return None, expired
+
+    def give(self, slot: _Slot[D]) -> None:
+        slot.used = _clock()
+        self.idle.append(slot)
+
+    def close_all(self) -> list[_Slot[D]]:
+        """Closed from now on: the idle slots with a connection, to be closed."""
+        self.closed = True
+        return [slot for slot in self.idle if slot.connected]
+
+
+class _Flag:
+    __slots__ = ("set",)
+
+    def __init__(self) -> None:
+        self.set = False
+
+
+def _closed_error() -> InvalidInputError:
+    return InvalidInputError("this pool is closed: make a new one")
+
+
+def _batch_signature(function: Callable[..., Any]) -> None:
+    """``send_many(self, messages, *, progress=None, **message options)`` for
+    ``help()``: the message options but their own ``progress`` (which the
+    batch's takes the place of)."""
+    own = inspect.signature(function)
+    leading = list(own.parameters.values())[:3]  # self, messages, progress
+    keywords = [
+        p for name, p in inspect.signature(MessageOptions).parameters.items() if name != "progress"
+    ]
+    function.__signature__ = own.replace(parameters=[*leading, *keywords])  # type: ignore[attr-defined]
+
+
+def _check_batch(options: dict[str, Any], progress: object) -> MessageOptions:
+    if progress is not None and not callable(progress):
+        raise InvalidInputError("progress must be a callable taking (done, total)")
+    return build(MessageOptions, options)
+
+
+def _outcome(index: int, send: Callable[[], SendResult]) -> Outcome:
+    try:
+        result = send()
+    except SMTPError as exc:
+        # Retry hook (issue 13, not built): a policy would look at
+        # exc.transient and exc.may_have_been_delivered here, and send again
+        # (after a backoff, within a deadline) what is safe to send again.
+        return Outcome(index, None, exc)
+    return Outcome(index, result, None)
+
+
+class Pool:
+    """Connections to an SMTP server, shared by threads: ``Client`` times N.
+
+    ``with smtplug.Pool(servers=..., max_connections=8) as pool:
+    pool.sendmessage(msg)`` or ``for outcome in pool.send_many(messages):``.
+    Takes :class:`smtplug.Client`'s options (checked here, before any
+    connection is opened) and the pool's own: ``max_connections`` (8),
+    ``max_messages_per_connection``, ``max_lifetime`` and ``idle_timeout``
+    (seconds; None: no limit). See ``docs/pool.md``.
+
+    Any number of threads may send at once: each send takes a connection of
+    its own (waiting while ``max_connections`` are busy). After
+    :meth:`close` the pool sends nothing more.
+    """
+
+    @init_signature(PoolOptions)
+    def __init__(self, **options: Any) -> None:
+        checked = build(PoolOptions, options)
+        self._limits = _limits(checked)
+        built = setup(checked)
+        self._plan = plan = built.plan
+        self._observers = observers = built.observers
+
+        def make() -> _Slot[BlockingDriver]:
+            driver = BlockingDriver(
+                plan.transport, plan.transport_options, observers, plan.tls_sessions
+            )
+            return _Slot(Conduct(plan, observers), driver)
+
+        self._slots: _Slots[BlockingDriver] = _Slots(self._limits, make)
+        self._changed = threading.Condition(threading.Lock())
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        targets = ", ".join(f"{server}:{port}" for server, port in self._plan.targets)
+        return f"<smtplug.Pool {targets} ({self.connections} of {self._limits.connections} open)>"
+
+    @property
+    def connections(self) -> int:
+        """How many connections are open now (some may turn out to be stale)."""
+        return sum(1 for slot in self._slots.all if slot.connected)
+
+    # -- slots -----------------------------------------------------------------------
+
+    def _acquire(self) -> _Slot[BlockingDriver]:
+        while True:
+            with self._changed:
+                while True:
+                    if self._slots.closed:
+                        raise _closed_error()
+                    slot, expired = self._slots.take()
+                    if slot is not None or expired:
+                        break
+                    self._changed.wait()
+            try:
+                while expired:  # (outside the lock: QUIT waits for the server)
+                    self._release(expired.pop(), close=True)
+            except BaseException:
+                for old in [*expired, *([] if slot is None else [slot])]:
+                    self._give(old)
+                raise
+            if slot is not None:
+                return slot
+
+    def _release(self, slot: _Slot[BlockingDriver], *, close: bool = False) -> None:
+        try:
+            if close or self._slots.closed:
+                slot.driver.run(slot.conduct.close())
+        finally:
+            with self._changed:
+                late = self._slots.closed and slot.connected  # closed meanwhile
+                if not late:
+                    self._slots.give(slot)
+                    self._changed.notify()
+            if late:
+                self._release(slot, close=True)
+
+    def _give(self, slot: _Slot[BlockingDriver]) -> None:
+        """Give back a slot whose connection is in an unknown state: closed."""
+        slot.conduct.forget()
+        slot.driver.close()
+        with self._changed:
+            self._slots.give(slot)
+            self._changed.notify()
+
+    def close(self) -> None:
+        """QUIT and close every idle connection; one in use is closed when its
+        send ends. The pool sends nothing more. Never raises."""
+        with self._changed:
+            if self._slots.closed:
+                return
+            idle = self._slots.close_all()
+            for slot in idle:
+                self._slots.idle.remove(slot)
+            self._changed.notify_all()
+        for slot in idle:
+            self._release(slot, close=True)
+
+    # -- sending ---------------------------------------------------------------------
+
+    @method_signature(MessageOptions)
+    def sendmessage(self, message: MessageInput, **options: Any) -> SendResult:
+        """Send one message over one of the pool's connections (opened if
+        needed): :meth:`smtplug.Client.sendmessage`'s options, result and errors."""
+        return self._send(message, build(MessageOptions, options))
+
+    def _send(self, message: MessageInput, options: MessageOptions) -> SendResult:
+        prepared, extras = prepare(message, options)  # bad input: before a connection
+        slot = self._acquire()
+        try:
+            return slot.driver.run(_send_program(self._limits, slot, prepared, options, extras))
+        finally:
+            self._release(slot)
+
+    def send_many(
+        self,
+        messages: Iterable[MessageInput],
+        *,
+        progress: Progress | None = None,
+        **options: Any,
+    ) -> Iterator[Outcome]:
+        """Send every message of ``messages``, over the pool's connections in
+        parallel: an iterator of one :class:`Outcome` per message, in order.
+
+        ``options`` are the message options of :meth:`sendmessage` (the same
+        for every message; a message's own ``progress`` is not available),
+        checked here. The messages are taken from ``messages`` as the
+        outcomes are consumed, at most twice ``max_connections`` ahead;
+        nothing is sent before the iteration starts. ``progress(done,
+        total)`` is called (in the consuming thread) before each outcome is
+        handed out (``total``: ``len(messages)``, or None).
+
+        Every :class:`SMTPError` becomes an outcome. Anything else ends the
+        batch: an error a send raised (a bug in an observer or callback) is
+        raised in that message's place; an error of ``messages`` itself
+        after the outcomes of the messages taken before it. Either way, and
+        when the loop is left early, the messages not started yet are not
+        sent and those in flight are finished first (one worker thread per
+        connection, for this batch).
+        """
+        checked = _check_batch(options, progress)
+        total = len(messages) if isinstance(messages, Sized) else None
+        return self._batch(iter(messages), checked, progress, total)
+
+    _batch_signature(send_many)
+
+    def _batch(
+        self,
+        messages: Iterator[MessageInput],
+        options: MessageOptions,
+        progress: Progress | None,
+        total: int | None,
+    ) -> Iterator[Outcome]:
+        workers = self._limits.connections
+        window = 2 * workers
+        pending: collections.deque[concurrent.futures.Future[Outcome]] = collections.deque()
+        failure: BaseException | None = None
+        index = 0
+        with concurrent.futures.ThreadPoolExecutor(workers, "smtplug-pool") as executor:
+
+            def fill() -> None:
+                nonlocal index, failure
+                while failure is None and len(pending) < window:
+                    try:
+                        message = next(messages)
+                    except StopIteration:
+                        return
+                    except Exception as exc:
+                        failure = exc
+                        return
+                    send = functools.partial(self._send, message, options)
+                    pending.append(executor.submit(_outcome, index, send))
+                    index += 1
+
+            try:
+                fill()
+                done = 0
+                while pending:
+                    outcome = pending[0].result()
+                    pending.popleft()
+                    fill()
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+                    yield outcome
+            finally:
+                for future in pending:
+                    future.cancel()  # (those not started yet)
+        if failure is not None:
+            raise failure
+
+
+class AsyncPool:
+    """:class:`Pool` for asyncio: connections shared by the tasks of one loop.
+
+    ``async with smtplug.AsyncPool(servers=...) as pool: await
+    pool.sendmessage(msg)``, or ``async for outcome in
+    pool.send_many(messages):``. The same options, limits, results and
+    errors as :class:`Pool`, on the asyncio driver (:class:`smtplug.AsyncClient`'s).
+    It belongs to the event loop that first uses it.
+    """
+
+    @init_signature(PoolOptions)
+    def __init__(self, **options: Any) -> None:
+        checked = build(PoolOptions, options)
+        self._limits = _limits(checked)
+        built = setup(checked)
+        plan = built.plan
+        transport = plan.async_transport
+        if transport is None:
+            raise InvalidInputError(
+                f"the {plan.transport.name!r} transport has no asyncio variant (no plugin "
+                "registers one with smtplug_register_async_transports): use smtplug.Pool"
+            )
+        backend = plan.transport_options.get("tls_backend")
+        if backend is not None and not isinstance(backend, EngineTLSBackend):
+            raise InvalidInputError(
+                f"the TLS backend {backend.name!r} cannot serve the asyncio API (it has no "
+                "engine() for memory buffers): use smtplug.Pool, or another tls_backend"
+            )
+        self._plan = plan
+        observers = built.observers
+
+        def make() -> _Slot[AsyncDriver]:
+            driver = AsyncDriver(transport, plan.transport_options, observers, plan.tls_sessions)
+            return _Slot(Conduct(plan, observers), driver)
+
+        self._slots: _Slots[AsyncDriver] = _Slots(self._limits, make)
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def __aenter__(self) -> AsyncPool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        targets = ", ".join(f"{server}:{port}" for server, port in self._plan.targets)
+        return (
+            f"<smtplug.AsyncPool {targets} ({self.connections} of {self._limits.connections} open)>"
+        )
+
+    @property
+    def connections(self) -> int:
+        """How many connections are open now (some may turn out to be stale)."""
+        return sum(1 for slot in self._slots.all if slot.connected)
+
+    # -- slots -----------------------------------------------------------------------
+
+    def _own_loop(self) -> asyncio.AbstractEventLoop:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise InvalidInputError(
+                "this AsyncPool belongs to another event loop: use one per loop"
+            )
+        return loop
+
+    async def _acquire(self) -> _Slot[AsyncDriver]:
+        loop = self._own_loop()
+        while True:
+            if self._slots.closed:
+                raise _closed_error()
+            slot, expired = self._slots.take()
+            try:
+                while expired:
+                    await self._release(expired.pop(), close=True)
+            except BaseException:
+                for old in [*expired, *([] if slot is None else [slot])]:
+                    old.conduct.forget()
+                    old.driver.close()
+                    self._slots.give(old)
+                    self._wake()
+                raise
+            if slot is not None:
+                return slot
+            if expired:
+                continue
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # pass on the slot this task was woken for
+                elif waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                raise
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def _release(self, slot: _Slot[AsyncDriver], *, close: bool = False) -> None:
+        try:
+            if close or self._slots.closed:
+                await slot.driver.run(slot.conduct.close())
+        finally:
+            if self._slots.closed and slot.connected:
+                slot.conduct.forget()  # (a close interrupted by a cancel)
+                slot.driver.close()
+            self._slots.give(slot)
+            self._wake()
+
+    async def close(self) -> None:
+        """QUIT and close every idle connection; one in use is closed when its
+        send ends. The pool sends nothing more. Never raises."""
+        if self._slots.closed:
+            return
+        idle = self._slots.close_all()
+        for slot in idle:
+            self._slots.idle.remove(slot)
+        while self._waiters:
+            self._wake()  # (each finds the pool closed)
+        for slot in idle:
+            await self._release(slot, close=True)
+
+    # -- sending ---------------------------------------------------------------------
+
+    @method_signature(MessageOptions)
+    async def sendmessage(self, message: MessageInput, **options: Any) -> SendResult:
+        """:meth:`Pool.sendmessage`, awaited."""
+        return await self._send(message, build(MessageOptions, options))
+
+    async def _send(self, message: MessageInput, options: MessageOptions) -> SendResult:
+        prepared, extras = prepare(message, options)
+        slot = await self._acquire()
+        try:
+            return await slot.driver.run(
+                _send_program(self._limits, slot, prepared, options, extras)
+            )
+        finally:
+            await self._release(slot)
+
+    async def _one(
+        self, index: int, message: MessageInput, options: MessageOptions, stop: _Flag
+    ) -> Outcome | None:
+        try:
+            prepared, extras = prepare(message, options)
+        except SMTPError as exc:
+            return Outcome(index, None, exc)
+        slot = await self._acquire()
+        try:
+            if stop.set:
+                return None  # the batch ended before this message was started
+            try:
+                result = await slot.driver.run(
+                    _send_program(self._limits, slot, prepared, options, extras)
+                )
+            except SMTPError as exc:
+                # Retry hook (issue 13, not built): see _outcome.
+                return Outcome(index, None, exc)
+            return Outcome(index, result, None)
+        finally:
+            await self._release(slot)
+
+    def send_many(
+        self,
+        messages: Iterable[MessageInput] | AsyncIterable[MessageInput],
+        *,
+        progress: Progress | None = None,
+        **options: Any,
+    ) -> AsyncIterator[Outcome]:
+        """:meth:`Pool.send_many` for asyncio: ``async for outcome in
+        pool.send_many(messages)``; ``messages`` may also be an async
+        iterable. The messages in flight are tasks (at most twice
+        ``max_connections``). Close the iterator when leaving the loop early
+        (``contextlib.aclosing``): the messages in flight are finished then."""
+        checked = _check_batch(options, progress)
+        total = len(messages) if isinstance(messages, Sized) else None
+        if isinstance(messages, AsyncIterable):
+            source: Callable[[], Awaitable[MessageInput]] = messages.__aiter__().__anext__
+        else:
+            sync = iter(messages)
+
+            async def source() -> MessageInput:
+                try:
+                    return next(sync)
+                except StopIteration:
+                    raise StopAsyncIteration from None
+
+        return self._batch(source, checked, progress, total)
+
+    _batch_signature(send_many)
+
+    async def _batch(
+        self,
+        source: Callable[[], Awaitable[MessageInput]],
+        options: MessageOptions,
+        progress: Progress | None,
+        total: int | None,
+    ) -> AsyncIterator[Outcome]:
+        import asyncio
+
+        window = 2 * self._limits.connections
+        pending: collections.deque[asyncio.Task[Outcome | None]] = collections.deque()
+        stop = _Flag()
+        failure: BaseException | None = None
+        index = 0
+        ended = False
+
+        async def fill() -> None:
+            nonlocal index, failure, ended
+            while not ended and len(pending) < window:
+                try:
+                    message = await source()
+                except StopAsyncIteration:
+                    ended = True
+                    return
+                except Exception as exc:
+                    failure = exc
+                    ended = True
+                    return
+                pending.append(asyncio.ensure_future(self._one(index, message, options, stop)))
+                index += 1
+
+        try:
+            await fill()
+            done = 0
+            while pending:
+                outcome = await asyncio.shield(pending[0])
+                pending.popleft()
+                await fill()
+                assert outcome is not None
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+                yield outcome
+        except asyncio.CancelledError:
+            for task in pending:  # cancelled: so are the sends in flight
+                task.cancel()
+            raise
+        finally:
+            stop.set = True  # the messages not started yet stay unsent
+            if pending:
+                await asyncio.wait(pending)
+                for task in pending:
+                    if not task.cancelled():
+                        task.exception()  # (retrieved: not logged as never retrieved)
+        if failure is not None:
+            raise failure
