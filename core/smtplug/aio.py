@@ -22,9 +22,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from smtplug.api import prepare, setup
-from smtplug.drivers.aio import AsyncDriver
+from smtplug.drivers.aio import AsyncDriver, asyncio_transport
 from smtplug.errors import InvalidInputError
-from smtplug.interfaces import EngineTLSBackend
 from smtplug.options import (
     ClientOptions,
     MessageOptions,
@@ -60,18 +59,7 @@ class AsyncClient:
     def __init__(self, **options: Any) -> None:
         built = setup(build(ClientOptions, options))
         plan = built.plan
-        transport = plan.async_transport
-        if transport is None:
-            raise InvalidInputError(
-                f"the {plan.transport.name!r} transport has no asyncio variant (no plugin "
-                "registers one with smtplug_register_async_transports): use smtplug.Client"
-            )
-        backend = plan.transport_options.get("tls_backend")
-        if backend is not None and not isinstance(backend, EngineTLSBackend):
-            raise InvalidInputError(
-                f"the TLS backend {backend.name!r} cannot serve the asyncio API (it has no "
-                "engine() for memory buffers): use smtplug.Client, or another tls_backend"
-            )
+        transport = asyncio_transport(plan, "smtplug.Client")
         self._plan = plan
         self._observers = built.observers
         self._conduct = Conduct(plan, built.observers)
@@ -128,14 +116,7 @@ class AsyncClient:
     ) -> SendResult:
         prepared, extras = prepare(message, options)
         return await self._driver.run(
-            self._conduct.send(
-                prepared,
-                atleastone=options.atleastone,
-                queue=options.queue,
-                progress=options.progress,
-                last=last,
-                extras=extras,
-            )
+            self._conduct.send_prepared(prepared, extras, options, last=last)
         )
 
 

@@ -445,16 +445,7 @@ class Client:
 
     def _send(self, message: MessageInput, options: MessageOptions, *, last: bool) -> SendResult:
         prepared, extras = prepare(message, options)
-        return self._driver.run(
-            self._conduct.send(
-                prepared,
-                atleastone=options.atleastone,
-                queue=options.queue,
-                progress=options.progress,
-                last=last,
-                extras=extras,
-            )
-        )
+        return self._driver.run(self._conduct.send_prepared(prepared, extras, options, last=last))
 
 
 @function_signature(SendOptions)

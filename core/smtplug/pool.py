@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from smtplug.actions import CLOSE, PROBE
 from smtplug.api import _seconds, prepare, setup
-from smtplug.drivers.aio import AsyncDriver
+from smtplug.drivers.aio import AsyncDriver, asyncio_transport
 from smtplug.drivers.blocking import BlockingDriver
 from smtplug.envelope import PreparedMessage
 from smtplug.errors import (
@@ -70,7 +70,6 @@ from smtplug.errors import (
     ResponseError,
     SMTPError,
 )
-from smtplug.interfaces import EngineTLSBackend
 from smtplug.options import MessageOptions, PoolOptions, build, init_signature, method_signature
 from smtplug.program import Conduct
 from smtplug.protocol.dsn import MailParameters
@@ -238,13 +237,8 @@ def _send_program(
     yield from _ready(limits, slot)
     started = _clock()
     try:
-        result: SendResult = yield from slot.conduct.send(
-            prepared,
-            atleastone=options.atleastone,
-            queue=options.queue,
-            progress=options.progress,
-            last=False,
-            extras=extras,
+        result: SendResult = yield from slot.conduct.send_prepared(
+            prepared, extras, options, last=False
         )
     finally:
         _settle(slot, started)
@@ -548,18 +542,7 @@ class AsyncPool:
         self._limits = _limits(checked)
         built = setup(checked)
         plan = built.plan
-        transport = plan.async_transport
-        if transport is None:
-            raise InvalidInputError(
-                f"the {plan.transport.name!r} transport has no asyncio variant (no plugin "
-                "registers one with smtplug_register_async_transports): use smtplug.Pool"
-            )
-        backend = plan.transport_options.get("tls_backend")
-        if backend is not None and not isinstance(backend, EngineTLSBackend):
-            raise InvalidInputError(
-                f"the TLS backend {backend.name!r} cannot serve the asyncio API (it has no "
-                "engine() for memory buffers): use smtplug.Pool, or another tls_backend"
-            )
+        transport = asyncio_transport(plan, "smtplug.Pool")
         self._plan = plan
         observers = built.observers
 

@@ -38,6 +38,7 @@ from smtplug.errors import (
     TLSError,
 )
 from smtplug.observe import Observers, logger
+from smtplug.options import MessageOptions
 from smtplug.protocol import Capabilities
 from smtplug.protocol.dsn import MailParameters
 from smtplug.results import SendResult
@@ -88,6 +89,24 @@ class Conduct:
         except Exception as exc:  # an observer's, at QUIT: the work is done
             logger.error("while closing: %s", type(exc).__name__, exc_info=exc)
         yield CLOSE  # (interrupted instead, the driver closes it)
+
+    def send_prepared(
+        self,
+        prepared: envelope.PreparedMessage,
+        extras: MailParameters | None,
+        options: MessageOptions,
+        *,
+        last: bool,
+    ) -> Generator[Any, Any, SendResult]:
+        """:meth:`send` with the per-message options as the API checked them."""
+        return self.send(
+            prepared,
+            atleastone=options.atleastone,
+            queue=options.queue,
+            progress=options.progress,
+            last=last,
+            extras=extras,
+        )
 
     def send(
         self,

@@ -9,26 +9,26 @@ wire is then broken, so it is never reused) and ends the program; the
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Generator, Mapping, MutableMapping
-from typing import Any, TypeVar
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from smtplug.actions import Close, Open, Poll, Probe, Receive, Send, Upgrade
-from smtplug.errors import ConnectionLostError, ProtocolError, TLSError
+from smtplug.drivers import CurrentConnection
+from smtplug.errors import ConnectionLostError, InvalidInputError, ProtocolError, TLSError
 from smtplug.interfaces import (
-    AsyncResumableStream,
     AsyncStream,
-    AsyncTLSStream,
     AsyncTransport,
     AsyncUpgradableStream,
-    TLSInfo,
+    EngineTLSBackend,
 )
-from smtplug.observe import Observers, logger
 from smtplug.protocol import Reply
 from smtplug.wire import Wire
 
-__all__ = ["AsyncDriver"]
+if TYPE_CHECKING:
+    from smtplug.connect import ConnectionPlan
+
+__all__ = ["AsyncDriver", "asyncio_transport"]
 
 T = TypeVar("T")
 
@@ -37,26 +37,27 @@ _READ_SIZE = 65536
 _DRAIN_READS = 16
 
 
-def _tls_of(stream: AsyncStream) -> TLSInfo | None:
-    return stream.tls_info if stream.tls and isinstance(stream, AsyncTLSStream) else None
+def asyncio_transport(plan: ConnectionPlan, instead: str) -> AsyncTransport:
+    """The plan's asyncio transport, or a clear :class:`InvalidInputError`
+    (naming ``instead``, the blocking API to use) when the transport or the TLS
+    backend cannot serve the asyncio API."""
+    transport = plan.async_transport
+    if transport is None:
+        raise InvalidInputError(
+            f"the {plan.transport.name!r} transport has no asyncio variant (no plugin "
+            f"registers one with smtplug_register_async_transports): use {instead}"
+        )
+    backend = plan.transport_options.get("tls_backend")
+    if backend is not None and not isinstance(backend, EngineTLSBackend):
+        raise InvalidInputError(
+            f"the TLS backend {backend.name!r} cannot serve the asyncio API (it has no "
+            f"engine() for memory buffers): use {instead}, or another tls_backend"
+        )
+    return transport
 
 
-class AsyncDriver:
+class AsyncDriver(CurrentConnection[AsyncTransport, AsyncStream]):
     """Performs actions with one async transport, on one current connection."""
-
-    def __init__(
-        self,
-        transport: AsyncTransport,
-        options: Mapping[str, Any],
-        hook: Observers,
-        sessions: MutableMapping[tuple[str, int], object],
-    ) -> None:
-        self._transport = transport
-        self._options = options
-        self._hook = hook
-        self._sessions = sessions
-        self._stream: AsyncStream | None = None
-        self.wire: Wire | None = None
 
     async def run(self, program: Generator[Any, Any, T]) -> T:
         """Run ``program`` to its end and return its value (or raise its error)."""
@@ -102,11 +103,6 @@ class AsyncDriver:
             program.close()
             raise
 
-    def _current(self) -> tuple[Wire, AsyncStream]:
-        if self.wire is None or self._stream is None:
-            raise ConnectionLostError("no connection is open")
-        return self.wire, self._stream
-
     # -- opening and closing ---------------------------------------------------------
 
     async def _open(self, action: Open) -> Wire:
@@ -115,33 +111,7 @@ class AsyncDriver:
         stream = await self._transport.connect(
             info.server, info.port, timeout=action.timeout, options=self._options
         )
-        if stream.tls:
-            info = dataclasses.replace(info, tls=True)
-        self._stream = stream
-        self.wire = Wire(
-            info,
-            self._hook,
-            _tls_of(stream),
-            can_start_tls=hasattr(stream, "start_tls"),  # (a Protocol isinstance is slow)
-        )
-        return self.wire
-
-    def close(self) -> None:
-        """Close the current connection (idempotent); its wire is broken after."""
-        wire, stream = self.wire, self._stream
-        self.wire = self._stream = None
-        if wire is None or stream is None:
-            return
-        wire.broken = True
-        if stream.tls and isinstance(stream, AsyncResumableStream):
-            session = stream.tls_session()
-            if session is not None:
-                self._sessions[(wire.info.server, wire.info.port)] = session
-        stream.close()
-        try:
-            wire.event("closed")
-        except Exception as exc:  # an observer's: closing never raises
-            logger.error("observer failed at close: %s", type(exc).__name__, exc_info=exc)
+        return self._attach(info, stream)
 
     # -- bytes -------------------------------------------------------------------------
 
@@ -229,5 +199,4 @@ class AsyncDriver:
         wire.before_tls()
         if not isinstance(stream, AsyncUpgradableStream):
             raise TLSError("this connection's transport cannot start TLS")
-        self._stream = await stream.start_tls(timeout)
-        wire.after_tls(_tls_of(self._stream))
+        self._upgraded(wire, await stream.start_tls(timeout))

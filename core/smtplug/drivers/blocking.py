@@ -9,22 +9,18 @@ connection and ends the program.
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Generator, Mapping, MutableMapping
+from collections.abc import Generator
 from typing import Any, TypeVar
 
 from smtplug.actions import Close, Open, Poll, Probe, Receive, Send, Upgrade
+from smtplug.drivers import CurrentConnection
 from smtplug.errors import ConnectionLostError, ProtocolError, TLSError
 from smtplug.interfaces import (
-    ResumableStream,
     Stream,
-    TLSInfo,
-    TLSStream,
     Transport,
     UpgradableStream,
 )
-from smtplug.observe import Observers, logger
 from smtplug.protocol import Reply
 from smtplug.wire import Wire
 
@@ -37,30 +33,12 @@ _READ_SIZE = 65536
 _DRAIN_READS = 16
 
 
-def _tls_of(stream: Stream) -> TLSInfo | None:
-    return stream.tls_info if stream.tls and isinstance(stream, TLSStream) else None
-
-
-class BlockingDriver:
+class BlockingDriver(CurrentConnection[Transport, Stream]):
     """Performs actions with one transport, on one current connection at a time.
 
     ``sessions`` keeps TLS sessions by ``(server, port)``: a connection's is
     saved when it closes, for the transport to resume next time.
     """
-
-    def __init__(
-        self,
-        transport: Transport,
-        options: Mapping[str, Any],
-        hook: Observers,
-        sessions: MutableMapping[tuple[str, int], object],
-    ) -> None:
-        self._transport = transport
-        self._options = options
-        self._hook = hook
-        self._sessions = sessions
-        self._stream: Stream | None = None
-        self.wire: Wire | None = None
 
     def run(self, program: Generator[Any, Any, T]) -> T:
         """Run ``program`` to its end and return its value (or raise its error)."""
@@ -106,11 +84,6 @@ class BlockingDriver:
             return None
         raise TypeError(f"unknown action {action!r}")
 
-    def _current(self) -> tuple[Wire, Stream]:
-        if self.wire is None or self._stream is None:
-            raise ConnectionLostError("no connection is open")
-        return self.wire, self._stream
-
     # -- opening and closing ---------------------------------------------------------
 
     def _open(self, action: Open) -> Wire:
@@ -119,31 +92,7 @@ class BlockingDriver:
         stream = self._transport.connect(
             info.server, info.port, timeout=action.timeout, options=self._options
         )
-        if stream.tls:
-            info = dataclasses.replace(info, tls=True)
-        self._stream = stream
-        self.wire = Wire(
-            info, self._hook, _tls_of(stream), can_start_tls=hasattr(stream, "start_tls")
-        )
-        return self.wire
-
-    def close(self) -> None:
-        """Close the current connection (idempotent); its wire is broken after."""
-        wire, stream = self.wire, self._stream
-        self.wire = self._stream = None
-        if wire is None or stream is None:
-            return
-        wire.broken = True
-        # (A protocol isinstance check is slow: only a TLS stream can resume.)
-        if stream.tls and isinstance(stream, ResumableStream):
-            session = stream.tls_session()
-            if session is not None:
-                self._sessions[(wire.info.server, wire.info.port)] = session
-        stream.close()
-        try:
-            wire.event("closed")
-        except Exception as exc:  # an observer's: closing never raises
-            logger.error("observer failed at close: %s", type(exc).__name__, exc_info=exc)
+        return self._attach(info, stream)
 
     # -- bytes -------------------------------------------------------------------------
 
@@ -236,5 +185,4 @@ class BlockingDriver:
         wire.before_tls()
         if not isinstance(stream, UpgradableStream):
             raise TLSError("this connection's transport cannot start TLS")
-        self._stream = stream.start_tls(timeout)
-        wire.after_tls(_tls_of(self._stream))
+        self._upgraded(wire, stream.start_tls(timeout))
