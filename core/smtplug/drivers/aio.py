@@ -67,7 +67,12 @@ class AsyncDriver(CurrentConnection[AsyncTransport, AsyncStream]):
                 try:
                     kind = type(action)
                     if kind is Receive:
-                        result: Any = await self._receive(action)
+                        # Pipelined replies often arrived together: one already
+                        # parsed is taken without making a coroutine for it.
+                        wire = self.wire
+                        result: Any = None if wire is None else wire.reply()
+                        if result is None:
+                            result = await self._receive(action)
                     elif kind is Send:
                         await self._send(action)
                         result = None
