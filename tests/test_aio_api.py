@@ -581,6 +581,40 @@ def test_a_task_cancelled_while_waiting_for_a_shared_client_sends_nothing(serve)
     ]
 
 
+def test_a_task_cancelled_mid_transaction_leaves_the_others_whole(serve) -> None:
+    # Ten tasks share a client; the fourth is cancelled once the server has
+    # its RCPT. The others go on, on a new connection, each exactly once.
+    gate = threading.Event()
+
+    def hold_the_fourth(command: Any) -> None:  # (runs in the server's thread)
+        if "<rcpt3@" in command.args:
+            gate.wait(10)
+
+    server = serve({"RCPT": hold_the_fourth})
+
+    async def main() -> None:
+        async with smtplug.AsyncClient(**options(server)) as client:
+            tasks = [asyncio.ensure_future(client.sendmessage(message(n))) for n in range(10)]
+            await until(
+                lambda: any("<rcpt3@" in c.args for s in server.sessions for c in s.commands),
+                "the fourth task's RCPT",
+            )
+            tasks[3].cancel()
+            gate.set()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(outcomes[3], asyncio.CancelledError)
+        assert all(r.accepted for i, r in enumerate(outcomes) if i != 3)
+
+    run(main)
+    server.wait_idle()
+    assert server.connections == 2
+    first, second = server.sessions
+    assert first.verbs == ["EHLO", *["MAIL", "RCPT", "DATA", "."] * 3, "MAIL", "RCPT"]
+    assert second.verbs == ["EHLO", *["MAIL", "RCPT", "DATA", "."] * 6, "QUIT"]
+    delivered = [t.mail.args for s in server.sessions for t in s.transactions if t.complete]
+    assert delivered == [f"FROM:<sender{n}@example.com>" for n in range(10) if n != 3]
+
+
 # --- 4. one event loop per AsyncClient ---------------------------------------------
 
 
