@@ -6,7 +6,9 @@ The same options, defaults, results and errors as :class:`smtplug.Client` and
 the asyncio driver (:mod:`smtplug.drivers.aio`) instead of the blocking one.
 Nothing here blocks the event loop on the network, starts a thread or calls
 ``asyncio.run``; observers and ``progress`` callbacks are called in the
-loop, so they should be quick.
+loop, so they should be quick. (A server given by name, such as the default
+"localhost", is resolved by the loop's ``getaddrinfo``, which asyncio runs
+in its default executor, a thread; an IP address needs no resolution.)
 
 Cancelling a send (``task.cancel()``, ``asyncio.timeout``) closes its
 connection, which is never reused; a send cancelled after the end of the
