@@ -379,6 +379,36 @@ def test_asendmessage_cancelled_after_the_end_is_delivery_unknown(serve, caplog)
     assert server.sessions[0].verbs == ["EHLO", "MAIL", "RCPT", "DATA", "."]
 
 
+@pytest.mark.parametrize(
+    "capabilities",
+    [["8BITMIME"], ["PIPELINING", "8BITMIME"]],
+    ids=["quit-after", "quit-pipelined"],
+)
+def test_asendmessage_cancelled_after_the_250_says_it_was_delivered(
+    serve, caplog, capabilities
+) -> None:
+    # The 250 came, the 221 to QUIT never does (QUIT sent after the 250, or
+    # pipelined behind the end of the message).
+    server = serve(
+        {".": Answer(b"250 2.0.0 queued as X\r\n", then=STALL)}, capabilities=capabilities
+    )
+
+    async def main() -> None:
+        await Interrupt("cancel").run(
+            smtplug.asendmessage(message(0), **options(server)),
+            # (After STALL the server records bytes but parses no command.)
+            lambda: bool(server.sessions) and b"QUIT\r\n" in server.sessions[0].received,
+        )
+        await until(server.sessions[0].ended.is_set, "the connection is closed")
+
+    caplog.set_level(logging.WARNING, logger="smtplug")
+    run(main)
+    assert not unknown_warnings(caplog)
+    delivered = [r for r in caplog.records if "it WAS delivered" in r.getMessage()]
+    assert len(delivered) == 1
+    assert "queued as X" in delivered[0].getMessage()
+
+
 def test_interrupted_during_the_starttls_handshake(serve, cafile, caplog) -> None:
     # A server that says 220 to STARTTLS and then never takes part in a handshake.
     server = serve(

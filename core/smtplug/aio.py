@@ -36,7 +36,7 @@ from smtplug.options import (
     method_signature,
     split,
 )
-from smtplug.program import Conduct
+from smtplug.program import Conduct, interrupted_after_delivery
 from smtplug.results import SendResult
 from smtplug.source import MessageInput
 
@@ -128,5 +128,12 @@ async def asendmessage(message: MessageInput, **options: Any) -> SendResult:
     errors, awaited. A one-shot use of :class:`AsyncClient`."""
     connection_options, message_options = split(options)
     client = AsyncClient(**connection_options)
-    async with client:
-        return await client._send(message, message_options, last=True)
+    result: SendResult | None = None
+    try:
+        async with client:
+            result = await client._send(message, message_options, last=True)
+    except BaseException:
+        if result is not None and result.accepted:
+            interrupted_after_delivery(result)  # cancelled at the QUIT after it
+        raise
+    return result

@@ -44,7 +44,7 @@ from smtplug.options import (
     split,
 )
 from smtplug.plugins import Registry, build_registry
-from smtplug.program import Conduct
+from smtplug.program import Conduct, interrupted_after_delivery
 from smtplug.protocol import commands
 from smtplug.protocol.data import LineCheck
 from smtplug.protocol.dsn import MailParameters, mail_parameters
@@ -459,5 +459,12 @@ def sendmessage(message: MessageInput, **options: Any) -> SendResult:
     opened. A one-shot use of :class:`Client`. See ``docs/options.md``.
     """
     connection_options, message_options = split(options)
-    with Client(**connection_options) as connection:
-        return connection._send(message, message_options, last=True)
+    result: SendResult | None = None
+    try:
+        with Client(**connection_options) as connection:
+            result = connection._send(message, message_options, last=True)
+    except BaseException:
+        if result is not None and result.accepted:
+            interrupted_after_delivery(result)  # interrupted at the QUIT after it
+        raise
+    return result

@@ -45,7 +45,7 @@ from smtplug.results import SendResult
 from smtplug.session import Stage
 from smtplug.wire import Wire
 
-__all__ = ["Conduct", "Program"]
+__all__ = ["Conduct", "Program", "interrupted_after_delivery"]
 
 #: A program: yields actions, is sent their results, returns a value.
 Program = Generator[Any, Any, Any]
@@ -220,7 +220,10 @@ class Conduct:
                 # Interrupted (a cancelled task): the driver closes the
                 # connection; if the end was sent, nobody knows the outcome.
                 self.forget()
-                if outcome.stage is Stage.SENT and not outcome.delivered:
+                if outcome.delivered:
+                    # (Cancelled while the QUIT behind it was answered.)
+                    interrupted_after_delivery(_result(outcome, wire))
+                elif outcome.stage is Stage.SENT:
                     logger.warning(
                         "%s:%s: interrupted after the end of the message was sent: the "
                         "message may or may not have been delivered",
@@ -244,6 +247,18 @@ class Conduct:
                     else "",
                 )
             return _result(outcome, wire)
+
+
+def interrupted_after_delivery(result: SendResult) -> None:
+    """Say that a send interrupted (a cancelled task, ``KeyboardInterrupt``)
+    after the server accepted its message did deliver it: the caller sees only
+    the interruption, and must not send it again."""
+    logger.warning(
+        "%s:%s: interrupted after the server accepted the message: it WAS delivered (%s)",
+        result.server,
+        result.port,
+        result.reply,
+    )
 
 
 def _result(outcome: session.TransactionOutcome, wire: Wire) -> SendResult:
