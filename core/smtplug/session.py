@@ -28,7 +28,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 
 from smtplug import source
-from smtplug.actions import POLL, Action, Poll, Receive, Send, Upgrade
+from smtplug.actions import POLL, Action, Receive, Send
 from smtplug.envelope import PreparedMessage
 from smtplug.errors import (
     ConnectionLostError,
@@ -42,15 +42,11 @@ from smtplug.protocol import Capabilities, Reply, commands
 from smtplug.protocol.data import BodyEncoder, DataEncoder, LineCheck
 from smtplug.protocol.dsn import MailParameters
 
+# (The actions these steps yield are smtplug.actions'.)
 __all__ = [
-    "Action",
-    "Poll",
-    "Receive",
-    "Send",
     "Stage",
     "Timeouts",
     "TransactionOutcome",
-    "Upgrade",
     "greet",
     "hello",
     "queue",
