@@ -1,267 +1,41 @@
-"""A scripted fake SMTP server, for testing code that sends mail.
+"""The scripted server itself: an asyncio server in a thread of its own.
 
-:class:`ScriptedServer` listens on 127.0.0.1 (a port the OS picks) and runs
-its own asyncio event loop in a daemon thread, so a test can talk to it with
-any blocking client. It answers every command with sensible defaults, and a
-*script* replaces any answer with raw bytes: well-formed, malformed, endless,
-slow, or none at all. It records every byte each client sent.
-
-::
-
-    import smtplug
-    from smtplug.testing import CLOSE, Answer, ScriptedServer
-
-    script = {
-        "MAIL": b"250 2.1.0 OK\\r\\n",
-        ("RCPT", 2): b"550 5.1.1 No such user\\r\\n",  # the 2nd RCPT of a connection
-        ".": Answer(b"421 4.3.0 Going down\\r\\n", then=CLOSE),  # the end of the message
-    }
-    with ScriptedServer(script, capabilities=["8BITMIME", "PIPELINING"]) as server:
-        try:
-            smtplug.sendmessage(message, servers="127.0.0.1", ports=server.port, usetls=False)
-        except smtplug.ResponseError:
-            ...
-        server.wait_idle()
-        session = server.sessions[0]
-        session.received                    # every byte the client sent, exactly
-        [c.verb for c in session.commands]  # ["EHLO", "MAIL", "RCPT", "RCPT", "DATA", "."]
-        session.transactions[0].data        # the DATA octets, dot-stuffed, with ".\\r\\n"
-
-A script maps a command verb (``"MAIL"``), or a verb and its occurrence on
-the connection counted from 1 (``("RCPT", 2)``), to a *rule*. Besides the
-client's verbs there are three pseudo-verbs: ``"."`` (the end of a message:
-the final "." after DATA, or a ``BDAT ... LAST`` chunk, whose rules are tried
-before the ``"BDAT"`` ones), ``"SASL"`` (a line the client sent in answer to a
-334 challenge) and ``"GREETING"`` (what a callable given as the ``greeting``
-option receives). A rule is one of:
-
-* ``bytes``: sent as they are (several replies, half a line, anything);
-* an iterable of ``bytes`` chunks (a generator may be endless; it is read
-  lazily and written with flow control);
-* an :class:`Answer`: data plus what to do next (``then=``) and drip-feeding
-  (``drip=(octets, seconds)``: pieces of that many octets, that long apart);
-* an :class:`Action`: :data:`CLOSE`, :data:`RESET` (TCP RST), :data:`STALL`
-  (never answer again) or :data:`SILENT` (no answer; read the next command);
-* a callable taking the :class:`Command` and returning a rule, or None for
-  the default answer (it runs in the server's thread).
-
-Unscripted commands get the defaults: 220 greeting, 250 to EHLO with the
-``capabilities`` (``tls_capabilities`` after TLS), 250 to HELO, MAIL, RCPT,
-RSET and NOOP, 354 to DATA, 250 at the end of the message, 250 to BDAT,
-221 to QUIT (then the connection is closed), 235 to AUTH and SASL lines
-(501 to a "*"), 220 to STARTTLS followed by a real TLS handshake when a
-``tls_context`` was given (454 otherwise), 502 to anything else.
-
-After a 354 to DATA the server reads the message up to the line "." (exactly
-CR LF "." CR LF); a BDAT chunk is read octet-exact before it is answered.
-After a 220 to STARTTLS, whatever the client sent before the handshake is
-discarded (it stays in ``received``). Commands are parsed only while the
-server is answering: after :data:`STALL` the raw bytes are still recorded in
-``received``, but not parsed.
+See :mod:`smtplug.testing` for what it does and how a script is written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import socket
 import ssl
 import struct
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TypeAlias
+from collections.abc import Iterable, Mapping, Sequence
 
-__all__ = [
-    "CLOSE",
-    "GREETING",
-    "RESET",
-    "SILENT",
-    "STALL",
-    "Action",
-    "Answer",
-    "Command",
-    "Rule",
-    "ScriptedServer",
-    "Session",
-    "Transaction",
-]
+from smtplug.testing.script import (
+    CLOSE,
+    GREETING,
+    RESET,
+    STALL,
+    Action,
+    Answer,
+    Command,
+    Rule,
+    Session,
+    Transaction,
+    _bdat,
+    _check_drip,
+    _key,
+    _text,
+    _with_tail,
+)
 
-#: The default greeting.
-GREETING = b"220 scripted.test ESMTP ready\r\n"
+__all__ = ["ScriptedServer"]
 
 _HANDSHAKE_TIMEOUT = 10.0
 _STOP_TIMEOUT = 10.0
 _CLOSE_WAIT = 2.0  # seconds a closed session waits for its socket to be closed
-
-
-class Action(enum.Enum):
-    """What the server does instead of (or after) answering."""
-
-    CLOSE = "close"  #: close the connection, after flushing what was written
-    RESET = "reset"  #: abort the connection with a TCP RST
-    STALL = "stall"  #: never answer again; keep recording until the client leaves
-    SILENT = "silent"  #: send no answer, read the next command
-
-
-CLOSE = Action.CLOSE
-RESET = Action.RESET
-STALL = Action.STALL
-SILENT = Action.SILENT
-
-
-@dataclass(frozen=True)
-class Answer:
-    """Raw reply data, what to do after sending it, and how fast to send it.
-
-    ``data`` is bytes or an iterable of bytes chunks (read lazily, so it may
-    be endless). ``then`` is an :class:`Action` done after the data is sent
-    (None: read the next command). ``drip=(octets, seconds)`` sends the data
-    in pieces of ``octets`` with ``seconds`` between them (the server-wide
-    ``drip`` applies when None).
-    """
-
-    data: bytes | Iterable[bytes] = b""
-    then: Action | None = None
-    drip: tuple[int, float] | None = None
-
-    def __post_init__(self) -> None:
-        if self.drip is not None:
-            _check_drip(self.drip)
-
-
-Rule: TypeAlias = "bytes | Answer | Action | Iterable[bytes] | Callable[[Command], Rule | None]"
-
-
-def _key(key: object) -> str | tuple[str, int]:
-    """A script key, verb upper-cased; ValueError if it is not one."""
-    if isinstance(key, str):
-        return key.upper()
-    if isinstance(key, tuple) and len(key) == 2:
-        verb, occurrence = key
-        if isinstance(verb, str) and isinstance(occurrence, int) and occurrence >= 1:
-            return verb.upper(), occurrence
-    raise ValueError(f"script keys are verbs or (verb, occurrence >= 1), not {key!r}")
-
-
-def _check_drip(drip: tuple[int, float]) -> None:
-    octets, seconds = drip
-    if octets < 1 or seconds < 0:
-        raise ValueError(f"drip must be (octets >= 1, seconds >= 0), not {drip!r}")
-
-
-@dataclass(frozen=True, eq=False)
-class Command:
-    """One line the client sent, as the server parsed it.
-
-    ``verb`` is the first word, upper-cased, or a pseudo-verb: ``"."`` for
-    the end of DATA, ``"SASL"`` for an answer to a 334 challenge,
-    ``"GREETING"`` for the greeting (never recorded). ``occurrence`` counts
-    the commands with this verb on the connection, from 1.
-    """
-
-    raw: bytes  # the line as received, line ending included
-    verb: str
-    args: str  # the rest of the line, stripped
-    occurrence: int
-    tls: bool  # received over TLS
-    session: Session = field(repr=False)
-
-    @property
-    def line(self) -> str:
-        """The line without its ending, decoded (invalid UTF-8 as ``\\xNN``)."""
-        return _text(self.raw.rstrip(b"\r\n"))
-
-
-@dataclass(eq=False)
-class Transaction:
-    """One mail transaction: started by MAIL (or by DATA/RCPT/BDAT without one)."""
-
-    mail: Command | None = None
-    rcpts: list[Command] = field(default_factory=list)
-    #: DATA: every octet after the 354 as on the wire (dot-stuffed), up to
-    #: and including the final ".\r\n".
-    data: bytes = b""
-    #: BDAT: each chunk's octets, exactly as received.
-    chunks: list[bytes] = field(default_factory=list)
-    #: True once the end of the message arrived (the final "." or BDAT LAST).
-    complete: bool = False
-
-    @property
-    def bdat(self) -> bytes:
-        """Every BDAT chunk, joined."""
-        return b"".join(self.chunks)
-
-    @property
-    def content(self) -> bytes:
-        """The message as the server would store it: DATA without the final
-        "." and with the leading dots un-stuffed, or the BDAT octets."""
-        if self.chunks:
-            return self.bdat
-        body = self.data[:-3] if self.complete else self.data
-        if body.startswith(b"."):
-            body = body[1:]
-        return body.replace(b"\r\n.", b"\r\n")
-
-
-@dataclass(eq=False)
-class Session:
-    """What happened on one client connection (``index`` counts from 0)."""
-
-    index: int
-    tls: bool = False  # TLS is on (now, or when the session ended)
-    commands: list[Command] = field(default_factory=list)
-    transactions: list[Transaction] = field(default_factory=list)
-    #: the exception that ended the session, if any (a failed handshake, a reset ...)
-    error: BaseException | None = None
-    ended: threading.Event = field(default_factory=threading.Event, repr=False)
-    _received: bytearray = field(default_factory=bytearray, repr=False)
-    _sent: bytearray = field(default_factory=bytearray, repr=False)
-
-    @property
-    def received(self) -> bytes:
-        """Every byte the client sent (after TLS: decrypted), as received."""
-        return bytes(self._received)
-
-    @property
-    def sent(self) -> bytes:
-        """Every byte the server wrote (before encryption)."""
-        return bytes(self._sent)
-
-    @property
-    def verbs(self) -> list[str]:
-        """The verbs of :attr:`commands`, in order."""
-        return [command.verb for command in self.commands]
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "backslashreplace")
-
-
-def _bdat(args: str) -> tuple[int, bool] | None:
-    """BDAT's arguments: (size, last), or None when malformed."""
-    words = args.split()
-    if (
-        len(words) in (1, 2)
-        and words[0].isdigit()
-        and [w.upper() for w in words[1:]] in ([], ["LAST"])
-    ):
-        return int(words[0]), len(words) == 2
-    return None
-
-
-def _with_tail(chunks: Iterable[bytes], tail: bytes) -> Iterator[bytes]:
-    """``chunks`` with ``tail`` appended to the last one (so both go in one write)."""
-    if not tail:
-        yield from chunks
-        return
-    previous = b""
-    for chunk in chunks:
-        if previous:
-            yield previous
-        previous = bytes(chunk)
-    yield previous + tail
 
 
 class _Connection(asyncio.Protocol):
