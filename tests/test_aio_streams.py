@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import select
 import socket
 import ssl
 from collections.abc import Callable, Coroutine, Mapping
@@ -629,6 +630,42 @@ def test_tls_buffered_data_is_read_without_waiting(backend, make_server, certs, 
             stream.close()
 
     run(main())
+
+
+def until_the_kernel_holds_data(stream: Any) -> None:
+    """Block the event loop's thread until the connection's socket is readable
+    in the kernel: what the server sent (or its close) is then there, and the
+    loop has not yet run to hand it to the protocol."""
+    connection = stream._connection  # the plugin's own state, for this check only
+    sock = connection.transport.get_extra_info("socket")
+    assert select.select([sock.fileno()], [], [], 5)[0], "the server sent nothing"
+
+
+@pytest.mark.parametrize(
+    ("action", "payload"), [("hold", b"421 4.4.2 closing\r\n"), ("close", b"")]
+)
+def test_read_0_sees_what_the_kernel_holds_before_the_loop_ran(
+    make_server, action, payload
+) -> None:
+    # The kept-session probe and the poll between BDAT chunks ask with
+    # read(n, 0) whether the server said something. What reached the kernel
+    # while the loop was busy (a reply, the server's close) must be seen at
+    # once, not reported as nothing: the transport's reader runs after a task
+    # woken in the same loop turn, so one turn is not enough. (TLS streams
+    # read through the same connection object.)
+    server = make_server(None, action=action, payload=payload)
+
+    async def main() -> bytes:
+        stream = await plain(server.port)
+        try:
+            until_the_kernel_holds_data(stream)
+            # On the loop (at_once would not run it): the read may turn it,
+            # never wait for it.
+            return await stream.read(1024, 0)
+        finally:
+            stream.close()
+
+    assert run(main()) == payload
 
 
 @pytest.mark.parametrize("action", ["send-close", "send-abort"])

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import socket
 from typing import cast
 
@@ -91,6 +92,7 @@ class _Connection(asyncio.Protocol):
         self._deadlines: dict[str, tuple[float, asyncio.Future[bool]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._poll: select.poll | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -98,6 +100,10 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                poll = select.poll()
+                poll.register(sock.fileno(), select.POLLIN)
+                self._poll = poll
             # A command and the message's final "." must not wait for a delayed
             # ACK; not every socket family has it (without it Nagle is slower).
             with contextlib.suppress(OSError):
@@ -115,6 +121,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.error = exc
+        self._poll = None  # the descriptor may be another socket's from now
         self._stop_timer()
         _wake(self._reader)
         _wake(self._writer)
@@ -176,12 +183,30 @@ class _Connection(asyncio.Protocol):
         if self.buffer or self.eof or self.lost:
             return True
         if timeout is not None and timeout <= 0:
-            # One turn of the loop first: what the kernel holds for this
-            # connection is delivered only when the loop runs (a client that
-            # writes without waiting would never see the server's refusal).
-            await asyncio.sleep(0)
-            return bool(self.buffer or self.eof or self.lost)
+            return await self._kernel_readable()
         return await self._wait("_reader", timeout)
+
+    async def _kernel_readable(self) -> bool:
+        """Whether something waits for this connection, without waiting.
+
+        What the kernel holds reaches the protocol only when the loop runs
+        the transport's reader, and that runs *after* a task resumed from
+        ``sleep(0)`` in the same turn (the task was queued first): one turn
+        is not enough, two are. The kernel is asked first (a zero-timeout
+        ``poll``), so the common case, nothing there, costs no turn at all.
+        """
+        poll = self._poll
+        if poll is not None:
+            try:
+                if not poll.poll(0):
+                    return False
+            except OSError:  # the socket is gone: let the loop report it
+                pass
+        for _ in range(2):
+            await asyncio.sleep(0)
+            if self.buffer or self.eof or self.lost:
+                return True
+        return False
 
     def take(self, max_bytes: int | None = None) -> bytes:
         """Up to ``max_bytes`` of what arrived (all of it for None)."""
@@ -230,6 +255,7 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         """Close the transport (what is written still goes); idempotent."""
         self._stop_timer()
+        self._poll = None
         transport = self.transport
         if transport is not None and not transport.is_closing():
             with contextlib.suppress(Exception):
