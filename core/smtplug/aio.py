@@ -116,10 +116,14 @@ class AsyncClient:
     async def _send(
         self, message: MessageInput, options: MessageOptions, *, last: bool
     ) -> SendResult:
-        prepared, extras = prepare(message, options)
-        return await self._driver.run(
-            self._conduct.send_prepared(prepared, extras, options, last=last)
-        )
+        with self._observers.recording() as transcript:
+            prepared, extras = prepare(message, options)
+            result: SendResult = await self._driver.run(
+                self._conduct.send_prepared(prepared, extras, options, last=last)
+            )
+        if transcript is not None:
+            result.transcript = tuple(transcript)
+        return result
 
 
 @function_signature(SendOptions)
