@@ -134,8 +134,12 @@ async def asendmessage(message: MessageInput, **options: Any) -> SendResult:
     client = AsyncClient(**connection_options)
     result: SendResult | None = None
     try:
-        async with client:
-            result = await client._send(message, message_options, last=True)
+        # (The transcript, when kept, ends with the QUIT and the close.)
+        with client._observers.recording() as transcript:
+            async with client:
+                result = await client._send(message, message_options, last=True)
+        if transcript is not None:
+            result.transcript = tuple(transcript)
     except BaseException:
         if result is not None and result.accepted:
             interrupted_after_delivery(result)  # cancelled at the QUIT after it

@@ -472,9 +472,13 @@ def sendmessage(message: MessageInput, **options: Any) -> SendResult:
     """
     connection_options, message_options = split(options)
     result: SendResult | None = None
+    client = Client(**connection_options)
     try:
-        with Client(**connection_options) as connection:
+        # (The transcript, when kept, ends with the QUIT and the close.)
+        with client._observers.recording() as transcript, client as connection:
             result = connection._send(message, message_options, last=True)
+        if transcript is not None:
+            result.transcript = tuple(transcript)
     except BaseException:
         if result is not None and result.accepted:
             interrupted_after_delivery(result)  # interrupted at the QUIT after it

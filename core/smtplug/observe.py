@@ -80,9 +80,15 @@ class Observers:
     def recording(self) -> Iterator[list[str] | None]:
         """Keep the transcript lines of one send (when ``transcript=True``;
         otherwise yields None and costs nothing). An :class:`SMTPError`
-        leaving the block carries them as ``error.transcript``."""
+        leaving the block carries them as ``error.transcript``. Inside a
+        block of the same observers (a one-shot call recording its close
+        too), the outer block's lines are kept."""
         if not self._transcript:
             yield None
+            return
+        current = _RECORDING.get()
+        if current is not None and current[0] is self:
+            yield current[1]
             return
         lines: list[str] = []
         token = _RECORDING.set((self, lines))
