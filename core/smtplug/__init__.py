@@ -4,6 +4,7 @@
 >>> refused = smtplug.sendmessage(msg, recipients="someone@example.org")  # doctest: +SKIP
 """
 
+from smtplug import events
 from smtplug.api import Client, sendmessage
 from smtplug.errors import (
     AuthenticationError,
@@ -77,6 +78,7 @@ __all__ = [
     "UnknownOptionError",
     "__version__",
     "asendmessage",
+    "events",
     "hookimpl",
     "hookspec",
     "sendmessage",

@@ -116,10 +116,14 @@ class AsyncClient:
     async def _send(
         self, message: MessageInput, options: MessageOptions, *, last: bool
     ) -> SendResult:
-        prepared, extras = prepare(message, options)
-        return await self._driver.run(
-            self._conduct.send_prepared(prepared, extras, options, last=last)
-        )
+        with self._observers.recording() as transcript:
+            prepared, extras = prepare(message, options)
+            result: SendResult = await self._driver.run(
+                self._conduct.send_prepared(prepared, extras, options, last=last)
+            )
+        if transcript is not None:
+            result.transcript = tuple(transcript)
+        return result
 
 
 @function_signature(SendOptions)
@@ -130,8 +134,12 @@ async def asendmessage(message: MessageInput, **options: Any) -> SendResult:
     client = AsyncClient(**connection_options)
     result: SendResult | None = None
     try:
-        async with client:
-            result = await client._send(message, message_options, last=True)
+        # (The transcript, when kept, ends with the QUIT and the close.)
+        with client._observers.recording() as transcript:
+            async with client:
+                result = await client._send(message, message_options, last=True)
+        if transcript is not None:
+            result.transcript = tuple(transcript)
     except BaseException:
         if result is not None and result.accepted:
             interrupted_after_delivery(result)  # cancelled at the QUIT after it

@@ -277,7 +277,12 @@ class Setup:
 def setup(options: ClientOptions) -> Setup:
     """Check the connection options and plan the connections (no I/O)."""
     o = options
-    for name, value in (("usetls", o.usetls), ("tlsimport", o.tlsimport), ("debug", o.debug)):
+    for name, value in (
+        ("usetls", o.usetls),
+        ("tlsimport", o.tlsimport),
+        ("debug", o.debug),
+        ("transcript", o.transcript),
+    ):
         check_flag(name, value)
     timeouts_value = _timeouts(o.timeout, o.maxsecs, o.timeouts)
     block = as_list("block_plugins", o.block_plugins, str)
@@ -312,7 +317,8 @@ def setup(options: ClientOptions) -> Setup:
         ),
         timeouts=timeouts_value,
     )
-    return Setup(registry, Observers(registry.hook, debug=o.debug), plan)
+    observers = Observers(registry.hook, debug=o.debug, transcript=o.transcript)
+    return Setup(registry, observers, plan)
 
 
 def prepare(
@@ -444,8 +450,14 @@ class Client:
             return self._send(message, build(MessageOptions, options), last=False)
 
     def _send(self, message: MessageInput, options: MessageOptions, *, last: bool) -> SendResult:
-        prepared, extras = prepare(message, options)
-        return self._driver.run(self._conduct.send_prepared(prepared, extras, options, last=last))
+        with self._observers.recording() as transcript:
+            prepared, extras = prepare(message, options)
+            result: SendResult = self._driver.run(
+                self._conduct.send_prepared(prepared, extras, options, last=last)
+            )
+        if transcript is not None:
+            result.transcript = tuple(transcript)
+        return result
 
 
 @function_signature(SendOptions)
@@ -460,9 +472,13 @@ def sendmessage(message: MessageInput, **options: Any) -> SendResult:
     """
     connection_options, message_options = split(options)
     result: SendResult | None = None
+    client = Client(**connection_options)
     try:
-        with Client(**connection_options) as connection:
+        # (The transcript, when kept, ends with the QUIT and the close.)
+        with client._observers.recording() as transcript, client as connection:
             result = connection._send(message, message_options, last=True)
+        if transcript is not None:
+            result.transcript = tuple(transcript)
     except BaseException:
         if result is not None and result.accepted:
             interrupted_after_delivery(result)  # interrupted at the QUIT after it

@@ -24,6 +24,7 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from smtplug import events
 from smtplug.actions import Action, Receive, Send
 from smtplug.errors import AuthenticationError, InvalidInputError, ProtocolError, SMTPError
 from smtplug.interfaces import SASLCredentials, SASLExchange, SASLMechanism
@@ -218,10 +219,7 @@ def authenticate(
         mechanism, attempt = pending.pop(0)
         renewed = attempt is not credentials
         if tls is None and failed_strength is not None and mechanism.strength < failed_strength:
-            wire.event(
-                f"not trying the weaker {mechanism.name} after a failure on an "
-                "unencrypted connection"
-            )
+            wire.event(events.AuthWeakerSkipped(mechanism.name))
             break
         took_token: list[bool] = []
         try:
@@ -238,7 +236,7 @@ def authenticate(
             tried.append(_renewed(mechanism.name, exc.diagnostic) if renewed else exc.diagnostic)
             last = exc
             failed_strength = mechanism.strength
-            wire.event(f"authentication with {mechanism.name} failed")
+            wire.event(events.AuthFailed(mechanism.name))
             if wire.broken or exc.server_unverified:
                 break
             if renewable and took_token and _token_refused(exc):
@@ -246,12 +244,9 @@ def authenticate(
                 # try the same mechanism once more with it (never the token shown).
                 renewable = False
                 pending.insert(0, (mechanism, _renewal(credentials)))
-                wire.event(
-                    f"{mechanism.name} refused the OAuth token; trying once more "
-                    "with a new one from the token provider"
-                )
+                wire.event(events.TokenRefresh(mechanism.name))
             continue
-        wire.event(f"authenticated with {mechanism.name}")
+        wire.event(events.Authenticated(mechanism.name))
         return
     assert last is not None
     raise AuthenticationError(

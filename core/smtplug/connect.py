@@ -24,7 +24,7 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from smtplug import auth, session, tlssetup
+from smtplug import auth, events, session, tlssetup
 from smtplug.actions import CLOSE, Open
 from smtplug.auth import AuthPlan
 from smtplug.errors import (
@@ -88,7 +88,8 @@ def open_session(
         except SMTPError as exc:
             hook.smtplug_on_event(
                 info=ConnectionInfo(server, port, plan.transport.name),
-                event=f"server failed: {exc}",
+                event=events.ServerFailed(server, port, exc),
+                phase="connect",
             )
             failures.append(ServerFailure(server, port, exc))
             continue
@@ -104,7 +105,7 @@ def open_session(
                 yield CLOSE
                 if isinstance(exc, ResponseError) and exc.code != 421:
                     raise
-                hook.smtplug_on_event(info=wire.info, event=f"server failed: {exc}")
+                wire.event(events.ServerFailed(server, port, exc))
                 failures.append(ServerFailure(server, port, exc))
                 continue
             except Exception:
@@ -125,7 +126,7 @@ def _establish(
     plan: ConnectionPlan, hook: Any, server: str, port: int, *, starttls: bool
 ) -> Generator[Any, Any, tuple[Wire, Capabilities]]:
     info = ConnectionInfo(server, port, plan.transport.name, connection=next(_CONNECTIONS))
-    hook.smtplug_on_event(info=info, event=f"Trying {server}:{port}...")
+    hook.smtplug_on_event(info=info, event=events.Connecting(server, port))
     try:
         wire: Wire = yield Open(info, plan.timeouts.connect)
     except TLSError as exc:

@@ -95,7 +95,7 @@ class _Printer:
         self.out = out
 
     @hookimpl
-    def smtplug_on_event(self, info: ConnectionInfo, event: str) -> None:
+    def smtplug_on_event(self, info: ConnectionInfo, event: object) -> None:
         print(f"      {event}", file=self.out)
 
     @hookimpl

@@ -33,10 +33,18 @@ class SMTPError(Exception):
 
     default_code = 400
 
+    #: The redacted transcript lines of the send that raised this error, when
+    #: its client was made with ``transcript=True``; otherwise None.
+    transcript: tuple[str, ...] | None = None
+
     def __init__(self, diagnostic: str, code: int | None = None) -> None:
         self.code: int = self.default_code if code is None else code
         self.diagnostic: str = diagnostic
         super().__init__(f"{self.code} {diagnostic}")
+
+    def __repr__(self) -> str:
+        # Short: the code and the text, never the transcript.
+        return f"{type(self).__name__}({self.code}, {self.diagnostic!r})"
 
     @property
     def transient(self) -> bool:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import pluggy
 
+from smtplug.events import Event
 from smtplug.interfaces import (
     AsyncTransport,
     ConnectionInfo,
@@ -90,12 +91,18 @@ def smtplug_register_tls_policies() -> Sequence[TLSPolicy]:  # type: ignore[empt
 
 
 @hookspec
-def smtplug_on_event(info: ConnectionInfo, event: str) -> None:
+def smtplug_on_event(info: ConnectionInfo, event: Event) -> None:
     """Observe a step of the session that is not a command or a reply.
 
-    Called with a short human-readable text: ``"connecting"``, ``"connected"``,
-    ``"closed"``, ``"server failed: ..."``, ``"STARTTLS offered but ..."``.
-    The return value is ignored.
+    ``event`` is one of the frozen dataclasses of :mod:`smtplug.events`
+    (:class:`~smtplug.events.Connecting`, :class:`~smtplug.events.ServerFailed`,
+    :class:`~smtplug.events.TLSEstablished`, :class:`~smtplug.events.Authenticated`,
+    :class:`~smtplug.events.Closed` ...): ``event.kind`` names it, its fields
+    carry the data (never a credential). ``str(event)`` is the text of the
+    ``-debug`` transcript (``"Trying mx.example:25..."``, ``"closed"``,
+    ``"server failed: ..."``), the text this hook was called with before
+    events were typed: an observer that does ``str(event)`` or ``f"{event}"``
+    keeps working. The return value is ignored.
     """
 
 

@@ -72,6 +72,7 @@ class ClientOptions:
     mechanisms: Sequence[str] | None = None
     insecure_cleartext_auth: bool = False
     debug: bool = False
+    transcript: bool = False
     maxsecs: float | None = None
     timeout: float | None = None
     timeouts: Timeouts | Mapping[str, float] | None = None

@@ -58,6 +58,7 @@ from collections.abc import (
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
+from smtplug import events
 from smtplug.actions import CLOSE, PROBE
 from smtplug.api import _seconds, prepare, setup
 from smtplug.drivers.aio import AsyncDriver, asyncio_transport
@@ -207,7 +208,7 @@ def _ready(limits: _Limits, slot: _Slot[Any]) -> Generator[Any, Any, None]:
         yield from conduct.close()
         return
     if (yield PROBE):
-        wire.event("the kept session is gone (noticed before reuse); opening another")
+        wire.event(events.Reconnecting(pooled=True))
         conduct.forget()
         yield CLOSE
 

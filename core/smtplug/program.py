@@ -26,7 +26,7 @@ import contextlib
 from collections.abc import Callable, Generator
 from typing import Any
 
-from smtplug import envelope, session
+from smtplug import envelope, events, session
 from smtplug.actions import CLOSE, PROBE
 from smtplug.connect import ConnectionPlan, open_session
 from smtplug.errors import (
@@ -137,7 +137,7 @@ class Conduct:
                 # The whole message would go in the first write: make sure
                 # the kept session is still there, or the delivery could end
                 # unknown. Any other transaction finds out at MAIL.
-                self.wire.event("the kept session is gone; reconnecting")
+                self.wire.event(events.Reconnecting())
                 yield from self._drop()
             if self.wire is None or self.capabilities is None:
                 self.wire, self.capabilities = yield from open_session(
@@ -188,12 +188,12 @@ class Conduct:
                     with contextlib.suppress(SMTPError):
                         yield from wire.step(session.reset(timeouts))
                 if stale:
-                    wire.event(f"the kept session is gone ({exc.diagnostic}); reconnecting")
+                    wire.event(events.Reconnecting(exc.diagnostic))
                     continue
                 if closing:
                     info = wire.info
                     failed.append(ServerFailure(info.server, info.port, exc))
-                    wire.event(f"server failed: {exc}; trying the next server")
+                    wire.event(events.Failover(info.server, info.port, exc))
                     continue
                 raise
             except Exception as exc:

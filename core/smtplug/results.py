@@ -52,7 +52,9 @@ class SendResult(list[RefusedRecipient]):
     went to the other recipients (``atleastone=True``); with ``accepted``
     False the transaction was reset and nothing was sent. ``recipients`` are
     the recipients of the message the server accepted: empty when nothing
-    was sent.
+    was sent. ``transcript`` is the send's redacted transcript (the lines
+    ``debug=True`` prints) when the client was made with ``transcript=True``,
+    otherwise None.
     """
 
     accepted: bool
@@ -61,6 +63,7 @@ class SendResult(list[RefusedRecipient]):
     reply: Reply | None
     recipients: tuple[str, ...]
     tls: TLSInfo | None
+    transcript: tuple[str, ...] | None
 
     def __init__(
         self,
@@ -72,6 +75,7 @@ class SendResult(list[RefusedRecipient]):
         reply: Reply | None = None,
         recipients: Sequence[str] = (),
         tls: TLSInfo | None = None,
+        transcript: tuple[str, ...] | None = None,
     ) -> None:
         super().__init__(RefusedRecipient(*entry) for entry in refused)
         self.accepted = accepted
@@ -80,6 +84,7 @@ class SendResult(list[RefusedRecipient]):
         self.reply = reply
         self.recipients = tuple(recipients) if accepted else ()
         self.tls = tls  # what TLS negotiated, None for a plain session
+        self.transcript = transcript
 
     def __repr__(self) -> str:
         return (

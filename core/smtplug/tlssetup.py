@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Literal
 
-from smtplug import session
+from smtplug import events, session
 from smtplug.actions import Action, Upgrade
 from smtplug.errors import TLSError
 from smtplug.interfaces import TLSFailure, TLSFailureKind
@@ -99,7 +99,7 @@ def settle(
         )
         return capabilities
     if not starttls:
-        wire.event("STARTTLS not tried again: the policy chose plain text")
+        wire.event(events.TLSNotRetried())
         return capabilities
 
     reply = yield from wire.step(starttls_step(plan.timeouts))
@@ -127,7 +127,7 @@ def decide(
 ) -> None:
     """Ask the policy; raise :class:`TLSError` when it says ``"secure"``."""
     decision = plan.policy.decide(TLSFailure(kind, code, diagnostic))
-    wire.event(f"TLS {kind}: {diagnostic}; policy {plan.policy.name} says {decision}")
+    wire.event(events.TLSNotUsed(kind, code, diagnostic, plan.policy.name, decision))
     if decision == "insecure":
         info = wire.info
         logger.warning(
@@ -153,12 +153,9 @@ def announce(plan: ConnectionPlan, wire: Wire) -> None:
     tls = wire.tls_info
     if tls is None:
         return
-    checked = "certificate verified" if tls.verified else "certificate NOT verified"
-    wire.event(f"TLS established: {tls.version} {tls.cipher} ({tls.backend}, {checked})")
+    wire.event(events.TLSEstablished(tls))
     if not plan.tls_verify:
-        text = (
-            "tls_verify=False: the server's certificate and host name are not "
-            "checked; anyone on the path can read and change this session"
+        wire.event(events.TLSVerificationOff())
+        logger.warning(
+            "%s:%s: %s", wire.info.server, wire.info.port, events.TLSVerificationOff.text
         )
-        wire.event(f"WARNING: {text}")
-        logger.warning("%s:%s: %s", wire.info.server, wire.info.port, text)

@@ -25,6 +25,7 @@ the connection, so that no driver makes a protocol decision:
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from collections.abc import Generator
 from typing import Any, TypeVar
 
@@ -36,6 +37,7 @@ from smtplug.errors import (
     ResponseError,
     TLSError,
 )
+from smtplug.events import Event
 from smtplug.interfaces import ConnectionInfo, TLSInfo
 from smtplug.observe import Observers
 from smtplug.protocol import Reply, ReplyParser
@@ -51,11 +53,13 @@ class Wire:
     __slots__ = (
         "_hook",
         "_parser",
+        "_phases",
         "_watching",
         "_write_error",
         "broken",
         "can_start_tls",
         "info",
+        "phase",
         "tls_info",
     )
 
@@ -76,6 +80,10 @@ class Wire:
         self._parser = ReplyParser()
         self._watching = True
         self._write_error: ConnectionLostError | None = None
+        #: What the session is doing, for observers (kept only while someone
+        #: watches): the phase of the last command, "greeting" before any.
+        self.phase = "greeting"
+        self._phases: deque[str] = deque()  # of the commands whose reply is due
 
     # -- steps -------------------------------------------------------------------
 
@@ -99,8 +107,9 @@ class Wire:
 
     # -- observers ---------------------------------------------------------------
 
-    def event(self, text: str) -> None:
-        self._hook.smtplug_on_event(info=self.info, event=text)
+    def event(self, event: Event) -> None:
+        """Tell the observers of ``event`` (:mod:`smtplug.events`)."""
+        self._hook.smtplug_on_event(info=self.info, event=event, phase=self.phase)
 
     # -- replies -----------------------------------------------------------------
 
@@ -112,7 +121,8 @@ class Wire:
         """The next reply already received, observers told; None if none is."""
         reply = self._parser.next_reply()
         if reply is not None and self._watching:
-            self._hook.smtplug_on_reply(info=self.info, reply=reply)
+            phase = self._phases.popleft() if self._phases else self.phase
+            self._hook.smtplug_on_reply(info=self.info, reply=reply, phase=phase)
         return reply
 
     @property
@@ -139,7 +149,9 @@ class Wire:
         # Observers first: one that raises stops the send before its bytes go.
         if action.display and self._watching:
             for line in action.display.split("\n"):
-                self._hook.smtplug_on_command(info=self.info, command=line)
+                self.phase = phase = _phase_of(line, self.phase)
+                self._phases.append(phase)
+                self._hook.smtplug_on_command(info=self.info, command=line, phase=phase)
 
     def _unsolicited(self, command: str) -> None:
         reply = self._parser.peek_reply()
@@ -189,6 +201,7 @@ class Wire:
         """The handshake is done: a fresh parser for the encrypted stream."""
         self.tls_info = tls_info
         self._parser = ReplyParser()
+        self._phases.clear()
         self.info = dataclasses.replace(self.info, tls=True)
 
     # -- failures ----------------------------------------------------------------
@@ -221,3 +234,18 @@ class Wire:
         return ConnectionLostError(
             f"{self.info.server} closed the connection while smtplug waited for the reply to {what}"
         )
+
+
+#: Commands whose phase is not their verb in lower case.
+_PHASES = {"HELO": "ehlo", "<MESSAGE:": "data", ".": "data"}
+
+
+def _phase_of(line: str, current: str) -> str:
+    """The phase of a command line as observers see it: its verb (``mail``,
+    ``rcpt``, ``bdat`` ...; HELO is ``ehlo``, the message is ``data``); a SASL
+    response (``<redacted>``, ``*``) stays in the current phase (``auth``)."""
+    verb = line.split(" ", 1)[0].upper()
+    phase = _PHASES.get(verb)
+    if phase is not None:
+        return phase
+    return verb.lower() if verb.isalpha() else current

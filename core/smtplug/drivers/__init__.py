@@ -15,12 +15,14 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any, Generic, TypeVar
 
 from smtplug.errors import ConnectionLostError
+from smtplug.events import Closed
 from smtplug.interfaces import ConnectionInfo, TLSInfo
 from smtplug.observe import Observers, logger
 from smtplug.wire import Wire
 
 __all__ = ["CurrentConnection"]
 
+CLOSED = Closed()
 S = TypeVar("S")  # a driver's stream type
 X = TypeVar("X")  # its transport type
 
@@ -81,7 +83,7 @@ class CurrentConnection(Generic[X, S]):
                 self._sessions[(wire.info.server, wire.info.port)] = session
         stream.close()  # type: ignore[attr-defined]
         try:
-            wire.event("closed")
+            wire.event(CLOSED)
         except Exception as exc:  # an observer's: closing never raises
             logger.error("observer failed at close: %s", type(exc).__name__, exc_info=exc)
 
