@@ -353,6 +353,10 @@ class AsyncTLSEngineStream:
         self._peer = connection.peer
         self._tls_info = engine.info()
         self._broken = False  # a TLS error, or a write cancelled half done
+        # A write failed (the server reset the connection): no close_notify
+        # may follow, but what the server sent before is still read (a
+        # refusal that the drivers report instead of the failed write).
+        self._write_failed = False
 
     @property
     def tls(self) -> bool:
@@ -425,7 +429,7 @@ class AsyncTLSEngineStream:
             raise
         except ConnectionLostError as exc:
             if not exc.timed_out:
-                self._broken = True
+                self._write_failed = True
             raise
 
     def close(self) -> None:
@@ -434,7 +438,7 @@ class AsyncTLSEngineStream:
         if connection is None:
             return
         self._engine.close()
-        if not self._broken:
+        if not (self._broken or self._write_failed):
             records = self._engine.outgoing()
             transport = connection.transport
             if records and transport is not None and not transport.is_closing():
