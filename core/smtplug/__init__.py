@@ -9,6 +9,7 @@ from smtplug.errors import (
     AuthenticationError,
     ConnectError,
     ConnectionLostError,
+    DeadlineExceededError,
     DeliveryUnknownError,
     InvalidInputError,
     MessageTooLargeError,
@@ -26,6 +27,7 @@ from smtplug.pool import Outcome, Pool
 from smtplug.protocol import Reply
 from smtplug.protocol.dsn import DSN
 from smtplug.results import RefusedRecipient, SendResult
+from smtplug.retry import Retry
 from smtplug.session import Timeouts
 
 __version__ = "0.1.0"
@@ -59,6 +61,7 @@ __all__ = [
     "ConnectError",
     "ConnectionInfo",
     "ConnectionLostError",
+    "DeadlineExceededError",
     "DeliveryUnknownError",
     "InvalidInputError",
     "MessageTooLargeError",
@@ -69,6 +72,7 @@ __all__ = [
     "RefusedRecipient",
     "Reply",
     "ResponseError",
+    "Retry",
     "SMTPError",
     "SendResult",
     "ServerFailure",

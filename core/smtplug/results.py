@@ -53,6 +53,12 @@ class SendResult(list[RefusedRecipient]):
     False the transaction was reset and nothing was sent. ``recipients`` are
     the recipients of the message the server accepted: empty when nothing
     was sent.
+
+    With a retry policy (:class:`smtplug.Retry`): ``attempts`` is how many
+    attempts the send took (1 without retry), and ``may_be_duplicate`` is
+    True when an earlier attempt ended with the delivery unknown
+    (``unknown="retry"``): the server may have the message more than once,
+    all copies with the same Message-ID.
     """
 
     accepted: bool
@@ -61,6 +67,8 @@ class SendResult(list[RefusedRecipient]):
     reply: Reply | None
     recipients: tuple[str, ...]
     tls: TLSInfo | None
+    attempts: int = 1
+    may_be_duplicate: bool = False
 
     def __init__(
         self,
