@@ -646,3 +646,19 @@ def test_pool_sendmessage_deadline(sleeps: Sleeps) -> None:
         outcomes = list(pool.send_many([message()], deadline=0.3))
     assert isinstance(outcomes[0].error, smtplug.DeadlineExceededError)
     assert outcomes[0].status == "not_sent"
+
+
+@both_apis
+def test_a_one_shot_refused_at_its_end_with_quit_pipelined_retries_on_a_fresh_connection(
+    sleeps: Sleeps,
+) -> None:
+    """The one-shot send pipelines QUIT behind the end of the message: after
+    a 4xx to the end, that connection is over (its 221 is on the way), so the
+    next attempt must not start a transaction on it (found by the chaos soak:
+    a ProtocolError, "sent data before the command")."""
+    script = {".": per_session(0, b"452 4.3.1 out of space for now\r\n")}
+    with ScriptedServer(script, capabilities=["8BITMIME", "PIPELINING"]) as server:
+        result = send_to([server], message(), retry=steady())
+        server.wait_idle()
+    assert result.accepted and result.attempts == 2
+    assert server.connections == 2 and ends(server) == 2
