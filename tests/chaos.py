@@ -10,6 +10,12 @@ The promise checked, per message (each carries a header ``X-Chaos-Id: <n>``):
 * delivery unknown (:class:`smtplug.DeliveryUnknownError`): counted; the
   server has it at most once.
 
+With retry on (a scenario's ``retry``: ``"fail"`` is ``smtplug.Retry()``'s
+default, ``"retry"`` adds ``unknown="retry"``), the same promises hold, but a
+result flagged ``may_be_duplicate`` (an earlier attempt ended unknown) means
+"at least once", and a delivery unknown after retries allows as many copies
+as attempts.
+
 No other exception may escape, what the server stores is the message that
 was sent (never another one's octets), no socket or thread is left behind,
 and the client still sends once the faults stop.
@@ -715,6 +721,8 @@ class Report:
     recipients: tuple[str, ...] = ()
     links: tuple[int, ...] = ()  # proxy connections the send may have used
     errors: tuple[str, ...] = ()  # the exception's type, and its failures' (ConnectError)
+    flagged: bool = False  # sent, ``may_be_duplicate``: at least once
+    at_most: int = 1  # copies a delivery unknown may have left on the server
 
 
 @dataclass
@@ -797,7 +805,11 @@ def check(
             )
         if report.kind == "escaped":
             violations.append(Violation(report.chaos_id, f"a non-SMTPError escaped: {said}", wire))
-        elif report.kind == "sent" and len(copies) != 1:
+        elif report.kind == "sent" and report.flagged and not copies:
+            violations.append(
+                Violation(report.chaos_id, f"{said} (flagged) but the server has 0 copies", wire)
+            )
+        elif report.kind == "sent" and not report.flagged and len(copies) != 1:
             violations.append(
                 Violation(report.chaos_id, f"{said} but the server has {len(copies)} copies", wire)
             )
@@ -805,7 +817,7 @@ def check(
             violations.append(
                 Violation(report.chaos_id, f"{said} but the server has {len(copies)}", wire)
             )
-        elif report.kind == "unknown" and len(copies) > 1:
+        elif report.kind == "unknown" and len(copies) > report.at_most:
             violations.append(
                 Violation(report.chaos_id, f"{said} and the server has {len(copies)}", wire)
             )
@@ -829,7 +841,11 @@ def check(
                         wire,
                     )
                 )
-            if report.kind == "sent" and sorted(copy.rcpts) != sorted(report.recipients):
+            if (
+                report.kind == "sent"
+                and sorted(copy.rcpts) != sorted(report.recipients)
+                and not (report.flagged and copy is not copies[-1])
+            ):
                 violations.append(
                     Violation(
                         report.chaos_id,
@@ -851,11 +867,25 @@ class Scenario:
     mode: str  # "oneshot" (smtplug.sendmessage) or "kept" (one smtplug.Client)
     transfer: str  # "data" or "bdat"
     pipelining: bool
+    retry: str = "off"  # "off", "fail" (smtplug.Retry) or "retry" (unknown="retry")
 
     @property
     def name(self) -> str:
         pipe = "pipelining" if self.pipelining else "no-pipelining"
-        return f"{self.mode}-{self.transfer}-{pipe}"
+        more = "" if self.retry == "off" else f"-retry-{self.retry}"
+        return f"{self.mode}-{self.transfer}-{pipe}{more}"
+
+    def policy(self, seed: int) -> smtplug.Retry | None:
+        """The retry policy of this scenario: quick waits, a few attempts."""
+        if self.retry == "off":
+            return None
+        return smtplug.Retry(
+            attempts=3,
+            backoff=0.01,
+            max_backoff=0.05,
+            unknown="retry" if self.retry == "retry" else "fail",
+            rng=random.Random(f"retry:{seed}").random,
+        )
 
 
 SCENARIOS = [
@@ -863,6 +893,12 @@ SCENARIOS = [
     for mode in ("oneshot", "kept")
     for transfer in ("data", "bdat")
     for pipelining in (True, False)
+]
+
+#: The same, with retry on: unknown="fail" and unknown="retry" in turn.
+RETRY_SCENARIOS = [
+    Scenario(s.mode, s.transfer, s.pipelining, "fail" if number % 2 else "retry")
+    for number, s in enumerate(SCENARIOS)
 ]
 
 
@@ -929,7 +965,11 @@ def run(
             ) as proxy,
             contextlib.ExitStack() as stack,
         ):
-            target = {"servers": "127.0.0.1", "ports": proxy.port, **options}
+            target: dict[str, object] = {"servers": "127.0.0.1", "ports": proxy.port, **options}
+            policy = scenario.policy(seed)
+            if policy is not None:
+                # A deadline too: every wait capped by what is left of it.
+                target |= {"retry": policy, "deadline": 4 * timeout * policy.attempts}
             send: Send
             if scenario.mode == "kept":
                 client = stack.enter_context(smtplug.Client(**target))  # type: ignore[arg-type]
@@ -959,6 +999,9 @@ def run(
                 else:
                     kind = "sent" if result.accepted else "not sent"
                     report = Report(chaos_id, kind, f"{result!r}", result.recipients)
+                    report.flagged = result.may_be_duplicate
+                if policy is not None and policy.unknown == "retry":
+                    report.at_most = policy.attempts
                 report.links = tuple(range(first, len(proxy.links)))
                 if error is not None:
                     failures = getattr(error, "failures", ())

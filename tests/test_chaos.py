@@ -21,7 +21,7 @@ import pytest
 
 import chaos
 from apis import both_apis
-from chaos import SCENARIOS, Delivery, Report, Scenario
+from chaos import RETRY_SCENARIOS, SCENARIOS, Delivery, Report, Scenario
 
 pytestmark = both_apis
 
@@ -30,6 +30,12 @@ SEEDS = [1, 2, 3]
 #: together they see more fault patterns than one API with more messages).
 DEFAULT_PER_CASE = 15
 CASES = [(scenario, seed) for scenario in SCENARIOS for seed in SEEDS]
+#: With retry on (and a deadline): one seed per scenario, unknown="fail" and
+#: unknown="retry" in turn (seeds whose faults fire, for both APIs).
+CASES += [
+    (scenario, 5 if (scenario.mode, scenario.transfer) == ("kept", "bdat") else 4)
+    for scenario in RETRY_SCENARIOS
+]
 
 
 def _per_case() -> int:
@@ -80,6 +86,18 @@ def test_checker_accepts_true_reports() -> None:
     assert chaos.check(reports, deliveries, bodies) == []
 
 
+def test_checker_accepts_flagged_retries() -> None:
+    """With unknown="retry": a flagged "sent" may be stored more than once,
+    an "unknown" up to once per attempt."""
+    bodies = {1: b"one\r\n", 2: b"two\r\n"}
+    reports = [
+        Report(1, "sent", "", ("a@x",), flagged=True),
+        Report(2, "unknown", "", at_most=3),
+    ]
+    deliveries = [_delivery(1, b"one\r\n")] * 2 + [_delivery(2, b"two\r\n")] * 3
+    assert chaos.check(reports, deliveries, bodies) == []
+
+
 @pytest.mark.parametrize(
     ("report", "deliveries", "flagged"),
     [
@@ -87,6 +105,8 @@ def test_checker_accepts_true_reports() -> None:
         (Report(1, "sent", "", ("a@x",)), [_delivery(1, b"one\r\n")] * 2, "2 copies"),
         (Report(1, "not sent", ""), [_delivery(1, b"one\r\n")], "reported not sent"),
         (Report(1, "unknown", ""), [_delivery(1, b"one\r\n")] * 2, "server has 2"),
+        (Report(1, "sent", "", ("a@x",), flagged=True), [], "0 copies"),
+        (Report(1, "unknown", "", at_most=2), [_delivery(1, b"one\r\n")] * 3, "server has 3"),
         (Report(1, "escaped", "KeyError"), [], "non-SMTPError escaped"),
         (Report(1, "sent", "", ("a@x",)), [_delivery(1, b"two\r\n")], "other octets"),
         (Report(1, "sent", "", ("b@x",)), [_delivery(1, b"one\r\n")], "has it for"),
@@ -107,6 +127,8 @@ def test_checker_accepts_true_reports() -> None:
         "sent-twice",
         "not-sent-stored",
         "unknown-twice",
+        "flagged-missing",
+        "unknown-past-attempts",
         "escaped",
         "mixed-octets",
         "wrong-rcpts",

@@ -289,6 +289,36 @@ def test_a_connect_error_carries_every_server_tried():
     assert any(line.startswith("    ... server failed: 554") for line in transcript)
 
 
+def test_a_pool_keeps_the_transcript_of_each_send_and_of_each_batch_message():
+    with (
+        ScriptedServer() as server,
+        smtplug.Pool(servers="127.0.0.1", ports=server.port, usetls=False, transcript=True) as pool,
+    ):
+        result = pool.sendmessage(message("one"))
+        outcomes = list(pool.send_many([message("two"), message("three")]))
+    assert result.transcript is not None
+    assert any(line.startswith("--> MAIL FROM:") for line in result.transcript)
+    for outcome in outcomes:
+        assert outcome.result is not None and outcome.result.transcript is not None
+        assert sum(line.startswith("--> MAIL FROM:") for line in outcome.result.transcript) == 1
+
+
+def test_an_async_pool_keeps_the_transcript_of_each_send():
+    import asyncio
+
+    async def main(port: int) -> list[smtplug.SendResult]:
+        async with smtplug.AsyncPool(
+            servers="127.0.0.1", ports=port, usetls=False, transcript=True
+        ) as pool:
+            return list(await asyncio.gather(*(pool.sendmessage(message(n)) for n in "ab")))
+
+    with ScriptedServer() as server:
+        results = asyncio.run(main(server.port))
+    for result in results:
+        assert result.transcript is not None
+        assert sum(line.startswith("--> MAIL FROM:") for line in result.transcript) == 1
+
+
 @both_apis
 def test_transcript_is_a_flag():
     with pytest.raises(smtplug.InvalidInputError, match="transcript must be True or False"):

@@ -10,6 +10,7 @@ from smtplug.errors import (
     AuthenticationError,
     ConnectError,
     ConnectionLostError,
+    DeadlineExceededError,
     DeliveryUnknownError,
     InvalidInputError,
     MessageTooLargeError,
@@ -27,6 +28,7 @@ from smtplug.pool import Outcome, Pool
 from smtplug.protocol import Reply
 from smtplug.protocol.dsn import DSN
 from smtplug.results import RefusedRecipient, SendResult
+from smtplug.retry import Retry
 from smtplug.session import Timeouts
 
 __version__ = "0.1.0"
@@ -60,6 +62,7 @@ __all__ = [
     "ConnectError",
     "ConnectionInfo",
     "ConnectionLostError",
+    "DeadlineExceededError",
     "DeliveryUnknownError",
     "InvalidInputError",
     "MessageTooLargeError",
@@ -70,6 +73,7 @@ __all__ = [
     "RefusedRecipient",
     "Reply",
     "ResponseError",
+    "Retry",
     "SMTPError",
     "SendResult",
     "ServerFailure",

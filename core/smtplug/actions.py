@@ -7,7 +7,8 @@ session steps of :mod:`smtplug.session` yield the four that move bytes
 (:class:`Send`, :class:`Receive`, :class:`Upgrade`, :class:`Poll`); the
 programs of :mod:`smtplug.connect` and :mod:`smtplug.program`, which choose
 servers and keep a client's connection, also yield :class:`Open`,
-:class:`Close` and :class:`Probe`. A driver (:mod:`smtplug.drivers`) performs
+:class:`Close` and :class:`Probe`; :mod:`smtplug.retry` yields :class:`Sleep`
+between the attempts of a send. A driver (:mod:`smtplug.drivers`) performs
 them on one *current* connection: :class:`Open` makes a new one current,
 :class:`Close` closes it. A driver makes no decision: the same program runs
 under the blocking and the asyncio driver, with the same actions in the same
@@ -31,6 +32,7 @@ __all__ = [
     "Probe",
     "Receive",
     "Send",
+    "Sleep",
     "Upgrade",
 ]
 
@@ -113,4 +115,14 @@ class Probe:
 
 PROBE = Probe()
 
-Action = Send | Receive | Upgrade | Poll | Open | Close | Probe
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Wait ``seconds`` (the backoff between two attempts of a send,
+    :mod:`smtplug.retry`): ``time.sleep`` in the blocking driver,
+    ``asyncio.sleep`` (cancellable) in the asyncio one. Sent back None."""
+
+    seconds: float
+
+
+Action = Send | Receive | Upgrade | Poll | Open | Close | Probe | Sleep

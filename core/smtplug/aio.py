@@ -23,6 +23,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from smtplug import retry
 from smtplug.api import prepare, setup
 from smtplug.drivers.aio import AsyncDriver, asyncio_transport
 from smtplug.errors import InvalidInputError
@@ -64,6 +65,7 @@ class AsyncClient:
         transport = asyncio_transport(plan, "smtplug.Client")
         self._plan = plan
         self._observers = built.observers
+        self._limits = built.limits
         self._conduct = Conduct(plan, built.observers)
         self._driver = AsyncDriver(
             transport, plan.transport_options, built.observers, plan.tls_sessions
@@ -116,10 +118,16 @@ class AsyncClient:
     async def _send(
         self, message: MessageInput, options: MessageOptions, *, last: bool
     ) -> SendResult:
+        limits = retry.limits(options.retry, options.deadline, self._limits)
+        conduct = self._conduct
         with self._observers.recording() as transcript:
             prepared, extras = prepare(message, options)
             result: SendResult = await self._driver.run(
-                self._conduct.send_prepared(prepared, extras, options, last=last)
+                retry.guarded(
+                    lambda: conduct.send_prepared(prepared, extras, options, last=last),
+                    limits,
+                    prepared,
+                )
             )
         if transcript is not None:
             result.transcript = tuple(transcript)

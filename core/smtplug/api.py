@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from smtplug import auth, envelope, session
+from smtplug import auth, envelope, retry, session
 from smtplug.connect import ConnectionPlan
 from smtplug.drivers.blocking import BlockingDriver
 from smtplug.errors import InvalidInputError
@@ -272,6 +272,8 @@ class Setup:
     registry: Registry
     observers: Observers
     plan: ConnectionPlan
+    limits: retry.Limits = retry.NO_LIMITS
+    """The default retry policy and deadline of its sends."""
 
 
 def setup(options: ClientOptions) -> Setup:
@@ -318,7 +320,8 @@ def setup(options: ClientOptions) -> Setup:
         timeouts=timeouts_value,
     )
     observers = Observers(registry.hook, debug=o.debug, transcript=o.transcript)
-    return Setup(registry, observers, plan)
+    limits = retry.limits(o.retry, o.deadline)
+    return Setup(registry, observers, plan, limits)
 
 
 def prepare(
@@ -378,6 +381,7 @@ class Client:
         self._registry = built.registry
         self._observers = built.observers
         self._plan = built.plan
+        self._limits = built.limits
         self._conduct = Conduct(self._plan, self._observers)
         self._driver = BlockingDriver(
             self._plan.transport,
@@ -450,10 +454,16 @@ class Client:
             return self._send(message, build(MessageOptions, options), last=False)
 
     def _send(self, message: MessageInput, options: MessageOptions, *, last: bool) -> SendResult:
+        limits = retry.limits(options.retry, options.deadline, self._limits)
+        conduct = self._conduct
         with self._observers.recording() as transcript:
             prepared, extras = prepare(message, options)
             result: SendResult = self._driver.run(
-                self._conduct.send_prepared(prepared, extras, options, last=last)
+                retry.guarded(
+                    lambda: conduct.send_prepared(prepared, extras, options, last=last),
+                    limits,
+                    prepared,
+                )
             )
         if transcript is not None:
             result.transcript = tuple(transcript)

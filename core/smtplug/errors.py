@@ -16,6 +16,7 @@ __all__ = [
     "AuthenticationError",
     "ConnectError",
     "ConnectionLostError",
+    "DeadlineExceededError",
     "DeliveryUnknownError",
     "InvalidInputError",
     "MessageTooLargeError",
@@ -129,6 +130,19 @@ class ConnectionLostError(SMTPError):
         super().__init__(diagnostic, code)
         self.timed_out = timed_out
         self.replies_pending = replies_pending
+
+
+class DeadlineExceededError(ConnectionLostError):
+    """The ``deadline=`` of the whole send (all its attempts) ran out before
+    the message's end was sent: the message was not delivered, and
+    :attr:`~SMTPError.transient` is True (a later send may work). Once the end
+    was sent, a deadline that runs out is a :class:`DeliveryUnknownError`, as
+    any wait that runs out there is. The error it cut short is its
+    ``__cause__``.
+    """
+
+    def __init__(self, diagnostic: str, code: int | None = None) -> None:
+        super().__init__(diagnostic, code, timed_out=True)
 
 
 class ResponseError(SMTPError):

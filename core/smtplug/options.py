@@ -17,10 +17,11 @@ import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from smtplug.errors import InvalidInputError, UnknownOptionError
 from smtplug.protocol.dsn import DSN
+from smtplug.retry import Retry
 from smtplug.session import Timeouts
 from smtplug.source import MessageInput
 
@@ -28,6 +29,7 @@ __all__ = [
     "ClientOptions",
     "MessageOptions",
     "PoolOptions",
+    "SendLimits",
     "SendOptions",
     "as_list",
     "build",
@@ -49,7 +51,25 @@ TLSPolicyCallable = Callable[[int, str], str]
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClientOptions:
+class SendLimits:
+    """How long a send may take and whether it is tried again: options of
+    ``Client`` (the default for its sends) and of each send (which overrides
+    it).
+
+    ``retry``: a :class:`smtplug.Retry` policy, or None (on a client: no
+    retry; on a send: the client's); ``False`` on a send: no retry for it.
+    ``deadline``: seconds the whole send may take, all its attempts and the
+    backoff between them; every wait is capped by what is left; None (on a
+    send: the client's; on a client: no overall limit, only the per-phase
+    waits).
+    """
+
+    retry: Retry | Literal[False] | None = None
+    deadline: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientOptions(SendLimits):
     """How to reach and talk to the server: the options of ``Client``."""
 
     servers: str | Sequence[str] = "localhost"
@@ -81,7 +101,7 @@ class ClientOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class MessageOptions:
+class MessageOptions(SendLimits):
     """What one message needs besides the connection: the options of
     ``Client.sendmessage``."""
 

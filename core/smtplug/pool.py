@@ -32,9 +32,12 @@ takes a slot (no timer thread or task). Bookkeeping of the slots
 ``max_connections``): messages are taken from the iterable only as outcomes
 are handed back, so a generator is never materialised; the outcomes come back
 in order, one per message (:class:`Outcome`), and one failing message does
-not stop the others. Where a retry policy would decide (issue 13: attempts,
-backoff, deadline, rate limits) is marked "retry hook" below: retries are not
-built yet.
+not stop the others. With a retry policy or a deadline (``retry=``,
+``deadline=``: :mod:`smtplug.retry`), each attempt of a message is one run of
+the slot program, on the slot the message took (kept during the backoff):
+a connection the attempt broke is dropped by the Conduct, so the next
+attempt opens a fresh one; the deadline counts from the call, the wait for a
+free slot included.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ from collections.abc import (
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from smtplug import events
+from smtplug import events, retry
 from smtplug.actions import CLOSE, PROBE
 from smtplug.api import _seconds, prepare, setup
 from smtplug.drivers.aio import AsyncDriver, asyncio_transport
@@ -316,18 +319,35 @@ def _batch_signature(function: Callable[..., Any]) -> None:
 def _check_batch(options: dict[str, Any], progress: object) -> MessageOptions:
     if progress is not None and not callable(progress):
         raise InvalidInputError("progress must be a callable taking (done, total)")
-    return build(MessageOptions, options)
+    checked = build(MessageOptions, options)
+    retry.limits(checked.retry, checked.deadline, retry.NO_LIMITS)  # checked here, once
+    return checked
 
 
 def _outcome(index: int, send: Callable[[], SendResult]) -> Outcome:
     try:
-        result = send()
+        result = send()  # (retried inside, as the message's retry= says)
     except SMTPError as exc:
-        # Retry hook (issue 13, not built): a policy would look at
-        # exc.transient and exc.may_have_been_delivered here, and send again
-        # (after a backoff, within a deadline) what is safe to send again.
         return Outcome(index, None, exc)
     return Outcome(index, result, None)
+
+
+def _guarded(
+    pool_limits: _Limits,
+    slot: _Slot[Any],
+    prepared: PreparedMessage,
+    options: MessageOptions,
+    extras: MailParameters | None,
+    limits: retry.Limits,
+    started: float,
+) -> Generator[Any, Any, SendResult]:
+    """The slot program of one message, attempted as ``limits`` say."""
+    return retry.guarded(
+        lambda: _send_program(pool_limits, slot, prepared, options, extras),
+        limits,
+        prepared,
+        started=started,
+    )
 
 
 class Pool:
@@ -352,6 +372,7 @@ class Pool:
         built = setup(checked)
         self._plan = plan = built.plan
         self._observers = observers = built.observers
+        self._send_limits = built.limits
 
         def make() -> _Slot[BlockingDriver]:
             driver = BlockingDriver(
@@ -442,12 +463,20 @@ class Pool:
         return self._send(message, build(MessageOptions, options))
 
     def _send(self, message: MessageInput, options: MessageOptions) -> SendResult:
-        prepared, extras = prepare(message, options)  # bad input: before a connection
-        slot = self._acquire()
-        try:
-            return slot.driver.run(_send_program(self._limits, slot, prepared, options, extras))
-        finally:
-            self._release(slot)
+        started = retry.now()
+        limits = retry.limits(options.retry, options.deadline, self._send_limits)
+        with self._observers.recording() as transcript:
+            prepared, extras = prepare(message, options)  # bad input: before a connection
+            slot = self._acquire()
+            try:
+                result: SendResult = slot.driver.run(
+                    _guarded(self._limits, slot, prepared, options, extras, limits, started)
+                )
+            finally:
+                self._release(slot)
+        if transcript is not None:
+            result.transcript = tuple(transcript)
+        return result
 
     def send_many(
         self,
@@ -545,7 +574,8 @@ class AsyncPool:
         plan = built.plan
         transport = asyncio_transport(plan, "smtplug.Pool")
         self._plan = plan
-        observers = built.observers
+        self._send_limits = built.limits
+        self._observers = observers = built.observers
 
         def make() -> _Slot[AsyncDriver]:
             driver = AsyncDriver(transport, plan.transport_options, observers, plan.tls_sessions)
@@ -656,19 +686,27 @@ class AsyncPool:
         return await self._send(message, build(MessageOptions, options))
 
     async def _send(self, message: MessageInput, options: MessageOptions) -> SendResult:
-        prepared, extras = prepare(message, options)
-        slot = await self._acquire()
-        try:
-            return await slot.driver.run(
-                _send_program(self._limits, slot, prepared, options, extras)
-            )
-        finally:
-            await self._release(slot)
+        started = retry.now()
+        limits = retry.limits(options.retry, options.deadline, self._send_limits)
+        with self._observers.recording() as transcript:
+            prepared, extras = prepare(message, options)
+            slot = await self._acquire()
+            try:
+                result: SendResult = await slot.driver.run(
+                    _guarded(self._limits, slot, prepared, options, extras, limits, started)
+                )
+            finally:
+                await self._release(slot)
+        if transcript is not None:
+            result.transcript = tuple(transcript)
+        return result
 
     async def _one(
         self, index: int, message: MessageInput, options: MessageOptions, stop: _Flag
     ) -> Outcome | None:
+        started = retry.now()
         try:
+            limits = retry.limits(options.retry, options.deadline, self._send_limits)
             prepared, extras = prepare(message, options)
         except SMTPError as exc:
             return Outcome(index, None, exc)
@@ -678,10 +716,9 @@ class AsyncPool:
                 return None  # the batch ended before this message was started
             try:
                 result = await slot.driver.run(
-                    _send_program(self._limits, slot, prepared, options, extras)
+                    _guarded(self._limits, slot, prepared, options, extras, limits, started)
                 )
-            except SMTPError as exc:
-                # Retry hook (issue 13, not built): see _outcome.
+            except SMTPError as exc:  # (retried inside, as the message's retry= says)
                 return Outcome(index, None, exc)
             return Outcome(index, result, None)
         finally:

@@ -55,6 +55,12 @@ class SendResult(list[RefusedRecipient]):
     was sent. ``transcript`` is the send's redacted transcript (the lines
     ``debug=True`` prints) when the client was made with ``transcript=True``,
     otherwise None.
+
+    With a retry policy (:class:`smtplug.Retry`): ``attempts`` is how many
+    attempts the send took (1 without retry), and ``may_be_duplicate`` is
+    True when an earlier attempt ended with the delivery unknown
+    (``unknown="retry"``): the server may have the message more than once,
+    all copies with the same Message-ID.
     """
 
     accepted: bool
@@ -64,6 +70,8 @@ class SendResult(list[RefusedRecipient]):
     recipients: tuple[str, ...]
     tls: TLSInfo | None
     transcript: tuple[str, ...] | None
+    attempts: int = 1
+    may_be_duplicate: bool = False
 
     def __init__(
         self,

@@ -724,6 +724,10 @@ def _final(
     timeouts: Timeouts, outcome: TransactionOutcome, quit_sent: bool
 ) -> Generator[Action, Reply | None, TransactionOutcome]:
     reply = yield from _receive(timeouts.final, 'the final "."', outcome)
+    if quit_sent and reply.code not in (250, 251):
+        # Refused, with the QUIT behind it on the wire: the session ends here
+        # (another transaction on it would meet the reply to QUIT).
+        outcome.quit_sent = outcome.session_over = True
     _expect(reply, 'the final "."', 250, 251)
     outcome.delivered = True
     outcome.reply = reply

@@ -13,7 +13,7 @@ import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from smtplug.actions import Close, Open, Poll, Probe, Receive, Send, Upgrade
+from smtplug.actions import Close, Open, Poll, Probe, Receive, Send, Sleep, Upgrade
 from smtplug.drivers import CurrentConnection
 from smtplug.errors import ConnectionLostError, InvalidInputError, ProtocolError, TLSError
 from smtplug.interfaces import (
@@ -35,6 +35,13 @@ T = TypeVar("T")
 _READ_SIZE = 65536
 #: Reads at most made to collect what the server sent before a write failed.
 _DRAIN_READS = 16
+
+
+async def _sleep(seconds: float) -> None:
+    """How a :class:`~smtplug.actions.Sleep` waits (a test may replace it)."""
+    import asyncio  # (not at import: a blocking program does not need it)
+
+    await asyncio.sleep(seconds)
 
 
 def asyncio_transport(plan: ConnectionPlan, instead: str) -> AsyncTransport:
@@ -87,6 +94,9 @@ class AsyncDriver(CurrentConnection[AsyncTransport, AsyncStream]):
                         result = await self._probe()
                     elif kind is Upgrade:
                         await self._upgrade(action.timeout)
+                        result = None
+                    elif kind is Sleep:
+                        await _sleep(action.seconds)
                         result = None
                     else:
                         raise TypeError(f"unknown action {action!r}")

@@ -10,10 +10,10 @@ connection and ends the program.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
-from smtplug.actions import Close, Open, Poll, Probe, Receive, Send, Upgrade
+from smtplug.actions import Close, Open, Poll, Probe, Receive, Send, Sleep, Upgrade
 from smtplug.drivers import CurrentConnection
 from smtplug.errors import ConnectionLostError, ProtocolError, TLSError
 from smtplug.interfaces import (
@@ -31,6 +31,9 @@ T = TypeVar("T")
 _READ_SIZE = 65536
 #: Reads at most made to collect what the server sent before a write failed.
 _DRAIN_READS = 16
+
+#: How a :class:`~smtplug.actions.Sleep` waits (a test may replace it).
+_sleep: Callable[[float], None] = time.sleep
 
 
 class BlockingDriver(CurrentConnection[Transport, Stream]):
@@ -81,6 +84,9 @@ class BlockingDriver(CurrentConnection[Transport, Stream]):
             return self._probe()
         if kind is Upgrade:
             self._upgrade(action.timeout)  # type: ignore[attr-defined]
+            return None
+        if kind is Sleep:
+            _sleep(action.seconds)  # type: ignore[attr-defined]
             return None
         raise TypeError(f"unknown action {action!r}")
 
