@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-
 import test_aio_streams as aio
 import test_tls_backends as blocking
 from smtplug.errors import ConnectionLostError
@@ -27,16 +25,7 @@ REFUSAL = b"554 5.3.4 message refused\r\n"
 WRITES = 500
 
 
-def test_blocking_tls_read_after_a_failed_write(backend, make_server, certs, files, request):
-    if backend.name == "pyopenssl":
-        # A GAP, not a pass: once SSL_write failed on the socket, OpenSSL
-        # refuses further reads on that connection (SSL_get_error(3): "no
-        # further I/O operations should be performed"), so the blocking
-        # pyOpenSSL stream loses the refusal. The asyncio engine keeps the
-        # socket outside OpenSSL and reads it. Strict: fixing it turns this red.
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="OpenSSL reads nothing after a failed write")
-        )
+def test_blocking_tls_read_after_a_failed_write(backend, make_server, certs, files):
     server = make_server(certs.server, action="send-abort", payload=REFUSAL)
     stream = blocking.connect(backend, server, "localhost", TLSOptions(cafile=files.cafile))
     try:

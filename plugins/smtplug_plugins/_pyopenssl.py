@@ -20,9 +20,11 @@ It behaves as the ``stdlib`` backend does:
   cannot run inside the handshake; as with the stdlib backend, the other
   options, ``verify`` included, do not apply to a caller's context).
 
-The socket is driven in non-blocking mode with explicit waits, so every
-handshake, read and write is bounded by its deadline however OpenSSL splits
-the work into ``WantRead``/``WantWrite`` steps.
+OpenSSL never touches the socket: the connection works over memory
+buffers (:class:`PyOpenSSLEngine`), driven by :class:`~smtplug_plugins._tls.EngineStream`
+over the blocking socket and by the asyncio streams alike. Every handshake,
+read and write is bounded by its timeout, and a write that failed (the
+server reset the connection) leaves what the server sent before readable.
 
 Contexts are built once per set of options and shared by the connections
 that use them (the verify callback finds each connection's expected name,
@@ -38,10 +40,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
-import math
-import select
 import socket
-import time
 from dataclasses import dataclass
 
 import service_identity
@@ -55,9 +54,16 @@ from service_identity.cryptography import (
 
 from smtplug.errors import ConnectionLostError, InvalidInputError, TLSError
 from smtplug.interfaces import TLSEngine, TLSInfo, TLSOptions, TLSStream
-from smtplug_plugins._tls import EngineBase, check_tls_files, server_end_point
+from smtplug_plugins._sockets import SocketStream
+from smtplug_plugins._tls import (
+    EngineBase,
+    EngineStream,
+    check_tls_files,
+    engine_handshake,
+    server_end_point,
+)
 
-__all__ = ["PyOpenSSLBackend", "PyOpenSSLEngine", "PyOpenSSLStream"]
+__all__ = ["PyOpenSSLBackend", "PyOpenSSLEngine"]
 
 # RFC 9266: the label and length of the tls-exporter channel binding.
 _EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
@@ -98,31 +104,6 @@ _VERIFY_ERRORS: dict[int, str] = {
     27: "certificate not trusted",
     28: "certificate rejected",
 }
-
-
-def _wait(sock: socket.socket, *, writable: bool, deadline: float | None) -> bool:
-    """Wait until ``sock`` is readable (or writable); False once ``deadline``
-    (a :func:`time.monotonic` value, None for never) has passed."""
-    if deadline is None:
-        timeout: float | None = None
-    else:
-        timeout = deadline - time.monotonic()
-        if timeout <= 0:
-            return False
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(sock, select.POLLOUT if writable else select.POLLIN)
-        # A hang-up or error also wakes poll: the next OpenSSL call reports it.
-        return bool(poller.poll(None if timeout is None else math.ceil(timeout * 1000)))
-    if writable:
-        _, ready, _ = select.select([], [sock], [], timeout)
-    else:
-        ready, _, _ = select.select([sock], [], [], timeout)
-    return bool(ready)
-
-
-def _deadline(timeout: float | None) -> float | None:
-    return None if timeout is None else time.monotonic() + timeout
 
 
 def _describe(exc: BaseException) -> str:
@@ -270,11 +251,10 @@ def _shut_down(conn: SSL.Connection, broken: bool) -> None:
 
 
 class _Channel:
-    """Reading and writing a pyOpenSSL connection, errors mapped: what the
-    stream (over a socket) and the engine (over memory buffers) share.
-    ``WantReadError``/``WantWriteError`` reach the caller, which waits (a
-    stream) or asks for records (an engine); after any other failure the
-    connection is ``_broken`` (no close_notify may follow)."""
+    """Reading and writing a pyOpenSSL connection over memory buffers, errors
+    mapped. ``WantReadError``/``WantWriteError`` reach the caller, which asks
+    for records; after any other failure the connection is ``_broken`` (no
+    close_notify may follow)."""
 
     _peer: str
     _broken = False
@@ -307,120 +287,6 @@ class _Channel:
         except SSL.Error as exc:
             self._broken = True
             raise ConnectionLostError(f"write to {self._peer} failed: {_describe(exc)}") from exc
-
-
-class PyOpenSSLStream(_Channel):
-    """A :class:`smtplug.interfaces.TLSStream` over a pyOpenSSL connection.
-
-    Errors map as :class:`smtplug_plugins._sockets.SocketStream` maps them:
-    ``read`` returns ``b""`` on a clean or abrupt close and raises
-    :class:`~smtplug.errors.ConnectionLostError` (``timed_out=True`` after
-    ``timeout`` seconds without data); ``write`` sends every byte, making
-    progress at least every ``timeout`` seconds, or raises
-    ``ConnectionLostError``; ``close`` sends a best-effort close_notify,
-    closes the socket, is idempotent and never raises.
-    """
-
-    def __init__(
-        self,
-        conn: SSL.Connection,
-        sock: socket.socket,
-        peer: str,
-        tls_info: TLSInfo,
-    ) -> None:
-        self._conn: SSL.Connection | None = conn
-        self._sock = sock
-        self._peer = peer
-        self._tls_info = tls_info
-        self._broken = False  # after a fatal error no close_notify may be sent
-
-    @property
-    def tls(self) -> bool:
-        return True
-
-    @property
-    def tls_info(self) -> TLSInfo:
-        return self._tls_info
-
-    @property
-    def peer(self) -> str:
-        return self._peer
-
-    def _live(self) -> SSL.Connection:
-        if self._conn is None:
-            raise ConnectionLostError(f"connection to {self._peer} is closed")
-        return self._conn
-
-    def tls_session(self) -> object | None:
-        """The session to resume on the next connection (None once closed)."""
-        if self._conn is None:
-            return None
-        return _session(self._conn)
-
-    def read(self, max_bytes: int, timeout: float | None) -> bytes:
-        """At most ``max_bytes`` decrypted bytes; ``b""`` once the peer closed.
-
-        OpenSSL is asked first and the socket waited on only when it wants
-        more input, so data already decrypted and buffered (``pending()``) is
-        returned without waiting.
-        """
-        conn = self._live()
-        if max_bytes < 0:
-            raise ValueError("max_bytes must not be negative")
-        if max_bytes == 0:
-            return b""
-        deadline = _deadline(timeout)
-        while True:
-            try:
-                return self._recv(conn, max_bytes)
-            except SSL.WantReadError:
-                writable = False
-            except SSL.WantWriteError:
-                writable = True
-            try:
-                ready = _wait(self._sock, writable=writable, deadline=deadline)
-            except (OSError, ValueError) as exc:
-                raise ConnectionLostError(f"read from {self._peer} failed: {exc}") from exc
-            if not ready:
-                raise ConnectionLostError(
-                    f"read from {self._peer} timed out after {timeout} s", timed_out=True
-                )
-
-    def write(self, data: bytes, timeout: float | None) -> None:
-        """Send all of ``data``; fail when no byte goes for ``timeout`` seconds
-        (RFC 5321's "data block" wait is per send, not for the whole message)."""
-        conn = self._live()
-        view = memoryview(data).cast("B")
-        deadline = _deadline(timeout)
-        while view:
-            try:
-                sent = self._send(conn, view)
-            except SSL.WantWriteError:
-                writable = True
-            except SSL.WantReadError:
-                writable = False
-            else:
-                view = view[sent:]
-                deadline = _deadline(timeout)
-                continue
-            try:
-                ready = _wait(self._sock, writable=writable, deadline=deadline)
-            except (OSError, ValueError) as exc:
-                raise ConnectionLostError(f"write to {self._peer} failed: {exc}") from exc
-            if not ready:
-                raise ConnectionLostError(
-                    f"write to {self._peer} made no progress for {timeout} s",
-                    timed_out=True,
-                )
-
-    def close(self) -> None:
-        """Send close_notify if possible (without waiting), close the socket."""
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        _shut_down(conn, self._broken)
-        with contextlib.suppress(OSError):
-            self._sock.close()
 
 
 class PyOpenSSLBackend:
@@ -504,24 +370,19 @@ class PyOpenSSLBackend:
         options: TLSOptions,
         timeout: float | None,
         session: object | None,
-    ) -> PyOpenSSLStream:
-        peer = server_hostname
-        deadline = _deadline(timeout)
-        sock.setblocking(False)
-        conn = self._connection(sock, server_hostname, options, session)
-        while True:
-            try:
-                conn.do_handshake()
-                break
-            except SSL.WantReadError:
-                writable = False
-            except SSL.WantWriteError:
-                writable = True
-            except SSL.Error as exc:
-                raise _handshake_error(exc, conn) from exc
-            if not _wait(sock, writable=writable, deadline=deadline):
-                raise TLSError(f"TLS handshake with {peer} timed out after {timeout} s")
-        return PyOpenSSLStream(conn, sock, peer, self._established(conn))
+    ) -> EngineStream:
+        # The engine (memory buffers) over the socket, not a socket-bound
+        # connection: once a write on the socket fails, OpenSSL would read
+        # nothing more from it, and the server's refusal sent before it reset
+        # the connection would be lost.
+        engine = self.engine(server_hostname=server_hostname, options=options, session=session)
+        raw = SocketStream(sock, server_hostname)
+        try:
+            info = engine_handshake(raw, engine, server_hostname, timeout)
+        except BaseException:
+            engine.close()
+            raise
+        return EngineStream(raw, engine, server_hostname, info)
 
     def engine(
         self,

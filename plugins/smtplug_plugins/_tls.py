@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
+import time
 
-from smtplug.errors import InvalidInputError, TLSError
-from smtplug.interfaces import TLSInfo, TLSOptions
+from smtplug.errors import ConnectionLostError, InvalidInputError, TLSError
+from smtplug.interfaces import TLSEngine, TLSInfo, TLSOptions
+from smtplug_plugins._sockets import SocketStream
 
-__all__ = ["EngineBase", "check_tls_files", "server_end_point"]
+__all__ = ["EngineBase", "EngineStream", "check_tls_files", "engine_handshake", "server_end_point"]
+
+# The most plaintext handed to the engine at once, and read from the socket.
+_SLICE = 1 << 16
 
 
 def _check_file(what: str, path: object, *, directory: bool = False) -> None:
@@ -112,3 +118,129 @@ class EngineBase:
         if not self._closed:
             self._closed = True
             self._shut_down(self._broken or self._info is None)
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def engine_handshake(
+    raw: SocketStream, engine: TLSEngine, peer: str, timeout: float | None
+) -> TLSInfo:
+    """Run ``engine``'s handshake over the blocking socket stream ``raw``
+    within ``timeout`` seconds: the peer verified, what was negotiated.
+
+    Raises :class:`TLSError` (the engine's own, ``certificate=True`` for a
+    chain or name failure; a lost connection or the timeout as a TLS failure).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            done = engine.handshake()
+            records = engine.outgoing()
+            if records:
+                raw.write(records, _left(deadline))
+            if done:
+                return engine.info()
+            engine.receive(raw.read(_SLICE, _left(deadline)))
+    except ConnectionLostError as exc:
+        if exc.timed_out:
+            raise TLSError(f"TLS handshake with {peer} timed out after {timeout} s") from exc
+        raise TLSError(f"TLS handshake with {peer} failed: {exc.diagnostic}") from exc
+
+
+class EngineStream:
+    """A :class:`smtplug.interfaces.TLSStream`: a :class:`TLSEngine` (records
+    in memory buffers) over a blocking socket stream whose handshake is done.
+
+    The socket is read and written here, not by the TLS library, so a write
+    that failed (the server reset the connection after its refusal) leaves
+    the TLS state intact: what the server sent before is still read, as on a
+    plain connection, and the drivers report it instead of the failed write.
+    ``read``/``write``/``close`` keep :class:`SocketStream`'s contract.
+    """
+
+    def __init__(self, raw: SocketStream, engine: TLSEngine, peer: str, info: TLSInfo) -> None:
+        self._raw: SocketStream | None = raw
+        self._engine = engine
+        self._peer = peer
+        self._tls_info = info
+        self._write_failed = False  # no close_notify may follow, reads still may
+
+    @property
+    def tls(self) -> bool:
+        return True
+
+    @property
+    def tls_info(self) -> TLSInfo:
+        return self._tls_info
+
+    @property
+    def peer(self) -> str:
+        return self._peer
+
+    def _live(self) -> SocketStream:
+        if self._raw is None:
+            raise ConnectionLostError(f"connection to {self._peer} is closed")
+        return self._raw
+
+    def tls_session(self) -> object | None:
+        """The session to resume on the next connection (None once closed)."""
+        return None if self._raw is None else self._engine.session()
+
+    def _flush(self, raw: SocketStream, timeout: float | None) -> None:
+        records = self._engine.outgoing()
+        if records and not self._write_failed:
+            try:
+                raw.write(records, timeout)
+            except ConnectionLostError as exc:
+                if not exc.timed_out:
+                    self._write_failed = True
+                raise
+
+    def read(self, max_bytes: int, timeout: float | None) -> bytes:
+        """Decrypted bytes (what the engine holds comes without waiting);
+        ``b""`` once the peer closed; ``timeout`` 0 never waits."""
+        raw = self._live()
+        if max_bytes < 0:
+            raise ValueError("max_bytes must not be negative")
+        if max_bytes == 0:
+            return b""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        engine = self._engine
+        ended = False
+        while True:
+            data = engine.read(max_bytes)
+            # Reading may have made records (a TLS 1.2 alert, a key update).
+            self._flush(raw, timeout)
+            if data is not None:
+                return data
+            if ended:  # the peer closed the TCP connection within a record
+                return b""
+            received = raw.read(_SLICE, _left(deadline))
+            ended = not received
+            engine.receive(received)
+
+    def write(self, data: bytes, timeout: float | None) -> None:
+        """Send all of ``data``; fail when no byte goes for ``timeout`` seconds."""
+        raw = self._live()
+        if self._write_failed:
+            raise ConnectionLostError(f"write to {self._peer} failed: the connection was reset")
+        view = memoryview(data).cast("B")
+        while view:
+            self._engine.write(view[:_SLICE].tobytes())
+            view = view[_SLICE:]
+            self._flush(raw, timeout)
+
+    def close(self) -> None:
+        """Send close_notify if possible (without waiting), close the socket."""
+        raw, self._raw = self._raw, None
+        if raw is None:
+            return
+        self._engine.close()
+        if not self._write_failed:
+            with contextlib.suppress(ConnectionLostError):
+                records = self._engine.outgoing()
+                if records:
+                    raw.write(records, 0)
+        raw.close()
