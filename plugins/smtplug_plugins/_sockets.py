@@ -16,6 +16,9 @@ from smtplug.interfaces import TLSInfo
 
 __all__ = ["SocketStream", "open_socket"]
 
+#: The most bytes handed to one send() call.
+_SLICE = 1 << 16
+
 
 class SocketStream:
     """A :class:`smtplug.interfaces.Stream` over a connected socket."""
@@ -86,9 +89,14 @@ class SocketStream:
         sock = self._live()
         try:
             # The timeout bounds each send() system call, so a slow reader that
-            # keeps taking data never trips it: RFC 5321's "data block" wait.
+            # keeps taking data never trips it: RFC 5321's "data block" wait
+            # (sendall's timeout would bound the whole write, since Python 3.5).
             self._timeout(sock, timeout)
-            sock.sendall(data)
+            # Slices, so that a TLS socket (whose send writes all it is given
+            # under one deadline) also makes progress at least every timeout.
+            view = memoryview(data).cast("B")
+            while view:
+                view = view[sock.send(view[:_SLICE]) :]
         except TimeoutError as exc:
             raise ConnectionLostError(
                 f"write to {self._peer} made no progress for {timeout} s", timed_out=True
