@@ -63,6 +63,8 @@ def tasks() -> Iterator[ModuleType]:
         module.app.conf.update(
             broker_url="memory://",
             result_backend="cache+memory://",
+            # The worker looks for tasks every 50 ms, not every second.
+            broker_transport_options={"polling_interval": 0.05},
             smtplug_retry_delay=0,  # retried at once: the test waits on results, not time
             worker_hijack_root_logger=False,
         )
@@ -95,8 +97,9 @@ def worker(tasks: ModuleType, server: ScriptedServer, **conf: Any) -> Iterator[N
         with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=WAIT):
             yield
             # A warm shutdown, as SIGTERM asks a worker for: its loop raises
-            # WorkerShutdown and the worker sends worker_shutdown as it stops.
-            # (start_worker alone would stop it cold, without that signal.)
+            # WorkerShutdown and the worker sends worker_shutdown as it stops
+            # (start_worker alone would stop it cold, without that signal).
+            # It takes two turns of the worker's loop, about 4 s, idle.
             worker_state.should_stop = 0
             assert stopped.wait(WAIT)
     finally:
@@ -128,8 +131,8 @@ def test_sent_through_one_pool_closed_at_worker_shutdown(tasks):
 
     with ScriptedServer({"RCPT": no_bob}) as server:
         with worker(tasks, server):
-            first = tasks.queue_email(MESSAGE).get(timeout=WAIT)
-            second = tasks.queue_email(MESSAGE).get(timeout=WAIT)
+            first = tasks.queue_email(MESSAGE).get(timeout=WAIT, interval=0.05)
+            second = tasks.queue_email(MESSAGE).get(timeout=WAIT, interval=0.05)
             # Both over the one connection of the worker's pool, still open.
             assert server.connections == 1
             assert "QUIT" not in server.sessions[0].verbs
@@ -161,7 +164,7 @@ def test_permanent_refusal_fails_without_retry(tasks, script):
         with worker(tasks, server):
             result = tasks.queue_email(MESSAGE)
             with pytest.raises(tasks.MailNotSent) as failed:
-                result.get(timeout=WAIT)
+                result.get(timeout=WAIT, interval=0.05)
             assert result.state == "FAILURE"
         server.wait_idle()
 
@@ -180,7 +183,7 @@ def test_421_is_retried_with_the_same_message_id(tasks):
     assert message_id(MESSAGE) is None
     with ScriptedServer({".": busy_first}) as server:
         with worker(tasks, server):
-            summary = tasks.send_email.delay(MESSAGE).get(timeout=WAIT)
+            summary = tasks.send_email.delay(MESSAGE).get(timeout=WAIT, interval=0.05)
         server.wait_idle()
 
     assert summary["status"] == "sent"
@@ -197,7 +200,7 @@ def test_retries_are_bounded(tasks):
         with worker(tasks, server, smtplug_max_retries=2):
             result = tasks.queue_email(MESSAGE)
             with pytest.raises(tasks.MailNotSent) as failed:
-                result.get(timeout=WAIT)
+                result.get(timeout=WAIT, interval=0.05)
         server.wait_idle()
 
     summary = failed.value.args[0]
@@ -213,7 +216,7 @@ def test_delivery_unknown_is_flagged_not_retried(tasks, warnings_logged):
 
     with ScriptedServer({".": close_first}) as server:
         with worker(tasks, server):
-            summary = tasks.queue_email(MESSAGE).get(timeout=WAIT)
+            summary = tasks.queue_email(MESSAGE).get(timeout=WAIT, interval=0.05)
         server.wait_idle()
 
     assert summary["status"] == "unknown"
