@@ -51,13 +51,24 @@ def message_id(content: bytes) -> str | None:
     return None if value is None else str(value).strip()
 
 
+def keep_logging(**_: Any) -> None:
+    """A setup_logging receiver: Celery then configures no logging at all."""
+
+
 @pytest.fixture(scope="module")
 def tasks() -> Iterator[ModuleType]:
-    """The example module, as a worker imports it, on the in-memory broker."""
+    """The example module, as a worker imports it, on the in-memory broker.
+
+    Celery's worker set-up would change the process's logging (the root
+    logger's level and handlers), capture warnings and set environment
+    variables: for the tests after these, none of it is left behind.
+    """
     spec = importlib.util.spec_from_file_location("celery_tasks", EXAMPLE)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["celery_tasks"] = module  # (where the result backend finds MailNotSent)
+    signals.setup_logging.connect(keep_logging)
+    environ = dict(os.environ)
     try:
         spec.loader.exec_module(module)
         module.app.conf.update(
@@ -68,11 +79,16 @@ def tasks() -> Iterator[ModuleType]:
             smtplug_retry_delay=0,  # retried at once: the test waits on results, not time
             worker_hijack_root_logger=False,
         )
-        yield module
+        with warnings.catch_warnings():  # (Celery's warnings filters)
+            yield module
     finally:
         with contextlib.suppress(Exception):
             module.close_pool()
         sys.modules.pop("celery_tasks", None)
+        signals.setup_logging.disconnect(keep_logging)
+        logging.captureWarnings(False)
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 @contextlib.contextmanager
@@ -116,7 +132,7 @@ def warnings_logged() -> Iterator[list[logging.LogRecord]]:
     handler.emit = records.append  # type: ignore[method-assign]
     logger = logging.getLogger("mail_tasks")
     level = logger.level
-    logger.setLevel(logging.WARNING)  # (the test worker logs errors only)
+    logger.setLevel(logging.WARNING)  # (whatever the root logger says)
     logger.addHandler(handler)
     try:
         yield records

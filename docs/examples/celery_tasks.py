@@ -36,7 +36,7 @@ app.conf.update(
         "username": os.environ.get("SMTP_USERNAME"),
         "password": os.environ.get("SMTP_PASSWORD"),
         # prefork (Celery's default) runs one task at a time per process: one
-        # connection; with --pool threads (or gevent), the worker's --concurrency.
+        # connection; with --pool threads, the worker's --concurrency.
         "max_connections": 1,
         "max_messages_per_connection": 100,
         "idle_timeout": 60,
@@ -80,7 +80,7 @@ def forget_inherited_pool(**_: Any) -> None:
 
 
 @signals.worker_process_shutdown.connect  # a prefork child ending
-@signals.worker_shutdown.connect  # the worker's main process (solo, threads, gevent)
+@signals.worker_shutdown.connect  # the worker's main process (solo, threads pools)
 def close_pool(**_: Any) -> None:
     """QUIT and close this process's connections (a no-op without a pool)."""
     global _pool
