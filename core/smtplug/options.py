@@ -57,6 +57,7 @@ class ClientOptions:
     client: str | None = None
     usetls: bool = True
     tlsimport: bool = False
+    transport: str | None = None
     tlspolicy: str | TLSPolicyCallable | None = None
     tls_backend: str = "stdlib"
     cafile: Path | None = None
