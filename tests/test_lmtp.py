@@ -433,3 +433,11 @@ def test_smtp_is_unchanged_by_the_dialect():
         server.wait_idle()
     assert result.accepted and result.recipients == (A, B)
     assert server.sessions[0].verbs == ["EHLO", "MAIL", "RCPT", "RCPT", "DATA", ".", "QUIT"]
+
+
+def test_the_example_in_docs_lmtp_runs():
+    text = (Path(__file__).parent.parent / "docs" / "lmtp.md").read_text()
+    blocks = text.split("<!-- run -->\n```python\n")[1:]
+    assert blocks, "docs/lmtp.md has no runnable example"
+    for block in blocks:
+        exec(compile(block.split("\n```", 1)[0], "docs/lmtp.md", "exec"), {})
