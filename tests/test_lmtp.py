@@ -19,6 +19,7 @@ from apis import both_apis
 from smtplug import DeliveryUnknownError, InvalidInputError, ResponseError
 from smtplug.interfaces import Dialect
 from smtplug.testing import CLOSE, Answer, ScriptedServer
+from tlsfixtures import server_context, tls_ca, write_files
 
 pytestmark = both_apis
 
@@ -334,6 +335,29 @@ def test_421_at_data_before_the_end_fails_over_as_smtp_does():
         )
     assert result.accepted and result.recipients == (A, B)
     assert result.port == second.port
+
+
+def test_starttls_over_tcp(tmp_path):
+    certs = tls_ca()
+    cafile = write_files(certs, tmp_path).cafile
+    script = {
+        # STARTTLS offered before TLS only; LHLO again after the handshake.
+        "LHLO": lambda command: lhlo() if command.tls else lhlo("STARTTLS"),
+        ".": b"250 2.0.0 a ok\r\n250 2.0.0 b ok\r\n",
+    }
+    with ScriptedServer(script, tls_context=server_context(certs.server, tmp_path)) as server:
+        result = smtplug.sendmessage(
+            message(A, B),
+            servers="127.0.0.1",
+            ports=server.port,
+            transport="lmtp",
+            cafile=cafile,
+            tlspolicy="require",
+        )
+        server.wait_idle()
+    assert result.accepted and result.recipients == (A, B)
+    assert result.tls is not None and result.tls.verified
+    assert server.sessions[0].verbs[:3] == ["LHLO", "STARTTLS", "LHLO"]
 
 
 # -- options and the extension point -----------------------------------------------
