@@ -444,7 +444,7 @@ def test_a_plugin_outside_the_package_declares_its_dialect():
 
 
 def test_a_dialect_checks_its_verbs():
-    with pytest.raises(ValueError, match="verb"):
+    with pytest.raises(smtplug.PluginError, match="verb"):
         Dialect(hello="EH LO")
 
 

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from smtplug.errors import PluginError
+
 __all__ = [
     "SMTP",
     "AsyncResumableStream",
@@ -107,7 +109,10 @@ class Dialect:
       or ``BDAT ... LAST``) the server sends one reply per recipient it
       accepted at RCPT, in RCPT order, instead of one for the message (LMTP,
       RFC 2033 section 4.2);
-    * ``name``: how messages and ``smtplug plugins`` call it.
+    * ``name``: how messages call it.
+
+    A malformed one (a verb that is not A-Z) raises
+    :class:`smtplug.errors.PluginError` when it is made.
     """
 
     name: str = "SMTP"
@@ -118,9 +123,9 @@ class Dialect:
     def __post_init__(self) -> None:
         for what, verb in (("hello", self.hello), ("fallback_hello", self.fallback_hello)):
             if verb is not None and (not isinstance(verb, str) or not _VERB.fullmatch(verb)):
-                raise ValueError(f"Dialect.{what} must be a command verb (A-Z), not {verb!r}")
+                raise PluginError(f"Dialect.{what} must be a command verb (A-Z), not {verb!r}")
         if not isinstance(self.name, str) or not self.name.isprintable() or not self.name:
-            raise ValueError(f"Dialect.name must be a non-empty printable str, not {self.name!r}")
+            raise PluginError(f"Dialect.name must be a non-empty printable str, not {self.name!r}")
 
 
 #: What a transport without a ``dialect`` attribute speaks.
