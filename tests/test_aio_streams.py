@@ -325,7 +325,7 @@ async def read_reply(stream: AsyncStream) -> bytes:
 
 def test_the_async_transports_are_registered() -> None:
     registry = build_registry()
-    assert set(registry.async_transports) == {"plain", "starttls", "implicit-tls"}
+    assert set(registry.async_transports) == {"plain", "starttls", "implicit-tls", "lmtp"}
     assert set(registry.async_transports) == set(registry.transports)
     for name in BACKENDS:
         assert isinstance(registry.tls_backends[name], EngineTLSBackend)

@@ -23,11 +23,15 @@ from typing import Any
 from smtplug import auth, envelope, retry, session
 from smtplug.connect import ConnectionPlan
 from smtplug.drivers.blocking import BlockingDriver
-from smtplug.errors import InvalidInputError
+from smtplug.errors import InvalidInputError, PluginError
 from smtplug.interfaces import (
+    SMTP,
+    AsyncTransport,
+    Dialect,
     TLSBackend,
     TLSOptions,
     TLSPolicy,
+    Transport,
 )
 from smtplug.observe import Observers
 from smtplug.options import (
@@ -106,12 +110,18 @@ def _simple_timeouts(every: float | None, final: float | None) -> session.Timeou
 _NOT_IN_A_NAME = re.compile(r"[\s/]")  # whitespace (any script's) or a slash
 
 
-def _servers_and_ports(servers: object, ports: object) -> list[tuple[str, int]]:
+def _servers_and_ports(
+    servers: object, ports: object, transport: Transport
+) -> list[tuple[str, int]]:
     server_list: list[str] = as_list("servers", servers, str)
     port_list: list[int] = as_list("ports", ports, int)
     if not server_list:
         raise InvalidInputError("servers is empty")
+    # A transport may take addresses of its own (a socket path), checked by it.
+    accepts = getattr(transport, "accepts_server", None)
     for server in server_list:
+        if accepts is not None and accepts(server):
+            continue
         if not server or not server.isprintable() or _NOT_IN_A_NAME.search(server):
             raise InvalidInputError(f"invalid server name {server!r}")
     for port in port_list:
@@ -181,21 +191,21 @@ def _plan(
     client: object,
     usetls: bool,
     tlsimport: bool,
+    transport_name: object,
     tlspolicy: object,
     tls: _TLSArgs,
     auth_args: auth.AuthArgs,
     timeouts: session.Timeouts,
 ) -> ConnectionPlan:
-    targets = _servers_and_ports(servers, ports)
-    if client is None:
-        # Tcllib: "localhost" when the server list is just localhost, else
-        # this host's name.
-        client = "localhost" if [s for s, _ in targets] == ["localhost"] else _hostname()
-    if not isinstance(client, str):
-        raise InvalidInputError(f"client must be a str, not {client!r}")
-    commands.ehlo(client)  # validates the name before any connection
-
-    if tlsimport:
+    if transport_name is not None:
+        if not isinstance(transport_name, str):
+            raise InvalidInputError("transport must be the name of a transport plugin")
+        if tlsimport:
+            raise InvalidInputError(
+                "transport= and tlsimport=True both choose the transport: give one of them"
+            )
+        name = transport_name
+    elif tlsimport:
         name = "implicit-tls"
     elif usetls and "starttls" in registry.transports:
         name = "starttls"
@@ -204,11 +214,27 @@ def _plan(
         name = "plain"
     transport = registry.transports.get(name)
     if transport is None:
-        why = "tlsimport=True needs" if tlsimport else "smtplug needs"
+        why = (
+            "transport= names"
+            if transport_name is not None
+            else "tlsimport=True needs"
+            if tlsimport
+            else "smtplug needs"
+        )
         raise InvalidInputError(
             f"{why} the {name!r} transport plugin, which is not installed or is blocked "
             f"(installed transports: {sorted(registry.transports) or 'none'})"
         )
+    async_transport = registry.async_transports.get(name)
+    dialect = _dialect(transport, async_transport)
+    targets = _servers_and_ports(servers, ports, transport)
+    if client is None:
+        # Tcllib: "localhost" when the server list is just localhost, else
+        # this host's name.
+        client = "localhost" if [s for s, _ in targets] == ["localhost"] else _hostname()
+    if not isinstance(client, str):
+        raise InvalidInputError(f"client must be a str, not {client!r}")
+    commands.hello(dialect.hello, client)  # validates the name before any connection
     transport_options: dict[str, Any] = {}
     if usetls or tlsimport:
         backend, tls_options = _tls_setup(registry, tls)
@@ -247,9 +273,26 @@ def _plan(
         transport_options=transport_options,
         tls_verify=tls_options.verify,
         auth=auth_plan,
-        async_transport=registry.async_transports.get(name),
+        async_transport=async_transport,
         tls_sessions=tls_sessions,
+        dialect=dialect,
     )
+
+
+def _dialect(transport: Transport, async_transport: AsyncTransport | None) -> Dialect:
+    """The protocol a transport's servers speak (``dialect``, SMTP when it
+    declares none); its asyncio variant must declare the same."""
+    dialect = getattr(transport, "dialect", SMTP)
+    if not isinstance(dialect, Dialect):
+        raise PluginError(
+            f"the {transport.name!r} transport's dialect is not a smtplug.interfaces.Dialect: "
+            f"{dialect!r}"
+        )
+    if async_transport is not None and getattr(async_transport, "dialect", SMTP) != dialect:
+        raise PluginError(
+            f"the {transport.name!r} transport and its asyncio variant declare different dialects"
+        )
+    return dialect
 
 
 def _check_message_text(prepared: envelope.PreparedMessage) -> None:
@@ -299,6 +342,7 @@ def setup(options: ClientOptions) -> Setup:
         client=o.client,
         usetls=o.usetls,
         tlsimport=o.tlsimport,
+        transport_name=o.transport,
         tlspolicy=o.tlspolicy,
         tls=_TLSArgs(
             o.tls_backend,

@@ -36,8 +36,10 @@ from smtplug.errors import (
     TLSError,
 )
 from smtplug.interfaces import (
+    SMTP,
     AsyncTransport,
     ConnectionInfo,
+    Dialect,
     TLSPolicy,
     Transport,
 )
@@ -65,6 +67,8 @@ class ConnectionPlan:
     #: TLS sessions to resume, by (server, port): the same dict the transports
     #: read through ``transport_options["tls_sessions"]``; connections save theirs.
     tls_sessions: dict[tuple[str, int], object] = dataclasses.field(default_factory=dict)
+    #: The protocol the transport's servers speak (its ``dialect``; LMTP's LHLO ...).
+    dialect: Dialect = SMTP
 
 
 def open_session(
@@ -159,7 +163,7 @@ def _establish(
                 exc.code,
                 timed_out=exc.timed_out,
             ) from exc
-        capabilities = yield from wire.step(session.hello(plan.client, plan.timeouts))
+        capabilities = yield from wire.step(session.hello(plan.client, plan.timeouts, plan.dialect))
         if not plan.usetls or implicit:
             return wire, capabilities
         settled = yield from tlssetup.settle(plan, wire, capabilities, starttls=starttls)

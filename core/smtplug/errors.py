@@ -149,7 +149,9 @@ class ResponseError(SMTPError):
     """The server answered a command with a reply that means failure.
 
     ``command`` is the command (redacted where it carries secrets) and
-    ``reply`` the server's whole reply text.
+    ``reply`` the server's whole reply text. ``refused`` lists the
+    recipients refused, ``(address, code, diagnostic)``, when a server that
+    answers per recipient (LMTP) refused the message for every one of them.
     """
 
     def __init__(
@@ -159,10 +161,12 @@ class ResponseError(SMTPError):
         *,
         command: str = "",
         enhanced: str | None = None,
+        refused: Sequence[tuple[str, int, str]] = (),
     ) -> None:
         super().__init__(diagnostic, code)
         self.command = command
         self.enhanced = enhanced
+        self.refused: Sequence[tuple[str, int, str]] = list(refused)
 
 
 class AuthenticationError(SMTPError):
@@ -222,9 +226,29 @@ class DeliveryUnknownError(SMTPError):
 
     Not :attr:`~SMTPError.transient` (although its code is 400): a retry loop
     must not resend it blindly; :attr:`may_have_been_delivered` is True.
+
+    From a server that answers per recipient (LMTP) some answers may have
+    come before the loss: ``delivered`` names the recipients that got a
+    positive one, ``refused`` those refused (at RCPT or after the end,
+    ``(address, code, diagnostic)``), ``unknown`` those whose delivery is
+    unknown (empty for SMTP: the delivery of the whole message is unknown).
     """
 
     default_code = 400
+
+    def __init__(
+        self,
+        diagnostic: str,
+        code: int | None = None,
+        *,
+        delivered: Sequence[str] = (),
+        refused: Sequence[tuple[str, int, str]] = (),
+        unknown: Sequence[str] = (),
+    ) -> None:
+        super().__init__(diagnostic, code)
+        self.delivered = tuple(delivered)
+        self.refused: Sequence[tuple[str, int, str]] = list(refused)
+        self.unknown = tuple(unknown)
 
     @property
     def may_have_been_delivered(self) -> bool:

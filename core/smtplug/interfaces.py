@@ -12,18 +12,23 @@ boundary, so nothing above it ever sees an ``OSError``.
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from smtplug.errors import PluginError
+
 __all__ = [
+    "SMTP",
     "AsyncResumableStream",
     "AsyncStream",
     "AsyncTLSStream",
     "AsyncTransport",
     "AsyncUpgradableStream",
     "ConnectionInfo",
+    "Dialect",
     "EngineTLSBackend",
     "OAuthTokenProvider",
     "ResumableStream",
@@ -84,6 +89,49 @@ class Stream(Protocol):
     def close(self) -> None: ...
 
 
+_VERB = re.compile(r"[A-Z]{1,16}")
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """The protocol a transport's servers speak: SMTP, or a variant of it.
+
+    A transport may declare one as its ``dialect`` attribute (its asyncio
+    variant, registered under the same name, declares the same); one that
+    does not speaks SMTP (:data:`SMTP`). The core reads it when it plans the
+    connections and nowhere else decides by protocol:
+
+    * ``hello``: the verb that opens the session and asks for the
+      capabilities (``EHLO``; LMTP's ``LHLO``, RFC 2033 section 4.1);
+    * ``fallback_hello``: the verb tried after a permanent refusal of
+      ``hello`` (``HELO``), or None when there is none (LMTP);
+    * ``replies_per_recipient``: after the end of the message (the final "."
+      or ``BDAT ... LAST``) the server sends one reply per recipient it
+      accepted at RCPT, in RCPT order, instead of one for the message (LMTP,
+      RFC 2033 section 4.2);
+    * ``name``: how messages call it.
+
+    A malformed one (a verb that is not A-Z) raises
+    :class:`smtplug.errors.PluginError` when it is made.
+    """
+
+    name: str = "SMTP"
+    hello: str = "EHLO"
+    fallback_hello: str | None = "HELO"
+    replies_per_recipient: bool = False
+
+    def __post_init__(self) -> None:
+        for what, verb in (("hello", self.hello), ("fallback_hello", self.fallback_hello)):
+            if verb is not None and (not isinstance(verb, str) or not _VERB.fullmatch(verb)):
+                raise PluginError(f"Dialect.{what} must be a command verb (A-Z), not {verb!r}")
+        if not isinstance(self.name, str) or not self.name.isprintable() or not self.name:
+            raise PluginError(f"Dialect.name must be a non-empty printable str, not {self.name!r}")
+
+
+#: What a transport without a ``dialect`` attribute speaks.
+SMTP = Dialect()
+
+
 @runtime_checkable
 class Transport(Protocol):
     """Opens streams: ``plain`` (TCP), ``starttls``, ``implicit-tls``.
@@ -91,6 +139,15 @@ class Transport(Protocol):
     ``connect`` raises :class:`smtplug.errors.ConnectError` when the
     connection cannot be made (refused, unreachable, name not found, timeout).
     ``options`` holds the caller's transport and TLS options by name.
+
+    Two optional attributes (a transport without them is an SMTP transport
+    to host names): ``dialect``, a :class:`Dialect` (the protocol variant
+    its servers speak), and ``accepts_server(server) -> bool``, True when
+    ``server`` is an address of the transport's own rather than a host name
+    (a Unix socket path), already checked (it raises
+    :class:`smtplug.errors.InvalidInputError` for a malformed one), False to
+    have the core check it as a host name. Both are read before any
+    connection is opened.
     """
 
     name: str

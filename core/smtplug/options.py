@@ -77,6 +77,7 @@ class ClientOptions(SendLimits):
     client: str | None = None
     usetls: bool = True
     tlsimport: bool = False
+    transport: str | None = None
     tlspolicy: str | TLSPolicyCallable | None = None
     tls_backend: str = "stdlib"
     cafile: Path | None = None

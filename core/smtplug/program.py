@@ -160,6 +160,7 @@ class Conduct:
                         quit_after=last,
                         progress=progress,
                         extras=extras,
+                        dialect=self.plan.dialect,
                     )
                 )
             except (ConnectionLostError, ResponseError) as exc:

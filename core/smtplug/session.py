@@ -37,7 +37,9 @@ from smtplug.errors import (
     MessageTooLargeError,
     ProtocolError,
     ResponseError,
+    SMTPError,
 )
+from smtplug.interfaces import SMTP, Dialect
 from smtplug.protocol import Capabilities, Reply, commands
 from smtplug.protocol.data import BodyEncoder, DataEncoder, LineCheck
 from smtplug.protocol.dsn import MailParameters
@@ -182,19 +184,24 @@ def greet(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
     return _expect(reply, "the greeting", 220)
 
 
-def hello(client: str, timeouts: Timeouts) -> Generator[Action, Reply | None, Capabilities]:
-    """EHLO, or HELO after a 5xx to EHLO (as Tcllib); anything else fails."""
-    yield from _send(_command(commands.ehlo(client), timeouts))
-    reply = yield Receive(timeouts.command, "EHLO")
+def hello(
+    client: str, timeouts: Timeouts, dialect: Dialect = SMTP
+) -> Generator[Action, Reply | None, Capabilities]:
+    """EHLO, or HELO after a 5xx to EHLO (as Tcllib); anything else fails.
+
+    The verbs are the ``dialect``'s (LMTP: LHLO, and nothing after a 5xx)."""
+    verb, fallback = dialect.hello, dialect.fallback_hello
+    yield from _send(_command(commands.hello(verb, client), timeouts))
+    reply = yield Receive(timeouts.command, verb)
     assert reply is not None
     if reply.code == 250:
         return Capabilities.from_ehlo(reply)
-    if not reply.is_permanent:
-        raise ResponseError(reply.diagnostic, reply.code, command="EHLO", enhanced=reply.enhanced)
-    yield from _send(_command(commands.helo(client), timeouts))
-    reply = yield Receive(timeouts.command, "HELO")
+    if fallback is None or not reply.is_permanent:
+        raise ResponseError(reply.diagnostic, reply.code, command=verb, enhanced=reply.enhanced)
+    yield from _send(_command(commands.hello(fallback, client), timeouts))
+    reply = yield Receive(timeouts.command, fallback)
     assert reply is not None
-    return Capabilities.from_helo(_expect(reply, "HELO", 250))
+    return Capabilities.from_helo(_expect(reply, fallback, 250))
 
 
 def queue(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
@@ -366,6 +373,7 @@ def _chunk_replies(
     outcome: TransactionOutcome,
     *,
     refused: Reply | None = None,
+    per_recipient: bool = False,
 ) -> Generator[Action, Reply | None, Reply | None]:
     """The replies to ``count`` BDAT chunks (the last of them ``BDAT LAST``
     when ``last``); returns the last one. Every reply due is read before a
@@ -376,6 +384,11 @@ def _chunk_replies(
     for number in range(count):
         final = last and number == count - 1
         what = "BDAT LAST" if final else "BDAT"
+        if final and per_recipient and refused is None:
+            reply, refusal = yield from _per_recipient(timeouts.final, what, outcome)
+            if refusal is not None:
+                raise refusal
+            return reply
         try:
             reply = yield from _receive(timeouts.final if final else timeouts.data, what, outcome)
         except (ConnectionLostError, DeliveryUnknownError, ProtocolError):
@@ -387,6 +400,94 @@ def _chunk_replies(
     if refused is not None:
         _expect(refused, "BDAT", 250)
     return reply
+
+
+def _per_recipient(
+    timeout: float | None, what: str, outcome: TransactionOutcome, *, first: Reply | None = None
+) -> Generator[Action, Reply | None, tuple[Reply, ResponseError | None]]:
+    """The replies to the end of the message from a server that answers per
+    recipient (LMTP, RFC 2033 section 4.2): one for each recipient accepted
+    at RCPT, in RCPT order (``first``: the first of them, already read).
+
+    The recipients answered 2xx stay in ``outcome.accepted_recipients``; the
+    others join ``outcome.refused``. Returns the reply to report (the first
+    positive one) and None, or, when every recipient was refused, the first
+    refusal and the :class:`ResponseError` to raise (a refused end, as from an
+    SMTP server, with ``refused`` listing them). A 421 refuses its recipient
+    and ends the session. The connection lost (or a reply broken) before
+    every reply came: :class:`DeliveryUnknownError` naming the recipients
+    delivered, refused and unknown.
+    """
+    recipients = list(outcome.accepted_recipients)
+    if not recipients:  # (the server answers an end without recipients once)
+        reply = first if first is not None else (yield from _receive(timeout, what, outcome))
+        return reply, None
+    delivered: list[str] = []
+    refused: list[tuple[str, int, str]] = []
+    positive: Reply | None = None
+    refusal: Reply | None = None
+    for index, address in enumerate(recipients):
+        if index == 0 and first is not None:
+            reply = first
+        else:
+            try:
+                answer = yield _wait(timeout, f"{what} for <{address}>")
+            except (ConnectionLostError, ProtocolError) as exc:
+                raise _unknown(exc, what, outcome, delivered, refused, recipients[index:]) from exc
+            assert answer is not None
+            reply = answer
+        if 200 <= reply.code < 300:
+            delivered.append(address)
+            positive = positive or reply
+        else:
+            refused.append((address, reply.code, reply.diagnostic))
+            refusal = refusal or reply
+        if reply.code == 421:
+            outcome.session_over = True  # the server is closing: no more replies
+            if index < len(recipients) - 1:
+                lost = ConnectionLostError(f"the server is closing (421 {reply.diagnostic})")
+                raise _unknown(lost, what, outcome, delivered, refused, recipients[index + 1 :])
+    outcome.accepted_recipients = delivered
+    outcome.refused.extend(refused)
+    if positive is not None:
+        return positive, None
+    assert refusal is not None
+    if len(refused) == 1:
+        diagnostic = refusal.diagnostic
+    else:
+        diagnostic = "every recipient was refused after the end of the message: " + "; ".join(
+            f"{address}: {code} {text}" for address, code, text in refused
+        )
+    error = ResponseError(
+        diagnostic, refusal.code, command=what, enhanced=refusal.enhanced, refused=refused
+    )
+    return refusal, error
+
+
+def _unknown(
+    exc: SMTPError,
+    what: str,
+    outcome: TransactionOutcome,
+    delivered: list[str],
+    refused: list[tuple[str, int, str]],
+    unknown: list[str],
+) -> DeliveryUnknownError:
+    """Replies per recipient missing after the end of the message: for those
+    recipients the delivery is unknown."""
+    known = []
+    if delivered:
+        known.append(f"delivered to {', '.join(delivered)}")
+    if refused:
+        known.append(f"refused for {', '.join(address for address, _, _ in refused)}")
+    said = "; ".join(known) or "no recipient's reply came"
+    return DeliveryUnknownError(
+        f"the connection was lost after the end of the message was sent and before every "
+        f"recipient's reply to {what} ({said}): the message may or may not have been "
+        f"delivered to {', '.join(unknown)} ({exc.diagnostic})",
+        delivered=delivered,
+        refused=[*outcome.refused, *refused],
+        unknown=unknown,
+    )
 
 
 def _answered_early(reply: Reply | None, outcome: TransactionOutcome) -> None:
@@ -522,6 +623,7 @@ def transaction(
     quit_after: bool = False,
     progress: Callable[[int], None] | None = None,
     extras: MailParameters | None = None,
+    dialect: Dialect = SMTP,
 ) -> Generator[Action, Reply | None, TransactionOutcome]:
     """MAIL, RCPT for each recipient, then the message (DATA or BDAT) or RSET.
 
@@ -539,7 +641,11 @@ def transaction(
     is then read too. ``extras`` are the caller's DSN (RFC 3461), REQUIRETLS
     (RFC 8689) and other MAIL/RCPT parameters; one the server does not offer
     fails before MAIL (DSN only when ``required``; otherwise it is left out).
+
+    With a ``dialect`` whose servers answer per recipient (LMTP), the end of
+    the message gets one reply per accepted recipient (:func:`_per_recipient`).
     """
+    per_recipient = dialect.replies_per_recipient
     plan = _plan(message, capabilities, atleastone, quit_after, extras)
     pipelining, chunking, check = plan.pipelining, plan.chunking, plan.check
     lines, trailer, early = plan.lines, plan.trailer, plan.early
@@ -638,10 +744,23 @@ def transaction(
                 outcome.session_over = True
                 return outcome
             raise
+        end_refusal: ResponseError | None = None
+        if (
+            per_recipient
+            and mail_error is None
+            and outcome.accepted_recipients
+            and all(reply.code == 250 for reply in replies[:-1])
+        ):
+            # The reply to BDAT LAST was the first recipient's; the others follow.
+            replies[-1], end_refusal = yield from _per_recipient(
+                timeouts.final, "BDAT LAST", outcome, first=replies[-1]
+            )
         if trailer:
             yield from _quit_reply(timeouts, outcome)
         if mail_error is not None:
             raise mail_error
+        if end_refusal is not None:
+            raise end_refusal
         if commit:
             for reply in replies:
                 _expect(reply, "BDAT", 250)
@@ -672,7 +791,7 @@ def transaction(
             return outcome
         outcome.stage = Stage.DATA
         yield from _data_body(message, timeouts, outcome, trailer, progress, check)
-        return (yield from _final(timeouts, outcome, bool(trailer)))
+        return (yield from _final(timeouts, outcome, bool(trailer), per_recipient))
 
     if not commit:
         yield from _reset_after_refusal(timeouts, outcome)
@@ -700,7 +819,9 @@ def transaction(
             frames += 1
             if not pipelining or last or not written:
                 # Without PIPELINING each chunk waits for its reply.
-                final = yield from _chunk_replies(frames, last, timeouts, outcome)
+                final = yield from _chunk_replies(
+                    frames, last, timeouts, outcome, per_recipient=per_recipient
+                )
                 outcome.reply = final
                 frames = 0
         if refusal is not None:
@@ -717,18 +838,25 @@ def transaction(
     _expect(reply, "DATA", 354)
     outcome.stage = Stage.DATA
     yield from _data_body(message, timeouts, outcome, trailer, progress, check)
-    return (yield from _final(timeouts, outcome, bool(trailer)))
+    return (yield from _final(timeouts, outcome, bool(trailer), per_recipient))
 
 
 def _final(
-    timeouts: Timeouts, outcome: TransactionOutcome, quit_sent: bool
+    timeouts: Timeouts, outcome: TransactionOutcome, quit_sent: bool, per_recipient: bool
 ) -> Generator[Action, Reply | None, TransactionOutcome]:
-    reply = yield from _receive(timeouts.final, 'the final "."', outcome)
-    if quit_sent and reply.code not in (250, 251):
-        # Refused, with the QUIT behind it on the wire: the session ends here
-        # (another transaction on it would meet the reply to QUIT).
-        outcome.quit_sent = outcome.session_over = True
-    _expect(reply, 'the final "."', 250, 251)
+    if per_recipient:
+        reply, refusal = yield from _per_recipient(timeouts.final, 'the final "."', outcome)
+        if refusal is not None:
+            if quit_sent:  # the session ends here (see below)
+                outcome.quit_sent = outcome.session_over = True
+            raise refusal
+    else:
+        reply = yield from _receive(timeouts.final, 'the final "."', outcome)
+        if quit_sent and reply.code not in (250, 251):
+            # Refused, with the QUIT behind it on the wire: the session ends here
+            # (another transaction on it would meet the reply to QUIT).
+            outcome.quit_sent = outcome.session_over = True
+        _expect(reply, 'the final "."', 250, 251)
     outcome.delivered = True
     outcome.reply = reply
     if quit_sent:

@@ -115,7 +115,7 @@ def settle(
         decide(plan, wire, kind, exc.code, exc.diagnostic)
         return None  # a fresh plain connection, please
     announce(plan, wire)
-    return (yield from wire.step(session.hello(plan.client, plan.timeouts)))
+    return (yield from wire.step(session.hello(plan.client, plan.timeouts, plan.dialect)))
 
 
 def decide(

@@ -31,7 +31,8 @@ import contextlib
 import os
 import select
 import socket
-from typing import cast
+from collections.abc import Coroutine
+from typing import Any, cast
 
 from smtplug.errors import ConnectError, ConnectionLostError, InvalidInputError, TLSError
 from smtplug.interfaces import (
@@ -49,6 +50,7 @@ __all__ = [
     "AsyncTLSEngineStream",
     "engine_backend",
     "open_connection",
+    "open_unix_connection",
     "secure",
 ]
 
@@ -274,6 +276,22 @@ async def open_connection(host: str, port: int, timeout: float | None) -> _Conne
     loop = asyncio.get_running_loop()
     peer = f"{host}:{port}"
     connecting = loop.create_connection(lambda: _Connection(loop, peer), host, port)
+    return await _connected(connecting, peer, timeout)
+
+
+async def open_unix_connection(path: str, timeout: float | None) -> _Connection:
+    """Connect to the Unix domain socket ``path``; :class:`ConnectError` as
+    :func:`open_connection` raises it."""
+    loop = asyncio.get_running_loop()
+    connecting = loop.create_unix_connection(lambda: _Connection(loop, path), path)
+    return await _connected(connecting, path, timeout)
+
+
+async def _connected(
+    connecting: Coroutine[Any, Any, tuple[asyncio.BaseTransport, _Connection]],
+    peer: str,
+    timeout: float | None,
+) -> _Connection:
     try:
         if _timeout is not None:
             # (asyncio.timeout costs no task of its own, as wait_for does.)

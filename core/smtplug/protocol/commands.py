@@ -39,6 +39,7 @@ __all__ = [
     "data",
     "decode_challenge",
     "ehlo",
+    "hello",
     "helo",
     "initial_response_fits",
     "mail",
@@ -201,12 +202,18 @@ def _path_command(
 
 def ehlo(domain: str) -> bytes:
     """``EHLO domain``: the client's name, non-empty ASCII without whitespace."""
-    return _line(f"EHLO {_check_word('EHLO domain', domain)}")
+    return hello("EHLO", domain)
+
+
+def hello(verb: str, domain: str) -> bytes:
+    """``verb domain``: a session's hello (``EHLO``, ``HELO``, LMTP's ``LHLO``),
+    the client's name non-empty ASCII without whitespace."""
+    return _line(f"{verb} {_check_word(f'{verb} domain', domain)}")
 
 
 def helo(domain: str) -> bytes:
     """``HELO domain``, for servers that refuse EHLO."""
-    return _line(f"HELO {_check_word('HELO domain', domain)}")
+    return hello("HELO", domain)
 
 
 def mail(reverse_path: str, params: Sequence[str] = (), *, smtputf8: bool = False) -> bytes:
