@@ -502,7 +502,7 @@ def steps_of(code: str) -> list[Step]:
     logical: list[str] = []
     for line in code.splitlines():
         if logical and logical[-1].endswith("\\"):
-            logical[-1] = logical[-1][:-1] + " " + line.strip()
+            logical[-1] = logical[-1][:-1].rstrip() + " " + line.strip()
         else:
             logical.append(line.strip())
     steps: list[Step] = []
@@ -570,3 +570,54 @@ def test_sh_example(block: Block, tmp_path: Path):
     sends = [s for s in steps if s.command.startswith("smtplug send")]
     if sends and block.marker("sends nothing") is None:
         assert any(t.complete for s in server.sessions for t in s.transactions)
+
+
+# --- the runner itself ------------------------------------------------------------------------
+
+
+def test_parse_reads_markers_and_finds_misplaced_ones(tmp_path: Path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "<!-- not run: a fragment -->\n"
+        "```python\nA = 1\n```\n"
+        "<!-- sends nothing: defines a class -->\n"
+        "<!-- server offers: AUTH XOAUTH2, DSN -->\n"
+        "```python\nclass B: ...\n```\n"
+        "<!-- not run -->\n"
+        "```sh\necho hi\n```\n"
+        "<!-- sends nothing: lost -->\n\n"
+        "```toml\n[x]\n```\n",
+        encoding="utf-8",
+    )
+    parsed = parse(page)
+    first, second, sh = parsed.blocks
+    assert (first.id, first.line, first.code) == ("page.md:python-1", 2, "A = 1\n")
+    assert first.marker("not run") == "a fragment"
+    assert second.marker("sends nothing") == "defines a class"
+    assert second.marker("server offers") == "AUTH XOAUTH2, DSN"
+    assert second.marker("not run") is None
+    assert sh.id == "page.md:sh-1" and sh.marker("not run") == ""
+    assert parsed.problems == [
+        "page.md:10: 'not run' without a reason",
+        "page.md:14: a marker not right before a fence",
+    ]
+
+
+def test_steps_of_a_shell_block():
+    steps = steps_of(
+        "# what it does\n"
+        "smtplug send --server 127.0.0.1:1 \\\n"
+        "    --to you@example.org\n"
+        "# smtplug: sent to ...\n"
+        "echo $?     # 0\n"
+        "\n"
+        "printf 'x' > note.eml\n"
+    )
+    assert [s.command for s in steps] == [
+        "smtplug send --server 127.0.0.1:1 --to you@example.org",
+        "printf 'x' > note.eml",
+    ]
+    assert (steps[0].status, steps[0].stderr) == (0, ["smtplug: sent to ..."])
+    assert (steps[1].status, steps[1].stderr) == (None, [])
+    assert matches("smtplug: sent to ... (250 OK)", "smtplug: sent to 1 recipient (250 OK)")
+    assert not matches("smtplug: sent to ... (250 OK)", "smtplug: sent to 1 recipient (251 OK)")
