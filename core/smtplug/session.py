@@ -548,6 +548,12 @@ class _TransactionPlan:
     whole_in_flight: bool  # the whole message rides in that flight (one chunk)
 
 
+#: The largest message that rides whole in the MAIL/RCPT flight (one chunk at
+#: most: a larger one is several BDAT chunks, which wait for those replies).
+#: benchmarks/flight_threshold.py measures the choice (docs/performance.md).
+WHOLE_FLIGHT_MAX = source.CHUNK
+
+
 def _plan(
     message: PreparedMessage,
     capabilities: Capabilities,
@@ -609,7 +615,7 @@ def _plan(
     # A message that takes more than one BDAT chunk waits for the replies to
     # MAIL and RCPT: a refusal there must not cost its upload (one round trip
     # against the whole message).
-    whole_in_flight = early and message.size is not None and message.size <= source.CHUNK
+    whole_in_flight = early and message.size is not None and message.size <= WHOLE_FLIGHT_MAX
     return _TransactionPlan(pipelining, chunking, check, lines, trailer, early, whole_in_flight)
 
 
