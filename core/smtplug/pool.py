@@ -43,6 +43,7 @@ import collections
 import concurrent.futures
 import functools
 import inspect
+import math
 import threading
 import time
 from collections.abc import (
@@ -73,6 +74,7 @@ from smtplug.errors import (
 from smtplug.options import MessageOptions, PoolOptions, build, init_signature, method_signature
 from smtplug.program import Conduct
 from smtplug.protocol.dsn import MailParameters
+from smtplug.ratelimit import RateLimiter, next_start, per_second
 from smtplug.results import SendResult
 from smtplug.source import MessageInput
 from smtplug.wire import Wire
@@ -91,6 +93,19 @@ Progress = Callable[[int, int | None], None]
 
 #: The clock of every limit (a test may replace it).
 _clock: Callable[[], float] = time.monotonic
+
+#: How a :class:`Pool` sender waits for a rate limit (a test may replace it).
+_sleep: Callable[[float], None] = time.sleep
+
+
+async def _asyncio_sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
+#: How an :class:`AsyncPool` sender waits for a rate limit (a test may replace it).
+_async_sleep: Callable[[float], Awaitable[None]] = _asyncio_sleep
 
 D = TypeVar("D", BlockingDriver, AsyncDriver)
 
@@ -136,6 +151,7 @@ class _Limits:
     messages: int | None
     lifetime: float | None
     idle: float | None
+    spacing: float | None = None  # seconds between two starts on one connection
 
 
 def _count(name: str, value: object, *, optional: bool) -> int | None:
@@ -160,13 +176,49 @@ def _limits(options: PoolOptions) -> _Limits:
         idle=None
         if options.idle_timeout is None
         else _seconds("idle_timeout", options.idle_timeout),
+        spacing=None
+        if options.rate_limit_per_connection is None
+        else 1.0 / per_second("rate_limit_per_connection", options.rate_limit_per_connection),
     )
+
+
+def _rate(options: PoolOptions) -> RateLimiter | None:
+    """The pool's shared limiter (``rate_limit``, ``rate_burst``), or None."""
+    burst = options.rate_burst
+    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+        raise InvalidInputError(f"rate_burst must be a whole number of at least 1, not {burst!r}")
+    if options.rate_limit is None:
+        if burst != 1:
+            raise InvalidInputError("rate_burst is a part of rate_limit: give rate_limit too")
+        return None
+    return RateLimiter(per_second("rate_limit", options.rate_limit), burst)
+
+
+def _pace(
+    limits: _Limits, rate: RateLimiter | None, slot: _Slot[Any]
+) -> Generator[float, None, None]:
+    """The waits before a message starts on ``slot``: yields the times to
+    wait until (the caller sleeps, then resumes it; it yields again when
+    woken early); on return the message may start. The caller throws in
+    what interrupted a wait (a cancel): the pool's reservation is given back."""
+    ready = next_start(slot.started, limits.spacing)
+    while _clock() < ready:
+        yield ready
+    if rate is not None:
+        start = rate.reserve(_clock())
+        try:
+            while _clock() < start:
+                yield start
+        except BaseException:
+            rate.cancel(start)
+            raise
+    slot.started = _clock()
 
 
 class _Slot(Generic[D]):
     """One connection place of a pool: a Conduct, its driver, its counters."""
 
-    __slots__ = ("conduct", "driver", "messages", "opened", "used", "wire")
+    __slots__ = ("conduct", "driver", "messages", "opened", "started", "used", "wire")
 
     def __init__(self, conduct: Conduct, driver: D) -> None:
         self.conduct = conduct
@@ -175,6 +227,7 @@ class _Slot(Generic[D]):
         self.messages = 0  # messages sent on that session
         self.opened = 0.0  # when that session was (at the latest) opened
         self.used = 0.0  # when the slot was last given back
+        self.started = -math.inf  # when its last message started (the per-connection rate)
 
     @property
     def connected(self) -> bool:
@@ -268,15 +321,25 @@ class _Slots(Generic[D]):
             expired = [s for s in idle if s.connected and _idle_too_long(self.limits, s, now)]
             if expired:
                 self.idle = idle = [s for s in idle if s not in expired]
+        spacing = self.limits.spacing
+        now = -math.inf if spacing is None else _clock()
+        pick = None  # (with a per-connection rate: a slot that may start now)
         for place in range(len(idle) - 1, -1, -1):
-            if idle[place].connected:
-                return idle.pop(place), expired
-        if idle:
-            return idle.pop(), expired
+            if next_start(idle[place].started, spacing) <= now:
+                if idle[place].connected:
+                    return idle.pop(place), expired
+                if pick is None:
+                    pick = place
+        if pick is not None:
+            return idle.pop(pick), expired
         if len(self.all) < self.limits.connections:
             slot = self.make()
             self.all.append(slot)
             return slot, expired
+        if idle:  # every one must wait for its per-connection rate: the soonest
+            soonest = min(idle, key=lambda s: (s.started, not s.connected))
+            idle.remove(soonest)
+            return soonest, expired
         return None, expired
 
     def give(self, slot: _Slot[D]) -> None:
@@ -348,6 +411,7 @@ class Pool:
     def __init__(self, **options: Any) -> None:
         checked = build(PoolOptions, options)
         self._limits = _limits(checked)
+        self._rate = _rate(checked)
         built = setup(checked)
         self._plan = plan = built.plan
         self._observers = observers = built.observers
@@ -396,7 +460,26 @@ class Pool:
                     self._give(old)
                 raise
             if slot is not None:
-                return slot
+                return self._paced(slot)
+
+    def _paced(self, slot: _Slot[BlockingDriver]) -> _Slot[BlockingDriver]:
+        """``slot`` once its message may start: the rate limits' waits (no
+        lock held; a pool closed meanwhile ends them with its error)."""
+        if self._rate is None and self._limits.spacing is None:
+            return slot
+        pace = _pace(self._limits, self._rate, slot)
+        try:
+            for until in pace:
+                try:
+                    _sleep(max(0.0, until - _clock()))
+                    if self._slots.closed:
+                        raise _closed_error()
+                except BaseException as exc:
+                    pace.throw(exc)  # (re-raised, the reservation given back)
+        except BaseException:
+            self._release(slot)
+            raise
+        return slot
 
     def _release(self, slot: _Slot[BlockingDriver], *, close: bool = False) -> None:
         try:
@@ -540,6 +623,7 @@ class AsyncPool:
     def __init__(self, **options: Any) -> None:
         checked = build(PoolOptions, options)
         self._limits = _limits(checked)
+        self._rate = _rate(checked)
         built = setup(checked)
         plan = built.plan
         transport = asyncio_transport(plan, "smtplug.Pool")
@@ -602,7 +686,7 @@ class AsyncPool:
                     self._wake()
                 raise
             if slot is not None:
-                return slot
+                return await self._paced(slot)
             if expired:
                 continue
             waiter: asyncio.Future[None] = loop.create_future()
@@ -615,6 +699,24 @@ class AsyncPool:
                 elif waiter in self._waiters:
                     self._waiters.remove(waiter)
                 raise
+
+    async def _paced(self, slot: _Slot[AsyncDriver]) -> _Slot[AsyncDriver]:
+        """:meth:`Pool._paced`, awaited (a cancelled wait gives the reservation back)."""
+        if self._rate is None and self._limits.spacing is None:
+            return slot
+        pace = _pace(self._limits, self._rate, slot)
+        try:
+            for until in pace:
+                try:
+                    await _async_sleep(max(0.0, until - _clock()))
+                    if self._slots.closed:
+                        raise _closed_error()
+                except BaseException as exc:
+                    pace.throw(exc)  # (re-raised, the reservation given back)
+        except BaseException:
+            await self._release(slot)
+            raise
+        return slot
 
     def _wake(self) -> None:
         while self._waiters:
