@@ -33,8 +33,12 @@ takes a slot (no timer thread or task). Bookkeeping of the slots
 are handed back, so a generator is never materialised; the outcomes come back
 in order, one per message (:class:`Outcome`), and one failing message does
 not stop the others. Where a retry policy would decide (issue 13: attempts,
-backoff, deadline, rate limits) is marked "retry hook" below: retries are not
-built yet.
+backoff, deadline) is marked "retry hook" below: retries are not built yet.
+
+Rate limits (``rate_limit``, ``rate_burst``, ``rate_limit_per_connection``):
+a sender that took a slot waits (:func:`_pace`, a sans-IO program of waits;
+:mod:`smtplug.ratelimit` books the pool's shared schedule) before the
+program starts, holding no lock; a cancelled wait gives its booking back.
 """
 
 from __future__ import annotations
@@ -400,7 +404,9 @@ class Pool:
     Takes :class:`smtplug.Client`'s options (checked here, before any
     connection is opened) and the pool's own: ``max_connections`` (8),
     ``max_messages_per_connection``, ``max_lifetime`` and ``idle_timeout``
-    (seconds; None: no limit). See ``docs/pool.md``.
+    (seconds; None: no limit), ``rate_limit`` (messages per second for the
+    whole pool) with ``rate_burst`` (1), ``rate_limit_per_connection``.
+    See ``docs/pool.md``.
 
     Any number of threads may send at once: each send takes a connection of
     its own (waiting while ``max_connections`` are busy). After
