@@ -8,6 +8,7 @@ wait for a delayed ACK); each read has a deadline.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 
@@ -15,6 +16,8 @@ from smtplug.errors import ConnectError, ConnectionLostError
 from smtplug.interfaces import TLSInfo
 
 __all__ = ["SocketStream", "open_socket"]
+
+_POLL = hasattr(select, "poll")  # (not on Windows: there a probe reads at once)
 
 
 class SocketStream:
@@ -30,6 +33,7 @@ class SocketStream:
         self._peer = peer
         self._tls_info = tls_info
         self._current_timeout = sock.gettimeout()
+        self._poller: select.poll | None = None
 
     @property
     def tls(self) -> bool:
@@ -70,6 +74,10 @@ class SocketStream:
 
     def read(self, max_bytes: int, timeout: float | None) -> bytes:
         sock = self._live()
+        if timeout == 0 and _POLL and not self._readable(sock):
+            # What a read would find (nothing yet), for one poll instead of a
+            # read and two settimeout calls: the probe of a kept connection.
+            raise ConnectionLostError(f"read from {self._peer} timed out after 0 s", timed_out=True)
         try:
             self._timeout(sock, timeout)
             return sock.recv(max_bytes)
@@ -81,6 +89,17 @@ class SocketStream:
             ) from exc
         except OSError as exc:
             raise ConnectionLostError(f"read from {self._peer} failed: {exc}") from exc
+
+    def _readable(self, sock: socket.socket) -> bool:
+        """True when a read would not find nothing: bytes (or the end, or an
+        error) in the kernel, or decrypted bytes in the TLS object."""
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = select.poll()
+            poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
 
     def write(self, data: bytes, timeout: float | None) -> None:
         sock = self._live()
