@@ -44,7 +44,6 @@ program starts, holding no lock; a cancelled wait gives its booking back.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import functools
 import inspect
 import math
@@ -576,43 +575,131 @@ class Pool:
         progress: Progress | None,
         total: int | None,
     ) -> Iterator[Outcome]:
-        workers = self._limits.connections
-        window = 2 * workers
-        pending: collections.deque[concurrent.futures.Future[Outcome]] = collections.deque()
+        window = 2 * self._limits.connections
+
+        def run(index: int, message: MessageInput) -> Outcome:
+            return _outcome(index, functools.partial(self._send, message, options))
+
+        workers = _Workers(run, self._limits.connections)
         failure: BaseException | None = None
-        index = 0
-        with concurrent.futures.ThreadPoolExecutor(workers, "smtplug-pool") as executor:
+        ended = False
+        index = handed = 0
 
-            def fill() -> None:
-                nonlocal index, failure
-                while failure is None and len(pending) < window:
-                    try:
-                        message = next(messages)
-                    except StopIteration:
-                        return
-                    except Exception as exc:
-                        failure = exc
-                        return
-                    send = functools.partial(self._send, message, options)
-                    pending.append(executor.submit(_outcome, index, send))
-                    index += 1
+        def fill() -> None:  # (in the consuming thread, as the iteration asks)
+            nonlocal index, failure, ended
+            while not ended and index - handed < window:
+                try:
+                    message = next(messages)
+                except StopIteration:
+                    ended = True
+                    return
+                except Exception as exc:
+                    failure = exc
+                    ended = True
+                    return
+                workers.put(index, message)
+                index += 1
 
-            try:
+        try:
+            fill()
+            while handed < index:
+                outcome = workers.take(handed)
+                handed += 1
                 fill()
-                done = 0
-                while pending:
-                    outcome = pending[0].result()
-                    pending.popleft()
-                    fill()
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-                    yield outcome
-            finally:
-                for future in pending:
-                    future.cancel()  # (those not started yet)
+                if progress is not None:
+                    progress(handed, total)
+                yield outcome
+        finally:
+            workers.stop()  # (the messages not started yet stay unsent)
         if failure is not None:
             raise failure
+
+
+class _Workers:
+    """The worker threads of one :meth:`Pool.send_many`, at most one per
+    connection, started as the work needs them, and what they share: the
+    messages taken but not started (``todo``) and the outcomes not handed out
+    yet (``done``, by index). One lock; the consuming thread waits only for
+    the outcome it hands out next, a worker only when there is nothing to
+    do (no future, no hand-off per message)."""
+
+    def __init__(self, run: Callable[[int, MessageInput], Outcome], most: int) -> None:
+        self._run = run
+        self._most = most
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # (workers wait here)
+        self._ready = threading.Condition(self._lock)  # (the consumer waits here)
+        self._todo: collections.deque[tuple[int, MessageInput]] = collections.deque()
+        self._done: dict[int, Outcome | BaseException] = {}
+        self._threads: list[threading.Thread] = []
+        self._idle = 0  # workers waiting for work, not yet woken
+        self._wanted = -1  # the outcome the consumer waits for
+        self._stopped = False
+
+    def put(self, index: int, message: MessageInput) -> None:
+        with self._lock:
+            self._todo.append((index, message))
+            if self._idle:
+                self._idle -= 1
+                self._work.notify()
+                return
+            if len(self._threads) >= self._most:
+                return  # (a busy worker takes it next)
+            thread = threading.Thread(
+                target=self._loop, name=f"smtplug-pool-{len(self._threads)}", daemon=True
+            )
+            self._threads.append(thread)
+        try:
+            thread.start()
+        except BaseException:
+            with self._lock:
+                self._threads.remove(thread)  # (the message waits for another)
+            if not self._threads:
+                raise
+
+    def _loop(self) -> None:
+        lock = self._lock
+        while True:
+            with lock:
+                while not self._todo:
+                    if self._stopped:
+                        return
+                    self._idle += 1
+                    self._work.wait()
+                index, message = self._todo.popleft()
+            outcome: Outcome | BaseException
+            try:
+                outcome = self._run(index, message)
+            except BaseException as exc:  # (handed to the consumer, raised there)
+                outcome = exc
+            with lock:
+                self._done[index] = outcome
+                if index == self._wanted:
+                    self._ready.notify()
+
+    def take(self, index: int) -> Outcome:
+        """The outcome of message ``index`` (waiting for it); what its send
+        raised, if it was not an :class:`SMTPError`, is raised."""
+        with self._lock:
+            done = self._done
+            if index not in done:
+                self._wanted = index
+                while index not in done:
+                    self._ready.wait()
+            outcome = done.pop(index)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def stop(self) -> None:
+        """Start nothing more; wait for the messages in flight."""
+        with self._lock:
+            self._stopped = True
+            self._todo.clear()
+            self._idle = 0
+            self._work.notify_all()
+        for thread in self._threads:
+            thread.join()
 
 
 class AsyncPool:
