@@ -1,8 +1,9 @@
 """SocketStream.read with no wait (the kept-session probe, the poll between
-chunks): one poll of the socket instead of a read and two settimeout calls,
-with the answers a read would give: nothing yet (a timeout, and the socket's
-timeout left as it was), the bytes, the end, an error; and with TLS, the
-decrypted bytes the TLS object already holds (the kernel has none then)."""
+chunks) or with a wait of its own (the final reply's): a poll of the socket
+instead of two settimeout calls around the read, with the answers a read
+would give: nothing yet (a timeout, and the socket's timeout left as it
+was), the bytes, the end, an error; and with TLS, the decrypted bytes the
+TLS object already holds (the kernel has none then)."""
 
 from __future__ import annotations
 
@@ -38,11 +39,19 @@ def nothing_yet(stream: SocketStream) -> bool:
 
 
 def test_nothing_to_read_is_a_timeout_and_keeps_the_socket_timeout(
-    pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
+    pair: tuple[socket.socket, socket.socket], settimeouts: list[float | None]
 ) -> None:
     ours, _ = pair
-    calls: list[float | None] = []
     stream = SocketStream(ours, "peer")
+    for _ in range(3):
+        assert nothing_yet(stream)
+    assert ours.gettimeout() == 30
+    assert settimeouts == []
+
+
+@pytest.fixture
+def settimeouts(monkeypatch: pytest.MonkeyPatch) -> list[float | None]:
+    calls: list[float | None] = []
     real = socket.socket.settimeout
 
     def settimeout(self: socket.socket, value: float | None) -> None:
@@ -50,10 +59,37 @@ def test_nothing_to_read_is_a_timeout_and_keeps_the_socket_timeout(
         real(self, value)
 
     monkeypatch.setattr(socket.socket, "settimeout", settimeout)
-    for _ in range(3):
-        assert nothing_yet(stream)
+    return calls
+
+
+def test_a_read_with_a_wait_of_its_own_polls_for_it(
+    pair: tuple[socket.socket, socket.socket], settimeouts: list[float | None]
+) -> None:
+    # The final reply's wait (600 s) beside the commands' (30 s): no
+    # settimeout back and forth, and the wait is still the read's own.
+    ours, theirs = pair
+    stream = SocketStream(ours, "peer")
+    theirs.sendall(b"250 2.0.0 queued\r\n")
+    assert stream.read(65536, 600) == b"250 2.0.0 queued\r\n"
+    with pytest.raises(ConnectionLostError, match=r"after 0\.01 s") as lost:
+        stream.read(65536, 0.01)  # nothing comes: it times out after its own wait
+    assert lost.value.timed_out
+    stream.write(b"QUIT\r\n", 30)
+    assert theirs.recv(100) == b"QUIT\r\n"
+    assert settimeouts == []
     assert ours.gettimeout() == 30
-    assert calls == []  # (the read with a wait after it needs none either)
+    theirs.close()
+    assert stream.read(65536, 600) == b""
+
+
+def test_a_huge_wait_is_left_to_the_socket(
+    pair: tuple[socket.socket, socket.socket], settimeouts: list[float | None]
+) -> None:
+    ours, theirs = pair
+    stream = SocketStream(ours, "peer")
+    theirs.sendall(b"x")
+    assert stream.read(65536, 1e9) == b"x"  # (more than poll() can count in ms)
+    assert settimeouts == [1e9]
 
 
 def test_bytes_waiting_are_read_at_once(pair: tuple[socket.socket, socket.socket]) -> None:
@@ -125,6 +161,9 @@ def test_tls_bytes_already_decrypted_are_seen(tmp_path: Path) -> None:
             assert tls.pending() > 0
             assert stream.read(65536, 0) == b"one record\r\n"  # (the kernel holds none)
             assert nothing_yet(stream)
+            with pytest.raises(ConnectionLostError) as lost:
+                stream.read(65536, 0.01)  # (TLS: the socket's own timeout, set for it)
+            assert lost.value.timed_out and tls.gettimeout() == 0.01
     finally:
         release.set()
         thread.join()
