@@ -580,7 +580,8 @@ class Pool:
         def run(index: int, message: MessageInput) -> Outcome:
             return _outcome(index, functools.partial(self._send, message, options))
 
-        workers = _Workers(run, self._limits.connections)
+        paced = self._rate is not None or self._limits.spacing is not None
+        workers = _Workers(run, self._limits.connections, batched=not paced)
         failure: BaseException | None = None
         ended = False
         index = handed = 0
@@ -621,9 +622,18 @@ class _Workers:
     messages taken but not started (``todo``) and the outcomes not handed out
     yet (``done``, by index). One lock; the consuming thread waits only for
     the outcome it hands out next, a worker only when there is nothing to
-    do (no future, no hand-off per message)."""
+    do (no future, no hand-off per message).
 
-    def __init__(self, run: Callable[[int, MessageInput], Outcome], most: int) -> None:
+    ``batched``: the consuming thread, waiting, is woken once the outcome it
+    waits for is there and the workers' queue is down to half the workers
+    (or nothing more is in flight), to hand out the outcomes there are and
+    fill the queue again in one go, rather than once per message (each
+    wake-up is a thread switch for the GIL). Not when the sends wait for a
+    rate limit: then each outcome is handed out as soon as it is there."""
+
+    def __init__(
+        self, run: Callable[[int, MessageInput], Outcome], most: int, *, batched: bool = True
+    ) -> None:
         self._run = run
         self._most = most
         self._lock = threading.Lock()
@@ -633,6 +643,8 @@ class _Workers:
         self._done: dict[int, Outcome | BaseException] = {}
         self._threads: list[threading.Thread] = []
         self._idle = 0  # workers waiting for work, not yet woken
+        self._busy = 0  # workers sending
+        self._low = most // 2 if batched else -1  # (the queue length that wakes the consumer)
         self._wanted = -1  # the outcome the consumer waits for
         self._stopped = False
 
@@ -667,14 +679,19 @@ class _Workers:
                     self._idle += 1
                     self._work.wait()
                 index, message = self._todo.popleft()
+                self._busy += 1
             outcome: Outcome | BaseException
             try:
                 outcome = self._run(index, message)
             except BaseException as exc:  # (handed to the consumer, raised there)
                 outcome = exc
             with lock:
-                self._done[index] = outcome
-                if index == self._wanted:
+                done = self._done
+                done[index] = outcome
+                self._busy -= 1
+                if self._wanted in done and (
+                    self._low < 0 or len(self._todo) <= self._low or not self._busy
+                ):
                     self._ready.notify()
 
     def take(self, index: int) -> Outcome:
