@@ -575,3 +575,42 @@ def test_send_many_takes_messages_only_a_window_ahead() -> None:
             ahead.append(taken - handed)
     assert max(ahead) <= 2 * 3
     assert len(subjects(server)) == 200
+
+
+# -- send_many's workers ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_workers_hand_out_in_order_whatever_order_sends_end_in(batched: bool) -> None:
+    # The sends end last first: the consumer, waiting for the first, is
+    # woken (batched: only once the queue is low or nothing is in flight).
+    count = 12
+    ends = [threading.Event() for _ in range(count)]
+
+    def run(index: int, message: object) -> smtplug.Outcome:
+        assert ends[index].wait(timeout=60)
+        if message == "bug":
+            raise RuntimeError("a bug in a callback")
+        return smtplug.Outcome(index, None, smtplug.InvalidInputError(f"m{index}"))
+
+    workers = poolmod._Workers(run, 4, batched=batched)
+    for index in range(count):
+        workers.put(index, "bug" if index == count - 1 else f"m{index}")
+    got: list[object] = []
+
+    def consume() -> None:
+        for index in range(count):
+            try:
+                got.append(workers.take(index).message_index)
+            except RuntimeError as exc:
+                got.append(str(exc))
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    for step in range(0, count, 4):  # four in flight at a time, the last of them first
+        for index in reversed(range(step, step + 4)):
+            ends[index].set()
+    consumer.join(timeout=60)
+    assert not consumer.is_alive()
+    workers.stop()
+    assert got == [*range(count - 1), "a bug in a callback"]

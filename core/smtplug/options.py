@@ -131,12 +131,20 @@ class PoolOptions(ClientOptions):
     closed (QUIT) once it carried ``max_messages_per_connection`` messages,
     or once it is ``max_lifetime`` seconds old, or when it was idle longer
     than ``idle_timeout`` seconds; None: no such limit.
+
+    Rate limits (None: none): ``rate_limit`` messages per second for the
+    whole pool, of which ``rate_burst`` may start at once after a quiet
+    spell; ``rate_limit_per_connection`` messages per second on each
+    connection. A sender waits for them before its message is started.
     """
 
     max_connections: int = 8
     max_messages_per_connection: int | None = None
     max_lifetime: float | None = None
     idle_timeout: float | None = None
+    rate_limit: float | None = None
+    rate_burst: int = 1
+    rate_limit_per_connection: float | None = None
 
 
 def check_flag(name: str, value: object) -> bool:

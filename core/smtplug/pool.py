@@ -38,14 +38,19 @@ the slot program, on the slot the message took (kept during the backoff):
 a connection the attempt broke is dropped by the Conduct, so the next
 attempt opens a fresh one; the deadline counts from the call, the wait for a
 free slot included.
+
+Rate limits (``rate_limit``, ``rate_burst``, ``rate_limit_per_connection``):
+a sender that took a slot waits (:func:`_pace`, a sans-IO program of waits;
+:mod:`smtplug.ratelimit` books the pool's shared schedule) before the
+program starts, holding no lock; a cancelled wait gives its booking back.
 """
 
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import functools
 import inspect
+import math
 import threading
 import time
 from collections.abc import (
@@ -77,6 +82,7 @@ from smtplug.errors import (
 from smtplug.options import MessageOptions, PoolOptions, build, init_signature, method_signature
 from smtplug.program import Conduct
 from smtplug.protocol.dsn import MailParameters
+from smtplug.ratelimit import RateLimiter, next_start, per_second
 from smtplug.results import SendResult
 from smtplug.source import MessageInput
 from smtplug.wire import Wire
@@ -95,6 +101,19 @@ Progress = Callable[[int, int | None], None]
 
 #: The clock of every limit (a test may replace it).
 _clock: Callable[[], float] = time.monotonic
+
+#: How a :class:`Pool` sender waits for a rate limit (a test may replace it).
+_sleep: Callable[[float], None] = time.sleep
+
+
+async def _asyncio_sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
+#: How an :class:`AsyncPool` sender waits for a rate limit (a test may replace it).
+_async_sleep: Callable[[float], Awaitable[None]] = _asyncio_sleep
 
 D = TypeVar("D", BlockingDriver, AsyncDriver)
 
@@ -140,6 +159,7 @@ class _Limits:
     messages: int | None
     lifetime: float | None
     idle: float | None
+    spacing: float | None = None  # seconds between two starts on one connection
 
 
 def _count(name: str, value: object, *, optional: bool) -> int | None:
@@ -164,13 +184,49 @@ def _limits(options: PoolOptions) -> _Limits:
         idle=None
         if options.idle_timeout is None
         else _seconds("idle_timeout", options.idle_timeout),
+        spacing=None
+        if options.rate_limit_per_connection is None
+        else 1.0 / per_second("rate_limit_per_connection", options.rate_limit_per_connection),
     )
+
+
+def _rate(options: PoolOptions) -> RateLimiter | None:
+    """The pool's shared limiter (``rate_limit``, ``rate_burst``), or None."""
+    burst = options.rate_burst
+    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+        raise InvalidInputError(f"rate_burst must be a whole number of at least 1, not {burst!r}")
+    if options.rate_limit is None:
+        if burst != 1:
+            raise InvalidInputError("rate_burst is a part of rate_limit: give rate_limit too")
+        return None
+    return RateLimiter(per_second("rate_limit", options.rate_limit), burst)
+
+
+def _pace(
+    limits: _Limits, rate: RateLimiter | None, slot: _Slot[Any]
+) -> Generator[float, None, None]:
+    """The waits before a message starts on ``slot``: yields the times to
+    wait until (the caller sleeps, then resumes it; it yields again when
+    woken early); on return the message may start. The caller throws in
+    what interrupted a wait (a cancel): the pool's reservation is given back."""
+    ready = next_start(slot.started, limits.spacing)
+    while _clock() < ready:
+        yield ready
+    if rate is not None:
+        start = rate.reserve(_clock())
+        try:
+            while _clock() < start:
+                yield start
+        except BaseException:
+            rate.cancel(start)
+            raise
+    slot.started = _clock()
 
 
 class _Slot(Generic[D]):
     """One connection place of a pool: a Conduct, its driver, its counters."""
 
-    __slots__ = ("conduct", "driver", "messages", "opened", "used", "wire")
+    __slots__ = ("conduct", "driver", "messages", "opened", "started", "used", "wire")
 
     def __init__(self, conduct: Conduct, driver: D) -> None:
         self.conduct = conduct
@@ -179,6 +235,7 @@ class _Slot(Generic[D]):
         self.messages = 0  # messages sent on that session
         self.opened = 0.0  # when that session was (at the latest) opened
         self.used = 0.0  # when the slot was last given back
+        self.started = -math.inf  # when its last message started (the per-connection rate)
 
     @property
     def connected(self) -> bool:
@@ -272,15 +329,25 @@ class _Slots(Generic[D]):
             expired = [s for s in idle if s.connected and _idle_too_long(self.limits, s, now)]
             if expired:
                 self.idle = idle = [s for s in idle if s not in expired]
+        spacing = self.limits.spacing
+        now = -math.inf if spacing is None else _clock()
+        pick = None  # (with a per-connection rate: a slot that may start now)
         for place in range(len(idle) - 1, -1, -1):
-            if idle[place].connected:
-                return idle.pop(place), expired
-        if idle:
-            return idle.pop(), expired
+            if next_start(idle[place].started, spacing) <= now:
+                if idle[place].connected:
+                    return idle.pop(place), expired
+                if pick is None:
+                    pick = place
+        if pick is not None:
+            return idle.pop(pick), expired
         if len(self.all) < self.limits.connections:
             slot = self.make()
             self.all.append(slot)
             return slot, expired
+        if idle:  # every one must wait for its per-connection rate: the soonest
+            soonest = min(idle, key=lambda s: (s.started, not s.connected))
+            idle.remove(soonest)
+            return soonest, expired
         return None, expired
 
     def give(self, slot: _Slot[D]) -> None:
@@ -358,7 +425,9 @@ class Pool:
     Takes :class:`smtplug.Client`'s options (checked here, before any
     connection is opened) and the pool's own: ``max_connections`` (8),
     ``max_messages_per_connection``, ``max_lifetime`` and ``idle_timeout``
-    (seconds; None: no limit). See ``docs/pool.md``.
+    (seconds; None: no limit), ``rate_limit`` (messages per second for the
+    whole pool) with ``rate_burst`` (1), ``rate_limit_per_connection``.
+    See ``docs/pool.md``.
 
     Any number of threads may send at once: each send takes a connection of
     its own (waiting while ``max_connections`` are busy). After
@@ -369,6 +438,7 @@ class Pool:
     def __init__(self, **options: Any) -> None:
         checked = build(PoolOptions, options)
         self._limits = _limits(checked)
+        self._rate = _rate(checked)
         built = setup(checked)
         self._plan = plan = built.plan
         self._observers = observers = built.observers
@@ -418,7 +488,26 @@ class Pool:
                     self._give(old)
                 raise
             if slot is not None:
-                return slot
+                return self._paced(slot)
+
+    def _paced(self, slot: _Slot[BlockingDriver]) -> _Slot[BlockingDriver]:
+        """``slot`` once its message may start: the rate limits' waits (no
+        lock held; a pool closed meanwhile ends them with its error)."""
+        if self._rate is None and self._limits.spacing is None:
+            return slot
+        pace = _pace(self._limits, self._rate, slot)
+        try:
+            for until in pace:
+                try:
+                    _sleep(max(0.0, until - _clock()))
+                    if self._slots.closed:
+                        raise _closed_error()
+                except BaseException as exc:
+                    pace.throw(exc)  # (re-raised, the reservation given back)
+        except BaseException:
+            self._release(slot)
+            raise
+        return slot
 
     def _release(self, slot: _Slot[BlockingDriver], *, close: bool = False) -> None:
         try:
@@ -517,43 +606,148 @@ class Pool:
         progress: Progress | None,
         total: int | None,
     ) -> Iterator[Outcome]:
-        workers = self._limits.connections
-        window = 2 * workers
-        pending: collections.deque[concurrent.futures.Future[Outcome]] = collections.deque()
+        window = 2 * self._limits.connections
+
+        def run(index: int, message: MessageInput) -> Outcome:
+            return _outcome(index, functools.partial(self._send, message, options))
+
+        paced = self._rate is not None or self._limits.spacing is not None
+        workers = _Workers(run, self._limits.connections, batched=not paced)
         failure: BaseException | None = None
-        index = 0
-        with concurrent.futures.ThreadPoolExecutor(workers, "smtplug-pool") as executor:
+        ended = False
+        index = handed = 0
 
-            def fill() -> None:
-                nonlocal index, failure
-                while failure is None and len(pending) < window:
-                    try:
-                        message = next(messages)
-                    except StopIteration:
-                        return
-                    except Exception as exc:
-                        failure = exc
-                        return
-                    send = functools.partial(self._send, message, options)
-                    pending.append(executor.submit(_outcome, index, send))
-                    index += 1
+        def fill() -> None:  # (in the consuming thread, as the iteration asks)
+            nonlocal index, failure, ended
+            while not ended and index - handed < window:
+                try:
+                    message = next(messages)
+                except StopIteration:
+                    ended = True
+                    return
+                except Exception as exc:
+                    failure = exc
+                    ended = True
+                    return
+                workers.put(index, message)
+                index += 1
 
-            try:
+        try:
+            fill()
+            while handed < index:
+                outcome = workers.take(handed)
+                handed += 1
                 fill()
-                done = 0
-                while pending:
-                    outcome = pending[0].result()
-                    pending.popleft()
-                    fill()
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-                    yield outcome
-            finally:
-                for future in pending:
-                    future.cancel()  # (those not started yet)
+                if progress is not None:
+                    progress(handed, total)
+                yield outcome
+        finally:
+            workers.stop()  # (the messages not started yet stay unsent)
         if failure is not None:
             raise failure
+
+
+class _Workers:
+    """The worker threads of one :meth:`Pool.send_many`, at most one per
+    connection, started as the work needs them, and what they share: the
+    messages taken but not started (``todo``) and the outcomes not handed out
+    yet (``done``, by index). One lock; the consuming thread waits only for
+    the outcome it hands out next, a worker only when there is nothing to
+    do (no future, no hand-off per message).
+
+    ``batched``: the consuming thread, waiting, is woken once the outcome it
+    waits for is there and the workers' queue is down to half the workers
+    (or nothing more is in flight), to hand out the outcomes there are and
+    fill the queue again in one go, rather than once per message (each
+    wake-up is a thread switch for the GIL). Not when the sends wait for a
+    rate limit: then each outcome is handed out as soon as it is there."""
+
+    def __init__(
+        self, run: Callable[[int, MessageInput], Outcome], most: int, *, batched: bool = True
+    ) -> None:
+        self._run = run
+        self._most = most
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # (workers wait here)
+        self._ready = threading.Condition(self._lock)  # (the consumer waits here)
+        self._todo: collections.deque[tuple[int, MessageInput]] = collections.deque()
+        self._done: dict[int, Outcome | BaseException] = {}
+        self._threads: list[threading.Thread] = []
+        self._idle = 0  # workers waiting for work, not yet woken
+        self._busy = 0  # workers sending
+        self._low = most // 2 if batched else -1  # (the queue length that wakes the consumer)
+        self._wanted = -1  # the outcome the consumer waits for
+        self._stopped = False
+
+    def put(self, index: int, message: MessageInput) -> None:
+        with self._lock:
+            self._todo.append((index, message))
+            if self._idle:
+                self._idle -= 1
+                self._work.notify()
+                return
+            if len(self._threads) >= self._most:
+                return  # (a busy worker takes it next)
+            thread = threading.Thread(
+                target=self._loop, name=f"smtplug-pool-{len(self._threads)}", daemon=True
+            )
+            self._threads.append(thread)
+        try:
+            thread.start()
+        except BaseException:
+            with self._lock:
+                self._threads.remove(thread)  # (the message waits for another)
+            if not self._threads:
+                raise
+
+    def _loop(self) -> None:
+        lock = self._lock
+        while True:
+            with lock:
+                while not self._todo:
+                    if self._stopped:
+                        return
+                    self._idle += 1
+                    self._work.wait()
+                index, message = self._todo.popleft()
+                self._busy += 1
+            outcome: Outcome | BaseException
+            try:
+                outcome = self._run(index, message)
+            except BaseException as exc:  # (handed to the consumer, raised there)
+                outcome = exc
+            with lock:
+                done = self._done
+                done[index] = outcome
+                self._busy -= 1
+                if self._wanted in done and (
+                    self._low < 0 or len(self._todo) <= self._low or not self._busy
+                ):
+                    self._ready.notify()
+
+    def take(self, index: int) -> Outcome:
+        """The outcome of message ``index`` (waiting for it); what its send
+        raised, if it was not an :class:`SMTPError`, is raised."""
+        with self._lock:
+            done = self._done
+            if index not in done:
+                self._wanted = index
+                while index not in done:
+                    self._ready.wait()
+            outcome = done.pop(index)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def stop(self) -> None:
+        """Start nothing more; wait for the messages in flight."""
+        with self._lock:
+            self._stopped = True
+            self._todo.clear()
+            self._idle = 0
+            self._work.notify_all()
+        for thread in self._threads:
+            thread.join()
 
 
 class AsyncPool:
@@ -570,6 +764,7 @@ class AsyncPool:
     def __init__(self, **options: Any) -> None:
         checked = build(PoolOptions, options)
         self._limits = _limits(checked)
+        self._rate = _rate(checked)
         built = setup(checked)
         plan = built.plan
         transport = asyncio_transport(plan, "smtplug.Pool")
@@ -633,7 +828,7 @@ class AsyncPool:
                     self._wake()
                 raise
             if slot is not None:
-                return slot
+                return await self._paced(slot)
             if expired:
                 continue
             waiter: asyncio.Future[None] = loop.create_future()
@@ -646,6 +841,24 @@ class AsyncPool:
                 elif waiter in self._waiters:
                     self._waiters.remove(waiter)
                 raise
+
+    async def _paced(self, slot: _Slot[AsyncDriver]) -> _Slot[AsyncDriver]:
+        """:meth:`Pool._paced`, awaited (a cancelled wait gives the reservation back)."""
+        if self._rate is None and self._limits.spacing is None:
+            return slot
+        pace = _pace(self._limits, self._rate, slot)
+        try:
+            for until in pace:
+                try:
+                    await _async_sleep(max(0.0, until - _clock()))
+                    if self._slots.closed:
+                        raise _closed_error()
+                except BaseException as exc:
+                    pace.throw(exc)  # (re-raised, the reservation given back)
+        except BaseException:
+            await self._release(slot)
+            raise
+        return slot
 
     def _wake(self) -> None:
         while self._waiters:

@@ -8,6 +8,7 @@ wait for a delayed ACK); each read has a deadline.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 
@@ -18,6 +19,8 @@ __all__ = ["SocketStream", "open_socket"]
 
 #: The most bytes handed to one send() call.
 _SLICE = 1 << 16
+_POLL = hasattr(select, "poll")  # (not on Windows: there a probe reads at once)
+_POLL_MOST = 2_000_000.0  # seconds: poll() counts milliseconds in a C int
 
 
 class SocketStream:
@@ -33,6 +36,7 @@ class SocketStream:
         self._peer = peer
         self._tls_info = tls_info
         self._current_timeout = sock.gettimeout()
+        self._poller: select.poll | None = None
 
     @property
     def tls(self) -> bool:
@@ -73,6 +77,23 @@ class SocketStream:
 
     def read(self, max_bytes: int, timeout: float | None) -> bytes:
         sock = self._live()
+        if (
+            _POLL
+            and timeout is not None
+            and timeout != self._current_timeout
+            and timeout < _POLL_MOST
+        ):
+            # A wait of its own (the probe's none, the final reply's longer):
+            # a poll, rather than two settimeout calls (a system call each,
+            # dropping the GIL) around the read. With TLS, only for the probe:
+            # bytes in the kernel there may be part of a record.
+            plain = not isinstance(sock, ssl.SSLSocket)
+            if (timeout == 0 or plain) and not self._readable(sock, timeout):
+                raise ConnectionLostError(
+                    f"read from {self._peer} timed out after {timeout} s", timed_out=True
+                )
+            if plain:  # (readable: the read returns at once, whatever its timeout)
+                timeout = self._current_timeout
         try:
             self._timeout(sock, timeout)
             return sock.recv(max_bytes)
@@ -84,6 +105,18 @@ class SocketStream:
             ) from exc
         except OSError as exc:
             raise ConnectionLostError(f"read from {self._peer} failed: {exc}") from exc
+
+    def _readable(self, sock: socket.socket, wait: float) -> bool:
+        """True when, within ``wait`` seconds, a read would not find nothing:
+        bytes (or the end, or an error) in the kernel, or decrypted bytes in
+        the TLS object."""
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = select.poll()
+            poller.register(sock, select.POLLIN)
+        return bool(poller.poll(wait * 1000))
 
     def write(self, data: bytes, timeout: float | None) -> None:
         sock = self._live()
