@@ -32,3 +32,15 @@ def send_to(servers: list[ScriptedServer], msg: object, **options: Any) -> smtpl
 def client_for(server: ScriptedServer, **options: Any) -> smtplug.Client:
     """A kept ``smtplug.Client`` for ``server``."""
     return smtplug.Client(servers="127.0.0.1", ports=server.port, **_defaults(options))
+
+
+def subjects(server: ScriptedServer) -> list[str]:
+    """The Subject of every complete transaction the server received."""
+    found = []
+    for session in server.sessions:
+        for transaction in session.transactions:
+            if transaction.complete:
+                for line in transaction.content.split(b"\r\n"):
+                    if line.startswith(b"Subject: "):
+                        found.append(line[9:].decode())
+    return found

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import smtplug
+from scripted import subjects
 from smtplug import pool as poolmod
 from smtplug.testing import CLOSE, Answer, Command, ScriptedServer
 
@@ -46,18 +47,6 @@ def options(server: ScriptedServer, **more: Any) -> dict[str, Any]:
         "client": "localhost",
         **more,
     }
-
-
-def subjects(server: ScriptedServer) -> list[str]:
-    """The Subject of every complete transaction the server received."""
-    found = []
-    for session in server.sessions:
-        for transaction in session.transactions:
-            if transaction.complete:
-                for line in transaction.content.split(b"\r\n"):
-                    if line.startswith(b"Subject: "):
-                        found.append(line[9:].decode())
-    return found
 
 
 def per_session(server: ScriptedServer) -> list[int]:

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 import smtplug
+from scripted import subjects
 from smtplug import pool as poolmod
 from smtplug.ratelimit import RateLimiter
 from smtplug.testing import ScriptedServer
@@ -49,17 +50,6 @@ def options(server: ScriptedServer, **more: Any) -> dict[str, Any]:
         "client": "localhost",
         **more,
     }
-
-
-def subjects(server: ScriptedServer) -> list[str]:
-    found = []
-    for session in server.sessions:
-        for transaction in session.transactions:
-            if transaction.complete:
-                for line in transaction.content.split(b"\r\n"):
-                    if line.startswith(b"Subject: "):
-                        found.append(line[9:].decode())
-    return found
 
 
 def conforming(starts: list[float], rate: float, burst: int) -> bool:

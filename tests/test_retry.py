@@ -20,7 +20,7 @@ import pytest
 
 import smtplug
 from apis import both_apis, run
-from scripted import client_for, send_to
+from scripted import client_for, send_to, subjects
 from smtplug import retry as retrymod
 from smtplug.drivers import aio as aiodriver
 from smtplug.drivers import blocking as blockingdriver
@@ -562,17 +562,6 @@ def _numbered(count: int) -> list[EmailMessage]:
     return [message(f"m{n}", message_id=True) for n in range(count)]
 
 
-def _subjects(server: ScriptedServer) -> list[str]:
-    found = []
-    for session in server.sessions:
-        for transaction in session.transactions:
-            if transaction.complete:
-                for line in transaction.content.split(b"\r\n"):
-                    if line.startswith(b"Subject: "):
-                        found.append(line[9:].decode())
-    return found
-
-
 def _421_once_mid_batch() -> dict[str, Rule]:
     """The 5th DATA the server sees, whatever the connection, gets a 421
     (at MAIL, a kept connection would be reopened without a retry)."""
@@ -606,7 +595,7 @@ def test_pool_send_many_with_retry_loses_and_doubles_nothing(sleeps: Sleeps) -> 
     ):
         outcomes = list(pool.send_many(_numbered(12)))
     assert [o.status for o in outcomes] == ["sent"] * 12
-    assert sorted(_subjects(server)) == sorted(f"m{n}" for n in range(12))
+    assert sorted(subjects(server)) == sorted(f"m{n}" for n in range(12))
     assert sum(o.result.attempts for o in outcomes if o.result is not None) == 13
     assert sleeps.seconds == [1.0]
 
@@ -618,7 +607,7 @@ def test_pool_send_many_without_retry_reports_the_421(sleeps: Sleeps) -> None:
     ):
         outcomes = list(pool.send_many(_numbered(12)))
     assert sorted(o.status for o in outcomes).count("not_sent") == 1
-    assert len(_subjects(server)) == 11
+    assert len(subjects(server)) == 11
 
 
 def test_async_pool_send_many_with_retry_loses_and_doubles_nothing(sleeps: Sleeps) -> None:
@@ -630,7 +619,7 @@ def test_async_pool_send_many_with_retry_loses_and_doubles_nothing(sleeps: Sleep
 
         outcomes = run(go())
     assert [o.status for o in outcomes] == ["sent"] * 12
-    assert sorted(_subjects(server)) == sorted(f"m{n}" for n in range(12))
+    assert sorted(subjects(server)) == sorted(f"m{n}" for n in range(12))
     assert sleeps.seconds == [1.0]
 
 
