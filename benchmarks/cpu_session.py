@@ -318,15 +318,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     for label in labels:
         print(f"  {label}: {where[label]}")
-    head = f"{'case':<20}" + "".join(f"{label:>14}" for label in labels)
-    if len(labels) == 2:
-        head += f"{labels[1] + '/' + labels[0]:>16}"
+    # Beside the medians: each label's median, over the rounds, of its sample
+    # divided by the first label's in the same round (the pairs ran back to
+    # back, so a burst of load on the machine hits both alike).
+    others = labels[1:]
+    head = f"{'case':<20}" + "".join(f"{label:>12}" for label in labels)
+    head += "".join(f"{label + '/' + labels[0]:>16}" for label in others)
     print(head)
     for case in cases:
-        medians = [statistics.median(samples[case][label]) for label in labels]
-        row = f"{case:<20}" + "".join(f"{m:>14.1f}" for m in medians)
-        if len(labels) == 2:
-            row += f"{medians[1] / medians[0]:>16.2f}"
+        per = samples[case]
+        row = f"{case:<20}" + "".join(f"{statistics.median(per[lb]):>12.1f}" for lb in labels)
+        for label in others:
+            ratio = statistics.median(
+                a / b for a, b in zip(per[label], per[labels[0]], strict=True)
+            )
+            row += f"{ratio:>16.3f}"
         print(row)
     if args.json:
         with open(args.json, "w") as out:
