@@ -7,7 +7,7 @@ together, instead of the header, then each body chunk. The encoders give the
 same octets for any split of their input (tests/protocol); these tests pin
 that the whole step does too: the same writes (data and what observers are
 shown), the same POLLs, the same ``progress`` calls, with the shortcut taken
-and with it turned off (``_SMALL = 0``), on any header and body octets
+and with it turned off (``_ONE_PIECE = False``), on any header and body octets
 (bare CR and LF, dots at line starts, a CR at the end ...).
 """
 
@@ -78,21 +78,26 @@ def test_one_piece_is_what_the_chunked_path_sends(step, header, body, quit_after
     trailer = b"QUIT\r\n" if quit_after else b""
     assert _taken(header, body)
     fast = _run(step, header, body, trailer)
-    small = session._SMALL
-    session._SMALL = 0
+    session._ONE_PIECE = False
     try:
         assert not _taken(header, body) or not body  # (an empty body: one piece either way)
         chunked = _run(step, header, body, trailer)
     finally:
-        session._SMALL = small
+        session._ONE_PIECE = True
     assert fast == chunked
 
 
 def test_not_taken_for_a_body_checked_as_it_goes_or_a_big_one():
     big = b"x" * 70 + b"\r\n"
-    message = _message(b"A: b\r\n\r\n", big * (session._SMALL // len(big) + 1))
+    message = _message(b"A: b\r\n\r\n", big * (source.CHUNK // 2 // len(big) + 1))
     assert len(list(session._pieces(message, None))) > 1
     message = _message(b"A: b\r\n\r\n", b"body\r\n")
     guard = session._StreamGuard(None, 10_000, 0)
     assert len(list(session._pieces(message, guard))) == 2
-    assert session._SMALL * 2 <= source.CHUNK
+
+
+def test_the_bound_follows_the_chunk_size(monkeypatch):
+    # (tests/test_throughput.py makes chunks tiny to split a message anywhere.)
+    monkeypatch.setattr(source, "CHUNK", 64)
+    message = _message(b"A: b\r\n\r\n", b"x" * 30 + b"\r\n")
+    assert len(list(session._pieces(message, None))) > 1
