@@ -322,17 +322,18 @@ def main(argv: list[str] | None = None) -> int:
     # divided by the first label's in the same round (the pairs ran back to
     # back, so a burst of load on the machine hits both alike).
     others = labels[1:]
-    head = f"{'case':<20}" + "".join(f"{label:>12}" for label in labels)
-    head += "".join(f"{label + '/' + labels[0]:>16}" for label in others)
+    width = {label: max(12, len(label) + 2) for label in labels}
+    ratio_width = {label: max(12, len(label) + len(labels[0]) + 3) for label in others}
+    head = f"{'case':<20}" + "".join(f"{label:>{width[label]}}" for label in labels)
+    head += "".join(f"{label + '/' + labels[0]:>{ratio_width[label]}}" for label in others)
     print(head)
     for case in cases:
         per = samples[case]
-        row = f"{case:<20}" + "".join(f"{statistics.median(per[lb]):>12.1f}" for lb in labels)
+        row = f"{case:<20}"
+        row += "".join(f"{statistics.median(per[lb]):>{width[lb]}.1f}" for lb in labels)
         for label in others:
-            ratio = statistics.median(
-                a / b for a, b in zip(per[label], per[labels[0]], strict=True)
-            )
-            row += f"{ratio:>16.3f}"
+            pairs = zip(per[label], per[labels[0]], strict=True)
+            row += f"{statistics.median(a / b for a, b in pairs):>{ratio_width[label]}.3f}"
         print(row)
     if args.json:
         with open(args.json, "w") as out:
