@@ -288,7 +288,8 @@ def _dialect(transport: Transport, async_transport: AsyncTransport | None) -> Di
             f"the {transport.name!r} transport's dialect is not a smtplug.interfaces.Dialect: "
             f"{dialect!r}"
         )
-    if async_transport is not None and getattr(async_transport, "dialect", SMTP) != dialect:
+    other = dialect if async_transport is None else getattr(async_transport, "dialect", SMTP)
+    if other is not dialect and other != dialect:
         raise PluginError(
             f"the {transport.name!r} transport and its asyncio variant declare different dialects"
         )
@@ -458,10 +459,7 @@ class Client:
         the same thread (an observer or callback) is refused, not deadlocked."""
         me = threading.get_ident()
         if self._owner == me:
-            raise InvalidInputError(
-                "this Client is in the middle of a send on this thread (the call came "
-                "from an observer or callback): use another Client"
-            )
+            raise _reentered()
         with self._lock:
             self._owner = me
             try:
@@ -494,24 +492,43 @@ class Client:
         ``progress``, if given, is called with the number of the message's
         octets sent so far, after each chunk.
         """
-        with self._exclusive():
-            return self._send(message, build(MessageOptions, options), last=False)
+        # (What _exclusive does, written out: this runs for every message.)
+        me = threading.get_ident()
+        if self._owner == me:
+            raise _reentered()
+        with self._lock:
+            self._owner = me
+            try:
+                return self._send(message, build(MessageOptions, options), last=False)
+            finally:
+                self._owner = None
 
     def _send(self, message: MessageInput, options: MessageOptions, *, last: bool) -> SendResult:
-        limits = retry.limits(options.retry, options.deadline, self._limits)
         conduct = self._conduct
+        limits = None  # no retry, no deadline: the attempt is the whole send
+        if options.retry is not None or options.deadline is not None or self._limits.active:
+            limits = retry.limits(options.retry, options.deadline, self._limits)
         with self._observers.recording() as transcript:
             prepared, extras = prepare(message, options)
-            result: SendResult = self._driver.run(
-                retry.guarded(
+            if limits is None:
+                program = conduct.send_prepared(prepared, extras, options, last=last)
+            else:
+                program = retry.guarded(
                     lambda: conduct.send_prepared(prepared, extras, options, last=last),
                     limits,
                     prepared,
                 )
-            )
+            result: SendResult = self._driver.run(program)
         if transcript is not None:
             result.transcript = tuple(transcript)
         return result
+
+
+def _reentered() -> InvalidInputError:
+    return InvalidInputError(
+        "this Client is in the middle of a send on this thread (the call came "
+        "from an observer or callback): use another Client"
+    )
 
 
 @function_signature(SendOptions)

@@ -130,7 +130,8 @@ def _establish(
     plan: ConnectionPlan, hook: Any, server: str, port: int, *, starttls: bool
 ) -> Generator[Any, Any, tuple[Wire, Capabilities]]:
     info = ConnectionInfo(server, port, plan.transport.name, connection=next(_CONNECTIONS))
-    hook.smtplug_on_event(info=info, event=events.Connecting(server, port))
+    if hook.hears_events():  # (no event built for nobody)
+        hook.smtplug_on_event(info=info, event=events.Connecting(server, port))
     try:
         wire: Wire = yield Open(info, plan.timeouts.connect)
     except TLSError as exc:

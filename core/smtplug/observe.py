@@ -45,6 +45,9 @@ _RECORDING: contextvars.ContextVar[tuple[Observers, list[str]] | None] = context
     "smtplug_transcript", default=None
 )
 
+#: What :meth:`Observers.recording` is when no transcript is kept.
+_NOT_RECORDING: contextlib.nullcontext[None] = contextlib.nullcontext(None)
+
 
 class Observers:
     """The transcript plus every plugin implementing an observation hook."""
@@ -76,16 +79,29 @@ class Observers:
             or logger.isEnabledFor(logging.DEBUG)
         )
 
-    @contextlib.contextmanager
-    def recording(self) -> Iterator[list[str] | None]:
+    def hears_events(self) -> bool:
+        """Whether anyone listens to events (asked before one is built: an
+        event nobody hears costs nothing)."""
+        return (
+            self._debug
+            or self._transcript
+            or self._event is not None
+            or logger.isEnabledFor(logging.DEBUG)
+        )
+
+    def recording(self) -> contextlib.AbstractContextManager[list[str] | None]:
         """Keep the transcript lines of one send (when ``transcript=True``;
-        otherwise yields None and costs nothing). An :class:`SMTPError`
-        leaving the block carries them as ``error.transcript``. Inside a
-        block of the same observers (a one-shot call recording its close
-        too), the outer block's lines are kept."""
+        otherwise the block gets None and it costs nothing: one shared
+        null context). An :class:`SMTPError` leaving the block carries them
+        as ``error.transcript``. Inside a block of the same observers (a
+        one-shot call recording its close too), the outer block's lines are
+        kept."""
         if not self._transcript:
-            yield None
-            return
+            return _NOT_RECORDING
+        return self._recording()
+
+    @contextlib.contextmanager
+    def _recording(self) -> Iterator[list[str] | None]:
         current = _RECORDING.get()
         if current is not None and current[0] is self:
             yield current[1]
@@ -119,6 +135,8 @@ class Observers:
     def smtplug_on_event(
         self, *, info: ConnectionInfo, event: Event, phase: str | None = None
     ) -> None:
+        if not self.hears_events():
+            return
         extra: dict[str, object] = {
             "smtplug_direction": "event",
             "smtplug_phase": event.phase or phase,
