@@ -303,17 +303,20 @@ def test_a_pool_keeps_the_transcript_of_each_send_and_of_each_batch_message():
         assert sum(line.startswith("--> MAIL FROM:") for line in outcome.result.transcript) == 1
 
 
-def test_an_async_pool_keeps_the_transcript_of_each_send():
+def test_an_async_pool_keeps_the_transcript_of_each_send_and_of_each_batch_message():
     import asyncio
 
     async def main(port: int) -> list[smtplug.SendResult]:
         async with smtplug.AsyncPool(
             servers="127.0.0.1", ports=port, usetls=False, transcript=True
         ) as pool:
-            return list(await asyncio.gather(*(pool.sendmessage(message(n)) for n in "ab")))
+            sent = list(await asyncio.gather(*(pool.sendmessage(message(n)) for n in "ab")))
+            batch = [o.result async for o in pool.send_many([message("c"), message("d")])]
+            return [*sent, *(r for r in batch if r is not None)]
 
     with ScriptedServer() as server:
         results = asyncio.run(main(server.port))
+    assert len(results) == 4
     for result in results:
         assert result.transcript is not None
         assert sum(line.startswith("--> MAIL FROM:") for line in result.transcript) == 1

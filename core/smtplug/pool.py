@@ -918,24 +918,27 @@ class AsyncPool:
         self, index: int, message: MessageInput, options: MessageOptions, stop: _Flag
     ) -> Outcome | None:
         started = retry.now()
-        try:
-            limits = retry.limits(options.retry, options.deadline, self._send_limits)
-            prepared, extras = prepare(message, options)
-        except SMTPError as exc:
-            return Outcome(index, None, exc)
-        slot = await self._acquire()
-        try:
-            if stop.set:
-                return None  # the batch ended before this message was started
+        with self._observers.recording() as transcript:
             try:
-                result = await slot.driver.run(
-                    _guarded(self._limits, slot, prepared, options, extras, limits, started)
-                )
-            except SMTPError as exc:  # (retried inside, as the message's retry= says)
+                limits = retry.limits(options.retry, options.deadline, self._send_limits)
+                prepared, extras = prepare(message, options)
+            except SMTPError as exc:
                 return Outcome(index, None, exc)
-            return Outcome(index, result, None)
-        finally:
-            await self._release(slot)
+            slot = await self._acquire()
+            try:
+                if stop.set:
+                    return None  # the batch ended before this message was started
+                try:
+                    result = await slot.driver.run(
+                        _guarded(self._limits, slot, prepared, options, extras, limits, started)
+                    )
+                except SMTPError as exc:  # (retried inside, as the message's retry= says)
+                    return Outcome(index, None, exc)
+            finally:
+                await self._release(slot)
+        if transcript is not None:
+            result.transcript = tuple(transcript)
+        return Outcome(index, result, None)
 
     def send_many(
         self,
