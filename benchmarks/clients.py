@@ -347,7 +347,7 @@ smtplib_concurrent = threaded(_smtplib_kept)
 floor_concurrent = threaded(_floor_kept)
 
 
-# --- smtplug's pools (smtplug.Pool: worker threads; smtplug.AsyncPool: tasks) --------------
+# --- smtplug's pools (Pool.send_many: an event loop of its own; AsyncPool: tasks) ---------
 
 
 def _check_outcome(outcome: object, job: Job) -> None:

@@ -237,7 +237,7 @@ def test_a_connection_the_server_closed_while_idle_costs_no_message(after: Answe
         assert commands.count("MAIL") == 3
 
 
-def test_421_mid_batch_goes_to_a_fresh_connection() -> None:
+def test_421_mid_batch_goes_to_a_fresh_connection(batch_path: str) -> None:
     fired = []
 
     def rcpt(command: Command) -> Answer | None:
@@ -257,7 +257,7 @@ def test_421_mid_batch_goes_to_a_fresh_connection() -> None:
     assert per_session(server) == [2, 3]
 
 
-def test_421_mid_batch_moves_the_message_to_the_next_server() -> None:
+def test_421_mid_batch_moves_the_message_to_the_next_server(batch_path: str) -> None:
     def rcpt(command: Command) -> Answer | None:
         if command.occurrence == 3:
             return Answer(b"421 4.3.2 shutting down\r\n", then=CLOSE)
@@ -286,6 +286,15 @@ def test_421_mid_batch_moves_the_message_to_the_next_server() -> None:
 # -- send_many --------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["loop", "threads"])
+def batch_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Pool.send_many both ways: its batch on an event loop of its own (where
+    the plan has asyncio transports), and on worker threads (the fallback)."""
+    if request.param == "threads":
+        monkeypatch.setattr(poolmod, "_LOOP_BATCHES", False)
+    return str(request.param)
+
+
 def mixed_script() -> dict[str | tuple[str, int], Any]:
     def rcpt(command: Command) -> bytes | None:
         return b"550 5.1.1 no such user\r\n" if "nobody@" in command.args else None
@@ -312,7 +321,7 @@ def mixed_messages() -> list[bytes]:
 MIXED = ["sent", "refused", "not_sent", "unknown", "sent", "sent"]
 
 
-def test_send_many_outcomes_in_order_with_every_status() -> None:
+def test_send_many_outcomes_in_order_with_every_status(batch_path: str) -> None:
     progress: list[tuple[int, int | None]] = []
     with (
         ScriptedServer(mixed_script(), capabilities=FAST) as server,
@@ -356,7 +365,7 @@ def test_async_send_many_outcomes_in_order_with_every_status() -> None:
     assert sorted(subjects(server)) == ["lost", "ok 0", "ok 4", "ok 5"]
 
 
-def test_leaving_send_many_early_sends_nothing_more() -> None:
+def test_leaving_send_many_early_sends_nothing_more(batch_path: str) -> None:
     taken = itertools.count()
 
     def endless() -> Iterator[bytes]:
@@ -377,7 +386,7 @@ def test_leaving_send_many_early_sends_nothing_more() -> None:
     assert len(subjects(server)) == sent + 1 and "after" in subjects(server)
 
 
-def test_a_bug_in_a_callback_ends_the_batch() -> None:
+def test_a_bug_in_a_callback_ends_the_batch(batch_path: str) -> None:
     def progress(done: int, total: int | None) -> None:
         if done == 2:
             raise RuntimeError("bug")
@@ -519,7 +528,7 @@ def counting_sink() -> Iterator[tuple[int, list[int]]]:
         counts.extend(int(line) for line in out.split())
 
 
-def test_10000_messages_from_a_generator_in_flat_memory() -> None:
+def test_10000_messages_from_a_generator_in_flat_memory(batch_path: str) -> None:
     def messages() -> Iterator[bytes]:
         for i in range(10_000):
             yield message(f"m{i}")
@@ -546,7 +555,7 @@ def test_10000_messages_from_a_generator_in_flat_memory() -> None:
     assert peak < 2 * 1024 * 1024, peak
 
 
-def test_send_many_takes_messages_only_a_window_ahead() -> None:
+def test_send_many_takes_messages_only_a_window_ahead(batch_path: str) -> None:
     taken = 0
     ahead: list[int] = []
 
@@ -603,3 +612,107 @@ def test_workers_hand_out_in_order_whatever_order_sends_end_in(batched: bool) ->
     assert not consumer.is_alive()
     workers.stop()
     assert got == [*range(count - 1), "a bug in a callback"]
+
+
+# -- send_many on an event loop of its own --------------------------------------------------
+
+
+def test_a_batch_runs_in_the_consuming_thread_alone() -> None:
+    # The batch on its own loop: no worker thread, no executor (an IP literal:
+    # no name to resolve); the threads' path starts one per connection.
+    seen: list[int] = []
+    with ScriptedServer(capabilities=FAST) as server, smtplug.Pool(**options(server)) as pool:
+        before = threading.active_count()
+        for _ in pool.send_many(message(f"m{i}") for i in range(40)):
+            seen.append(threading.active_count())
+    assert max(seen) == before
+    assert sorted(subjects(server)) == sorted(f"m{i}" for i in range(40))
+
+
+def test_a_batch_holds_the_connections_it_uses_and_gives_them_back() -> None:
+    # While a batch runs, a sender in another thread gets no connection of the
+    # batch's (so max_connections holds over both); it sends once the batch ends.
+    started = threading.Event()
+    sent: list[smtplug.SendResult] = []
+    with (
+        ScriptedServer(capabilities=FAST) as server,
+        smtplug.Pool(**options(server, max_connections=2)) as pool,
+    ):
+
+        def other() -> None:
+            started.set()
+            sent.append(pool.sendmessage(message("other")))
+
+        thread = threading.Thread(target=other)
+        outcomes = []
+        for outcome in pool.send_many(message(f"m{i}") for i in range(10)):
+            outcomes.append(outcome)
+            if len(outcomes) == 1:
+                thread.start()
+                started.wait(10)
+            assert not sent  # (the batch holds both connections)
+        thread.join(30)
+    assert [o.status for o in outcomes] == ["sent"] * 10
+    assert [r.accepted for r in sent] == [True]
+    assert sorted(subjects(server)) == sorted([*(f"m{i}" for i in range(10)), "other"])
+
+
+def test_closing_the_pool_during_a_batch_ends_it() -> None:
+    # Pool.close() from another thread: the messages in flight end, the others
+    # are not sent (the closed pool's error), and nothing hangs.
+    with ScriptedServer(capabilities=FAST) as server:
+        pool = smtplug.Pool(**options(server, max_connections=2))
+        outcomes = []
+        for outcome in pool.send_many(message(f"m{i}") for i in range(30)):
+            outcomes.append(outcome)
+            if len(outcomes) == 3:
+                closer = threading.Thread(target=pool.close)
+                closer.start()
+                closer.join(30)
+        server.wait_idle()
+    statuses = [o.status for o in outcomes]
+    assert len(outcomes) == 30
+    assert statuses[:3] == ["sent"] * 3 and "not_sent" in statuses
+    first_unsent = statuses.index("not_sent")
+    assert set(statuses[first_unsent:]) == {"not_sent"}
+    for o in outcomes[first_unsent:]:
+        assert isinstance(o.error, smtplug.InvalidInputError) and "closed" in str(o.error)
+    assert len(subjects(server)) == first_unsent  # the sent ones, each once
+    assert pool.connections == 0
+
+
+def test_a_batch_inside_a_running_event_loop_uses_worker_threads() -> None:
+    # A blocking send_many called from a coroutine (it blocks that loop, as
+    # any blocking call does) cannot run a loop of its own: it uses threads.
+    async def main(pool: smtplug.Pool) -> list[str]:
+        return [o.status for o in pool.send_many(message(f"m{i}") for i in range(6))]
+
+    with ScriptedServer(capabilities=FAST) as server, smtplug.Pool(**options(server)) as pool:
+        statuses = asyncio.run(main(pool))
+    assert statuses == ["sent"] * 6
+    assert sorted(subjects(server)) == sorted(f"m{i}" for i in range(6))
+
+
+def test_closing_an_async_pool_during_its_batch_gives_outcomes() -> None:
+    # The messages not started when the pool closes are outcomes (the closed
+    # pool's error), as with Pool: the batch does not end in an exception.
+    async def main(port: int) -> list[smtplug.pool.Outcome]:
+        pool = smtplug.AsyncPool(**options_for(port, max_connections=2))
+        outcomes = []
+        async for outcome in pool.send_many(message(f"m{i}") for i in range(20)):
+            outcomes.append(outcome)
+            if len(outcomes) == 3:
+                await pool.close()
+        return outcomes
+
+    with ScriptedServer(capabilities=FAST) as server:
+        outcomes = asyncio.run(main(server.port))
+    statuses = [o.status for o in outcomes]
+    assert len(outcomes) == 20 and statuses[:3] == ["sent"] * 3
+    first_unsent = statuses.index("not_sent")
+    assert set(statuses[first_unsent:]) == {"not_sent"}
+    assert len(subjects(server)) == first_unsent
+
+
+def options_for(port: int, **more: Any) -> dict[str, Any]:
+    return {"servers": "127.0.0.1", "ports": port, "usetls": False, "timeout": 5, **more}

@@ -240,7 +240,11 @@ def schedule(count: int, rate: float, burst: int) -> list[float]:
 
 def test_pool_send_many_over_8_connections_starts_no_faster_than_the_rate(
     timelines: Timelines,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The worker threads' path (a sender's barrier needs threads; the batch on
+    # a loop is AsyncPool's, whose limits test_async_pool_both_limits checks).
+    monkeypatch.setattr(poolmod, "_LOOP_BATCHES", False)
     starts = Starts(timelines, together=8)
     with ScriptedServer(capabilities=FAST) as server:
         pool_options = options(
@@ -277,7 +281,12 @@ def test_pool_sendmessage_from_many_threads_shares_one_limit(timelines: Timeline
     assert sorted(starts.times) == pytest.approx(schedule(40, 10, 1))
 
 
-def test_pool_per_connection_rate_per_slot(timelines: Timelines) -> None:
+def test_pool_per_connection_rate_per_slot(
+    timelines: Timelines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker threads' path (a sender's barrier needs threads; the batch on
+    # a loop is AsyncPool's, whose limits test_async_pool_both_limits checks).
+    monkeypatch.setattr(poolmod, "_LOOP_BATCHES", False)
     starts = Starts(timelines, together=3)
     with ScriptedServer(capabilities=FAST) as server:
         pool_options = options(

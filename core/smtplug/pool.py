@@ -39,6 +39,12 @@ a connection the attempt broke is dropped by the Conduct, so the next
 attempt opens a fresh one; the deadline counts from the call, the wait for a
 free slot included.
 
+:meth:`Pool.send_many` runs its batch on an event loop of its own in the
+consuming thread (:meth:`Pool._on_loop`: :class:`AsyncPool`'s batch, the
+same programs on the asyncio driver, over the pool's free slots), so one
+thread multiplexes every connection; on worker threads only where that
+cannot be (:meth:`Pool._free_for_loop` says when).
+
 Rate limits (``rate_limit``, ``rate_burst``, ``rate_limit_per_connection``):
 a sender that took a slot waits (:func:`_pace`, a sans-IO program of waits;
 :mod:`smtplug.ratelimit` books the pool's shared schedule) before the
@@ -48,12 +54,15 @@ program starts, holding no lock; a cancelled wait gives its booking back.
 from __future__ import annotations
 
 import collections
+import contextlib
+import dataclasses
 import functools
 import inspect
 import math
 import threading
 import time
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Awaitable,
@@ -350,6 +359,16 @@ class _Slots(Generic[D]):
             return soonest, expired
         return None, expired
 
+    def take_free(self) -> list[_Slot[D]]:
+        """Every slot no sender holds: the idle ones and new ones up to the
+        limit (for a batch that runs them itself)."""
+        taken, self.idle = self.idle, []
+        while len(self.all) < self.limits.connections:
+            slot = self.make()
+            self.all.append(slot)
+            taken.append(slot)
+        return taken
+
     def give(self, slot: _Slot[D]) -> None:
         slot.used = _clock()
         self.idle.append(slot)
@@ -365,6 +384,17 @@ class _Flag:
 
     def __init__(self) -> None:
         self.set = False
+
+
+#: Whether :meth:`Pool.send_many` may run a batch on an event loop of its own
+#: (a test of the worker threads turns it off).
+_LOOP_BATCHES = True
+
+
+def _close_soon(loop: asyncio.AbstractEventLoop, batch: AsyncPool) -> None:
+    """(On ``loop``: :meth:`Pool.close` asked.) Close ``batch`` as
+    :meth:`AsyncPool.close` does, in a task of that loop."""
+    loop.create_task(batch.close())
 
 
 def _closed_error() -> InvalidInputError:
@@ -452,6 +482,8 @@ class Pool:
 
         self._slots: _Slots[BlockingDriver] = _Slots(self._limits, make)
         self._changed = threading.Condition(threading.Lock())
+        # The batches running on an event loop of their own (see _on_loop).
+        self._looping: dict[asyncio.AbstractEventLoop, AsyncPool] = {}
 
     def __enter__(self) -> Pool:
         return self
@@ -540,6 +572,10 @@ class Pool:
             for slot in idle:
                 self._slots.idle.remove(slot)
             self._changed.notify_all()
+            looping = list(self._looping.items())
+        for loop, batch in looping:  # (its own thread runs it: told, not waited for)
+            with contextlib.suppress(RuntimeError):  # that loop was closed meanwhile
+                loop.call_soon_threadsafe(_close_soon, loop, batch)
         for slot in idle:
             self._release(slot, close=True)
 
@@ -590,8 +626,9 @@ class Pool:
         raised in that message's place; an error of ``messages`` itself
         after the outcomes of the messages taken before it. Either way, and
         when the loop is left early, the messages not started yet are not
-        sent and those in flight are finished first (one worker thread per
-        connection, for this batch).
+        sent and those in flight are finished first. The batch runs in this
+        thread, on an event loop of its own, over the pool's free connections
+        (worker threads where it cannot: see docs/pool.md).
         """
         checked = _check_batch(options, progress)
         total = len(messages) if isinstance(messages, Sized) else None
@@ -600,6 +637,114 @@ class Pool:
     _batch_signature(send_many)
 
     def _batch(
+        self,
+        messages: Iterator[MessageInput],
+        options: MessageOptions,
+        progress: Progress | None,
+        total: int | None,
+    ) -> Iterator[Outcome]:
+        """One thread for the whole batch where it can (:meth:`_on_loop`),
+        else a worker thread per connection (:meth:`_threaded`)."""
+        taken = self._free_for_loop()
+        if taken is None:
+            yield from self._threaded(messages, options, progress, total)
+        else:
+            yield from self._on_loop(taken, messages, options, progress, total)
+
+    def _free_for_loop(self) -> list[_Slot[BlockingDriver]] | None:
+        """The slots a batch on an event loop of its own may use (their kept
+        connections closed: the loop opens its own), or None when the batch
+        must run on threads: the plan has no asyncio transport (a blocking
+        plugin), an event loop already runs in this thread, or every slot is
+        busy."""
+        if not _LOOP_BATCHES:
+            return None
+        import asyncio  # (here: a pool that sends no batch never imports it)
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            return None
+        try:
+            asyncio_transport(self._plan, "smtplug.Pool")
+        except InvalidInputError:
+            return None
+        with self._changed:
+            if self._slots.closed:
+                return None  # (the threads' path reports it, message by message)
+            taken = self._slots.take_free()
+        if not taken:
+            return None
+        try:
+            for slot in taken:
+                if slot.connected:
+                    slot.driver.run(slot.conduct.close())
+        except BaseException:
+            self._give_back(taken)
+            raise
+        return taken
+
+    def _give_back(self, taken: list[_Slot[BlockingDriver]]) -> None:
+        for slot in taken:
+            if slot.connected:  # (a close that failed half way)
+                slot.conduct.forget()
+                slot.driver.close()
+        with self._changed:
+            for slot in taken:
+                self._slots.give(slot)
+            self._changed.notify_all()
+
+    def _on_loop(
+        self,
+        taken: list[_Slot[BlockingDriver]],
+        messages: Iterator[MessageInput],
+        options: MessageOptions,
+        progress: Progress | None,
+        total: int | None,
+    ) -> Iterator[Outcome]:
+        """The batch on an event loop of its own, run in the consuming thread
+        while it waits for the next outcome: :class:`AsyncPool`'s batch over
+        as many connections as ``taken`` slots, with this pool's plan,
+        observers, limits and shared rate limit (the same programs, on the
+        asyncio driver). One thread multiplexes every connection, where a
+        thread per connection would wait for the GIL at each system call.
+        The slots are given back (their connections closed) when it ends."""
+        import asyncio
+
+        loop = asyncio.new_event_loop()
+        batch = AsyncPool._sharing(self, len(taken))
+        with self._changed:
+            self._looping[loop] = batch
+        if self._slots.closed:  # (closed meanwhile: close() did not see it)
+            loop.call_soon(_close_soon, loop, batch)
+
+        async def source() -> MessageInput:
+            try:
+                return next(messages)
+            except StopIteration:
+                raise StopAsyncIteration from None
+
+        outcomes = batch._batches(source, options, progress, total)
+        try:
+            while True:
+                try:
+                    chunk = loop.run_until_complete(outcomes.__anext__())
+                except StopAsyncIteration:
+                    break
+                yield from chunk
+        finally:
+            try:
+                loop.run_until_complete(outcomes.aclose())  # (finishes those in flight)
+                loop.run_until_complete(batch.close())
+            finally:
+                with self._changed:
+                    del self._looping[loop]
+                loop.close()
+                self._give_back(taken)
+
+    def _threaded(
         self,
         messages: Iterator[MessageInput],
         options: MessageOptions,
@@ -780,6 +925,27 @@ class AsyncPool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    @classmethod
+    def _sharing(cls, pool: Pool, connections: int) -> AsyncPool:
+        """An AsyncPool of ``connections`` made of ``pool``'s plan, observers,
+        limits and rate limit (a :class:`Pool` batch on its own loop)."""
+        self = cls.__new__(cls)
+        self._limits = dataclasses.replace(pool._limits, connections=connections)
+        self._rate = pool._rate
+        plan = self._plan = pool._plan
+        self._send_limits = pool._send_limits
+        self._observers = observers = pool._observers
+        transport = asyncio_transport(plan, "smtplug.Pool")
+
+        def make() -> _Slot[AsyncDriver]:
+            driver = AsyncDriver(transport, plan.transport_options, observers, plan.tls_sessions)
+            return _Slot(Conduct(plan, observers), driver)
+
+        self._slots = _Slots(self._limits, make)
+        self._waiters = collections.deque()
+        self._loop = None
+        return self
+
     async def __aenter__(self) -> AsyncPool:
         return self
 
@@ -922,9 +1088,9 @@ class AsyncPool:
             try:
                 limits = retry.limits(options.retry, options.deadline, self._send_limits)
                 prepared, extras = prepare(message, options)
+                slot = await self._acquire()  # (closed meanwhile: its error is the outcome)
             except SMTPError as exc:
                 return Outcome(index, None, exc)
-            slot = await self._acquire()
             try:
                 if stop.set:
                     return None  # the batch ended before this message was started
@@ -975,7 +1141,22 @@ class AsyncPool:
         options: MessageOptions,
         progress: Progress | None,
         total: int | None,
-    ) -> AsyncIterator[Outcome]:
+    ) -> AsyncGenerator[Outcome, None]:
+        async with contextlib.aclosing(self._batches(source, options, progress, total)) as chunks:
+            async for chunk in chunks:
+                for outcome in chunk:
+                    yield outcome
+
+    async def _batches(
+        self,
+        source: Callable[[], Awaitable[MessageInput]],
+        options: MessageOptions,
+        progress: Progress | None,
+        total: int | None,
+    ) -> AsyncGenerator[list[Outcome], None]:
+        """The batch's outcomes in order, as lists: the next one (waited for),
+        and those after it that are there already (a :class:`Pool` batch on a
+        loop of its own runs the loop once per list, not once per message)."""
         import asyncio
 
         window = 2 * self._limits.connections
@@ -1004,14 +1185,17 @@ class AsyncPool:
             await fill()
             done = 0
             while pending:
-                outcome = await asyncio.shield(pending[0])
-                pending.popleft()
-                await fill()
-                assert outcome is not None
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-                yield outcome
+                await asyncio.shield(pending[0])
+                chunk = []
+                while pending and pending[0].done():
+                    outcome = pending.popleft().result()
+                    assert outcome is not None
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+                    chunk.append(outcome)
+                yield chunk
+                await fill()  # (once they are handed out: at most a window ahead)
         except asyncio.CancelledError:
             for task in pending:  # cancelled: so are the sends in flight
                 task.cancel()
