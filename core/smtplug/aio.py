@@ -119,19 +119,14 @@ class AsyncClient:
         self, message: MessageInput, options: MessageOptions, *, last: bool
     ) -> SendResult:
         conduct = self._conduct
-        limits = None  # no retry, no deadline: the attempt is the whole send
-        if options.retry is not None or options.deadline is not None or self._limits.active:
-            limits = retry.limits(options.retry, options.deadline, self._limits)
+        limits = retry.of_send(options.retry, options.deadline, self._limits)
         with self._observers.recording() as transcript:
             prepared, extras = prepare(message, options)
-            if limits is None:
-                program = conduct.send_prepared(prepared, extras, options, last=last)
-            else:
-                program = retry.guarded(
-                    lambda: conduct.send_prepared(prepared, extras, options, last=last),
-                    limits,
-                    prepared,
-                )
+            program = retry.whole(
+                lambda: conduct.send_prepared(prepared, extras, options, last=last),
+                limits,
+                prepared,
+            )
             result: SendResult = await self._driver.run(program)
         if transcript is not None:
             result.transcript = tuple(transcript)

@@ -52,7 +52,17 @@ from smtplug.errors import (
 from smtplug.observe import logger
 from smtplug.results import SendResult
 
-__all__ = ["NO_LIMITS", "Limits", "Retry", "capped", "guarded", "limits", "now"]
+__all__ = [
+    "NO_LIMITS",
+    "Limits",
+    "Retry",
+    "capped",
+    "guarded",
+    "limits",
+    "now",
+    "of_send",
+    "whole",
+]
 
 #: The clock of the deadline and of the time spent (a test may replace it).
 _clock: Callable[[], float] = time.monotonic
@@ -281,6 +291,27 @@ def capped(program: Program, deadline: _Deadline) -> Program:
         if deadline.hit and not isinstance(exc, DeliveryUnknownError | DeadlineExceededError):
             raise deadline.error(f"{type(exc).__name__}: {exc}") from exc
         raise
+
+
+def of_send(retry: object, deadline: object, default: Limits) -> Limits | None:
+    """A client's send's limits (checked: before the message is read), or
+    None when it has neither a retry policy nor a deadline: then the attempt
+    is the whole send (:func:`whole`), with no wrapper to pay for."""
+    if retry is None and deadline is None and not default.active:
+        return None
+    return limits(retry, deadline, default)
+
+
+def whole(
+    attempt: Callable[[], Generator[Any, Any, SendResult]],
+    limits: Limits | None,
+    prepared: PreparedMessage,
+) -> Generator[Any, Any, SendResult]:
+    """The program of a client's whole send: ``attempt()`` itself without
+    limits (see :func:`of_send`), else :func:`guarded`."""
+    if limits is None:
+        return attempt()
+    return guarded(attempt, limits, prepared)
 
 
 def guarded(
