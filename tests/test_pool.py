@@ -386,6 +386,25 @@ def test_leaving_send_many_early_sends_nothing_more(batch_path: str) -> None:
     assert len(subjects(server)) == sent + 1 and "after" in subjects(server)
 
 
+def test_progress_is_called_just_before_each_outcome_is_handed_out(batch_path: str) -> None:
+    # However many outcomes are ready together, progress(k) comes when k - 1
+    # have been handed out, and the k-th follows.
+    handed: list[smtplug.pool.Outcome] = []
+    calls: list[tuple[int, int | None, int]] = []
+
+    def progress(done: int, total: int | None) -> None:
+        calls.append((done, total, len(handed)))
+
+    with (
+        ScriptedServer(capabilities=FAST) as server,
+        smtplug.Pool(**options(server, max_connections=4)) as pool,
+    ):
+        for outcome in pool.send_many([message(f"m{i}") for i in range(40)], progress=progress):
+            handed.append(outcome)
+    assert calls == [(k, 40, k - 1) for k in range(1, 41)]
+    assert [o.message_index for o in handed] == list(range(40))
+
+
 def test_a_bug_in_a_callback_ends_the_batch(batch_path: str) -> None:
     def progress(done: int, total: int | None) -> None:
         if done == 2:

@@ -726,14 +726,19 @@ class Pool:
             except StopIteration:
                 raise StopAsyncIteration from None
 
-        outcomes = batch._batches(source, options, progress, total)
+        outcomes = batch._batches(source, options)
+        done = 0
         try:
             while True:
                 try:
                     chunk = loop.run_until_complete(outcomes.__anext__())
                 except StopAsyncIteration:
                     break
-                yield from chunk
+                for outcome in chunk:
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+                    yield outcome
         finally:
             try:
                 loop.run_until_complete(outcomes.aclose())  # (finishes those in flight)
@@ -1142,17 +1147,19 @@ class AsyncPool:
         progress: Progress | None,
         total: int | None,
     ) -> AsyncGenerator[Outcome, None]:
-        async with contextlib.aclosing(self._batches(source, options, progress, total)) as chunks:
+        done = 0
+        async with contextlib.aclosing(self._batches(source, options)) as chunks:
             async for chunk in chunks:
                 for outcome in chunk:
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
                     yield outcome
 
     async def _batches(
         self,
         source: Callable[[], Awaitable[MessageInput]],
         options: MessageOptions,
-        progress: Progress | None,
-        total: int | None,
     ) -> AsyncGenerator[list[Outcome], None]:
         """The batch's outcomes in order, as lists: the next one (waited for),
         and those after it that are there already (a :class:`Pool` batch on a
@@ -1183,16 +1190,12 @@ class AsyncPool:
 
         try:
             await fill()
-            done = 0
             while pending:
                 await asyncio.shield(pending[0])
                 chunk = []
                 while pending and pending[0].done():
                     outcome = pending.popleft().result()
                     assert outcome is not None
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
                     chunk.append(outcome)
                 yield chunk
                 await fill()  # (once they are handed out: at most a window ahead)
