@@ -298,7 +298,7 @@ async def _connected(
             async with _timeout(timeout):
                 _, protocol = await connecting
         else:  # Python 3.10
-            _, protocol = await asyncio.wait_for(connecting, timeout)
+            _, protocol = await _connecting_310(connecting, timeout)
     except (TimeoutError, asyncio.TimeoutError) as exc:
         raise ConnectError(f"connecting to {peer} timed out after {timeout} s") from exc
     except OSError as exc:
@@ -306,6 +306,36 @@ async def _connected(
         reason = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
         raise ConnectError(f"cannot connect to {peer}: {reason}") from exc
     return protocol
+
+
+def _close_made(task: asyncio.Task[tuple[asyncio.BaseTransport, _Connection]]) -> None:
+    """(A connection attempt given up.) Close what it made, if it made it."""
+    if task.cancelled():
+        return
+    if task.exception() is None:  # (retrieved either way: never logged as lost)
+        task.result()[0].close()
+
+
+async def _connecting_310(
+    connecting: Coroutine[Any, Any, tuple[asyncio.BaseTransport, _Connection]],
+    timeout: float | None,
+) -> tuple[asyncio.BaseTransport, _Connection]:
+    """``connecting`` within ``timeout`` seconds, for Python 3.10: its
+    ``wait_for`` returns the result when a cancel and the connection come
+    in the same loop turn, so the cancel is lost (bpo-42130). Here a cancel
+    always wins, and a connection made meanwhile is closed."""
+    task = asyncio.ensure_future(connecting)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        task.add_done_callback(_close_made)
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_close_made)
+        raise asyncio.TimeoutError
+    return task.result()
 
 
 class AsyncPlainStream:
