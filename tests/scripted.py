@@ -6,6 +6,11 @@ otherwise; ``servers`` are the scripted servers given, on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import smtplug
@@ -44,3 +49,16 @@ def subjects(server: ScriptedServer) -> list[str]:
                     if line.startswith(b"Subject: "):
                         found.append(line[9:].decode())
     return found
+
+
+@contextlib.contextmanager
+def machine_lock(name: str) -> Iterator[None]:
+    """Held by one test process of the machine at a time (CI runs two
+    Pythons' suites side by side): for what both would take at once, such
+    as a fixed port or the free ports a Postfix is about to bind."""
+    with open(Path(tempfile.gettempdir()) / f"smtplug-{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -19,7 +19,7 @@ import pytest
 
 import smtplug
 from apis import both_apis
-from scripted import client_for, send_to
+from scripted import client_for, machine_lock, send_to
 from smtplug import (
     ConnectError,
     ConnectionLostError,
@@ -566,15 +566,21 @@ def test_tls_verify_false_is_a_warning(caplog, tmp_path):
 
 
 def test_plain_smtp_to_port_465_says_it_expects_implicit_tls():
-    try:
-        listener = socket.create_server(("127.0.0.1", 465))
-    except OSError as exc:  # pragma: no cover - the suite runs as root, 465 free
-        pytest.fail(f"this test needs 127.0.0.1:465 (root, port free): {exc}")
-    # The kernel accepts; nothing greets, as with a server waiting for TLS.
-    with listener, pytest.raises(ConnectError) as info:
-        smtplug.sendmessage(
-            message(), servers="127.0.0.1", ports=465, usetls=False, client="localhost", timeout=0.3
-        )
+    with machine_lock("port-465"):  # (the other suite of CI's pair needs it too)
+        try:
+            listener = socket.create_server(("127.0.0.1", 465))
+        except OSError as exc:  # pragma: no cover - the suite runs as root, 465 free
+            pytest.fail(f"this test needs 127.0.0.1:465 (root, port free): {exc}")
+        # The kernel accepts; nothing greets, as with a server waiting for TLS.
+        with listener, pytest.raises(ConnectError) as info:
+            smtplug.sendmessage(
+                message(),
+                servers="127.0.0.1",
+                ports=465,
+                usetls=False,
+                client="localhost",
+                timeout=0.3,
+            )
     (failure,) = info.value.failures
     assert "port 465 expects implicit TLS: use tlsimport=True" in failure.error.diagnostic
 

@@ -18,8 +18,6 @@ test sessions running side by side on one machine do not collide.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shutil
 import socket
@@ -29,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from scripted import machine_lock
+
 from .postfix import Postfix, PostfixUnavailable
 
 _PORT_VARIABLES = (
@@ -36,24 +36,6 @@ _PORT_VARIABLES = (
     "SMTPLUG_POSTFIX_SUBMISSION_PORT",
     "SMTPLUG_POSTFIX_SMTPS_PORT",
 )
-
-
-#: Held by a session from picking its ports until its Postfix listens on them.
-_START_LOCK = Path(tempfile.gettempdir()) / "smtplug-postfix-start.lock"
-
-
-@contextlib.contextmanager
-def _starting() -> Iterator[None]:
-    """One session at a time picks free ports and starts its Postfix: two
-    sessions side by side (CI runs two Pythons' suites at once) could pick
-    the same free ports before either had bound them (seen: two masters on
-    one port, connections shared between them)."""
-    with open(_START_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -84,7 +66,10 @@ def postfix() -> Iterator[Postfix]:
     ports = [int(os.environ.get(name) or 0) for name in _PORT_VARIABLES]
     server = Postfix()
     try:
-        with _starting():  # (until its master listens: start waits for the banners)
+        # One session at a time picks free ports and starts its Postfix (until
+        # its master listens: start waits for the banners). Two sessions side
+        # by side once picked the same port for two masters, which shared it.
+        with machine_lock("postfix-start"):
             free = iter(_free_ports(ports.count(0)))
             plain, submission, smtps = (port or next(free) for port in ports)
             server.start(directory, plain_port=plain, submission_port=submission, smtps_port=smtps)
