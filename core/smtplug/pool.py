@@ -99,6 +99,9 @@ from smtplug.wire import Wire
 if TYPE_CHECKING:
     import asyncio  # (imported when an AsyncPool is used: it costs a blocking program 10 ms)
 
+    from smtplug.connect import ConnectionPlan
+    from smtplug.observe import Observers
+
 __all__ = ["AsyncPool", "Outcome", "Pool", "Progress", "Status"]
 
 #: What became of one message of a batch.
@@ -913,43 +916,42 @@ class AsyncPool:
     @init_signature(PoolOptions)
     def __init__(self, **options: Any) -> None:
         checked = build(PoolOptions, options)
-        self._limits = _limits(checked)
-        self._rate = _rate(checked)
+        limits, rate = _limits(checked), _rate(checked)
         built = setup(checked)
-        plan = built.plan
-        transport = asyncio_transport(plan, "smtplug.Pool")
-        self._plan = plan
-        self._send_limits = built.limits
-        self._observers = observers = built.observers
-
-        def make() -> _Slot[AsyncDriver]:
-            driver = AsyncDriver(transport, plan.transport_options, observers, plan.tls_sessions)
-            return _Slot(Conduct(plan, observers), driver)
-
-        self._slots: _Slots[AsyncDriver] = _Slots(self._limits, make)
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._start(limits, rate, built.plan, built.observers, built.limits)
 
     @classmethod
     def _sharing(cls, pool: Pool, connections: int) -> AsyncPool:
         """An AsyncPool of ``connections`` made of ``pool``'s plan, observers,
         limits and rate limit (a :class:`Pool` batch on its own loop)."""
         self = cls.__new__(cls)
-        self._limits = dataclasses.replace(pool._limits, connections=connections)
-        self._rate = pool._rate
-        plan = self._plan = pool._plan
-        self._send_limits = pool._send_limits
-        self._observers = observers = pool._observers
+        limits = dataclasses.replace(pool._limits, connections=connections)
+        self._start(limits, pool._rate, pool._plan, pool._observers, pool._send_limits)
+        return self
+
+    def _start(
+        self,
+        limits: _Limits,
+        rate: RateLimiter | None,
+        plan: ConnectionPlan,
+        observers: Observers,
+        send_limits: retry.Limits,
+    ) -> None:
+        """What both constructors set: the slots over ``plan``'s asyncio transport."""
         transport = asyncio_transport(plan, "smtplug.Pool")
+        self._limits = limits
+        self._rate = rate
+        self._plan = plan
+        self._send_limits = send_limits
+        self._observers = observers
 
         def make() -> _Slot[AsyncDriver]:
             driver = AsyncDriver(transport, plan.transport_options, observers, plan.tls_sessions)
             return _Slot(Conduct(plan, observers), driver)
 
-        self._slots = _Slots(self._limits, make)
-        self._waiters = collections.deque()
-        self._loop = None
-        return self
+        self._slots: _Slots[AsyncDriver] = _Slots(limits, make)
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __aenter__(self) -> AsyncPool:
         return self
