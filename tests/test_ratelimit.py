@@ -28,28 +28,14 @@ from scripted import subjects
 from smtplug import pool as poolmod
 from smtplug.ratelimit import RateLimiter
 from smtplug.testing import ScriptedServer
+from test_pool import FAST, message
+from test_pool import options as pool_options
 
-FAST = ["8BITMIME", "PIPELINING"]
 EPS = 1e-9
 
 
-def message(subject: str) -> bytes:
-    return (
-        f"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: {subject}\r\n"
-        f"Message-ID: <{subject.replace(' ', '.')}@example.com>\r\n"
-        "Date: Thu, 03 Dec 2026 10:00:00 +0000\r\n\r\nhello\r\n"
-    ).encode()
-
-
 def options(server: ScriptedServer, **more: Any) -> dict[str, Any]:
-    return {
-        "servers": "127.0.0.1",
-        "ports": server.port,
-        "usetls": False,
-        "timeout": 10,
-        "client": "localhost",
-        **more,
-    }
+    return pool_options(server, **{"timeout": 10, **more})
 
 
 def conforming(starts: list[float], rate: float, burst: int) -> bool:
