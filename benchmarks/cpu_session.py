@@ -58,20 +58,9 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
-FROM = "sender@example.com"
-TO = "rcpt@example.org"
-HUNDRED = [f"r{i}@example.org" for i in range(100)]
-_BODY = b"".join(
-    f"Line {i:02d} of a small benchmark message; nothing in it needs escaping.\r\n".encode()
-    for i in range(12)
-)
-#: The 1045-octet message of benchmarks/clients.py.
-MESSAGE = (
-    f"From: {FROM}\r\nTo: {TO}\r\nSubject: smtplug benchmark\r\n"
-    "Date: Sat, 28 Nov 2026 12:00:00 +0000\r\n"
-    "Message-ID: <benchmark@example.com>\r\nMIME-Version: 1.0\r\n"
-    "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
-).encode() + _BODY
+# The message, sender and recipients of the run.py scenarios.
+from clients import _BODY, FROM, HUNDRED, TO  # noqa: E402
+from clients import SMALL_MESSAGE as MESSAGE  # noqa: E402
 
 CASES = (
     "kept-bytes-1",
