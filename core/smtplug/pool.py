@@ -76,7 +76,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from smtplug import events, retry
-from smtplug.actions import CLOSE, PROBE
+from smtplug.actions import CLOSE, PROBE, Sleep
 from smtplug.api import _seconds, prepare, setup
 from smtplug.drivers.aio import AsyncDriver, asyncio_transport
 from smtplug.drivers.blocking import BlockingDriver
@@ -233,6 +233,24 @@ def _pace(
             rate.cancel(start)
             raise
     slot.started = _clock()
+
+
+def _pace_again(
+    limits: _Limits, rate: RateLimiter | None, slot: _Slot[Any], until: float | None
+) -> Generator[Sleep, None, bool]:
+    """:func:`_pace` as a program of sleeps, for an attempt after the first
+    (:func:`smtplug.retry.guarded`'s ``repace``): False, the booking given
+    back, when the attempt could only start at or after ``until``."""
+    pace = _pace(limits, rate, slot)
+    for at in pace:
+        if until is not None and at >= until:
+            pace.close()  # (the booking given back)
+            return False
+        try:
+            yield Sleep(max(0.0, at - _clock()))
+        except BaseException as exc:
+            pace.throw(exc)  # (re-raised, the booking given back)
+    return True
 
 
 class _Slot(Generic[D]):
@@ -434,6 +452,7 @@ def _outcome(index: int, send: Callable[[], SendResult]) -> Outcome:
 
 def _guarded(
     pool_limits: _Limits,
+    rate: RateLimiter | None,
     slot: _Slot[Any],
     prepared: PreparedMessage,
     options: MessageOptions,
@@ -441,12 +460,18 @@ def _guarded(
     limits: retry.Limits,
     started: float,
 ) -> Generator[Any, Any, SendResult]:
-    """The slot program of one message, attempted as ``limits`` say."""
+    """The slot program of one message, attempted as ``limits`` say; every
+    attempt after the first paced again by the pool's rate limits (the
+    first was paced when the slot was taken)."""
+    repace: retry.Repace | None = None
+    if rate is not None or pool_limits.spacing is not None:
+        repace = functools.partial(_pace_again, pool_limits, rate, slot)
     return retry.guarded(
         lambda: _send_program(pool_limits, slot, prepared, options, extras),
         limits,
         prepared,
         started=started,
+        repace=repace,
     )
 
 
@@ -598,7 +623,9 @@ class Pool:
             slot = self._acquire()
             try:
                 result: SendResult = slot.driver.run(
-                    _guarded(self._limits, slot, prepared, options, extras, limits, started)
+                    _guarded(
+                        self._limits, self._rate, slot, prepared, options, extras, limits, started
+                    )
                 )
             finally:
                 self._release(slot)
@@ -1079,7 +1106,9 @@ class AsyncPool:
             slot = await self._acquire()
             try:
                 result: SendResult = await slot.driver.run(
-                    _guarded(self._limits, slot, prepared, options, extras, limits, started)
+                    _guarded(
+                        self._limits, self._rate, slot, prepared, options, extras, limits, started
+                    )
                 )
             finally:
                 await self._release(slot)
@@ -1103,7 +1132,16 @@ class AsyncPool:
                     return None  # the batch ended before this message was started
                 try:
                     result = await slot.driver.run(
-                        _guarded(self._limits, slot, prepared, options, extras, limits, started)
+                        _guarded(
+                            self._limits,
+                            self._rate,
+                            slot,
+                            prepared,
+                            options,
+                            extras,
+                            limits,
+                            started,
+                        )
                     )
                 except SMTPError as exc:  # (retried inside, as the message's retry= says)
                     return Outcome(index, None, exc)

@@ -55,6 +55,7 @@ from smtplug.results import SendResult
 __all__ = [
     "NO_LIMITS",
     "Limits",
+    "Repace",
     "Retry",
     "capped",
     "guarded",
@@ -314,12 +315,20 @@ def whole(
     return guarded(attempt, limits, prepared)
 
 
+#: The waits a pool makes before an attempt after the first (its rate
+#: limits): a program of :class:`~smtplug.actions.Sleep` that is given the
+#: deadline's time (or None) and returns False, having given its booking
+#: back, when the attempt could not start before it.
+Repace = Callable[[float | None], Generator[Sleep, None, bool]]
+
+
 def guarded(
     attempt: Callable[[], Generator[Any, Any, SendResult]],
     limits: Limits,
     prepared: PreparedMessage,
     *,
     started: float | None = None,
+    repace: Repace | None = None,
 ) -> Generator[Any, Any, SendResult]:
     """The program of a whole send of ``prepared``: ``attempt()`` (one
     attempt's program, returning a :class:`SendResult`) as often as
@@ -327,7 +336,10 @@ def guarded(
     ``started``, a value of :func:`now`; default: now). Every attempt sends
     the same prepared octets, so the same Message-ID (added by
     :func:`smtplug.envelope.prepare` when the message has none). A body read
-    from a stream that was started is not sent again.
+    from a stream that was started is not sent again. After the backoff,
+    ``repace`` (a pool's rate limits) runs before each attempt but the first
+    (which the caller paced): a retry is a message start like any other; one
+    that could only start after the deadline is not made.
 
     Without limits this is ``attempt()`` itself: nothing in between."""
     if not limits.active:
@@ -337,7 +349,7 @@ def guarded(
     def restartable() -> bool:
         return body.restartable or not body.started
 
-    return _attempts(attempt, limits, restartable, _clock() if started is None else started)
+    return _attempts(attempt, limits, restartable, _clock() if started is None else started, repace)
 
 
 def now() -> float:
@@ -350,6 +362,7 @@ def _attempts(
     limits: Limits,
     restartable: Callable[[], bool],
     started: float,
+    repace: Repace | None = None,
 ) -> Generator[Any, Any, SendResult]:
     policy = limits.retry
     seconds = [s for s in (limits.deadline, None if policy is None else policy.deadline) if s]
@@ -377,15 +390,7 @@ def _attempts(
             if wait is not None and deadline is not None and _clock() + wait >= deadline.until:
                 wait = None  # no sleep past the deadline, no attempt after it
         if wait is None:
-            if isinstance(failure, SendResult):
-                return _final(failure, number, unknown)
-            if unknown is not None and failure is not unknown:
-                raise DeliveryUnknownError(
-                    f"attempt {number} failed ({type(failure).__name__}: {failure}) and an "
-                    f"earlier attempt ended with the delivery unknown ({unknown.diagnostic}): "
-                    "the message may or may not have been delivered"
-                ) from failure
-            raise failure
+            return _given_up(failure, number, unknown)
         if isinstance(failure, DeliveryUnknownError):
             unknown = failure
         assert policy is not None
@@ -397,6 +402,29 @@ def _attempts(
             wait,
         )
         yield Sleep(wait)
+        if repace is not None and not (
+            yield from repace(None if deadline is None else deadline.until)
+        ):
+            logger.info(
+                "attempt %d not made: the rate limit lets it start only after the deadline",
+                number + 1,
+            )
+            return _given_up(failure, number, unknown)
+
+
+def _given_up(
+    failure: SMTPError | SendResult, number: int, unknown: DeliveryUnknownError | None
+) -> SendResult:
+    """The end of a send whose attempt ``number`` failed and is the last."""
+    if isinstance(failure, SendResult):
+        return _final(failure, number, unknown)
+    if unknown is not None and failure is not unknown:
+        raise DeliveryUnknownError(
+            f"attempt {number} failed ({type(failure).__name__}: {failure}) and an "
+            f"earlier attempt ended with the delivery unknown ({unknown.diagnostic}): "
+            "the message may or may not have been delivered"
+        ) from failure
+    raise failure
 
 
 def _what(failure: SMTPError | SendResult) -> str:
