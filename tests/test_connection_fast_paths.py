@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 from pathlib import Path
 from typing import Any
@@ -70,3 +71,125 @@ def test_unloadable_tls_file_fails_before_connecting(
             **_mock_options(server),
         )
     assert server.sessions == []
+
+
+# --- the checked setup, memoised on its inputs -----------------------------------------
+
+import dataclasses  # noqa: E402
+
+from smtplug import api, plugins  # noqa: E402
+from smtplug.options import ClientOptions, build  # noqa: E402
+
+
+def _setup(memo: bool, **given: Any) -> api.Setup:
+    if not memo:
+        api._SETUPS.clear()
+    return api.setup(build(ClientOptions, given))
+
+
+def _fields(plan: Any) -> dict[str, Any]:
+    return {
+        f.name: getattr(plan, f.name)
+        for f in dataclasses.fields(plan)
+        if f.name not in ("tls_sessions", "transport_options")
+    }
+
+
+SIMPLE = [
+    {"servers": ["127.0.0.1"], "client": "localhost", "usetls": False},
+    {"servers": "localhost"},
+    {"servers": ("a.example", "b.example"), "ports": [2525], "timeout": 3, "maxsecs": 9.5},
+    {"servers": ["127.0.0.1"], "usetls": True, "tlspolicy": "require", "tls_verify": False},
+    {"servers": ["127.0.0.1"], "tlsimport": True, "deadline": 4.0, "block_plugins": ["lmtp"]},
+]
+
+
+@pytest.mark.parametrize("given", SIMPLE)
+def test_memoised_setup_is_the_checked_one(monkeypatch: pytest.MonkeyPatch, given: Any) -> None:
+    calls: list[object] = []
+    real = api._plan
+    monkeypatch.setattr(api, "_plan", lambda *a, **k: calls.append(a) or real(*a, **k))
+    api._SETUPS.clear()
+    first = api.setup(build(ClientOptions, given))
+    again = api.setup(build(ClientOptions, given))
+    assert len(calls) == 1  # the second one took the memo
+    fresh = _setup(False, **given)
+    for built in (first, again):
+        assert built.registry is fresh.registry
+        assert built.limits == fresh.limits
+        assert _fields(built.plan) == _fields(fresh.plan)
+        options = dict(built.plan.transport_options)
+        assert options.pop("tls_sessions") is built.plan.tls_sessions
+        expected = dict(fresh.plan.transport_options)
+        expected.pop("tls_sessions")
+        assert options == expected
+    # Each client its own TLS sessions, observers and transport options.
+    assert again.plan.tls_sessions is not first.plan.tls_sessions
+    assert again.plan.transport_options is not first.plan.transport_options
+    assert again.observers is not first.observers
+
+
+@pytest.mark.parametrize(
+    "good, bad",
+    [
+        ({"usetls": True}, {"usetls": 1}),
+        ({"usetls": False}, {"usetls": 0}),
+        ({"ports": 25}, {"ports": 25.0}),
+        ({"timeout": 5}, {"timeout": True}),
+        ({"servers": ["a.example"]}, {"servers": ["a example"]}),
+        ({"servers": ["a.example"]}, {"servers": [["a.example"]]}),
+        ({"servers": ["a.example"]}, {"servers": ("a.example", 25)}),
+        ({"usetls": True, "tls_backend": "stdlib"}, {"usetls": True, "tls_backend": ("stdlib",)}),
+        ({"client": "localhost"}, {"client": ["localhost"]}),
+    ],
+)
+def test_memo_never_lets_bad_input_through(good: Any, bad: Any) -> None:
+    api._SETUPS.clear()
+    api.setup(build(ClientOptions, {"servers": ["127.0.0.1"], **good}))
+    with pytest.raises(smtplug.InvalidInputError):
+        api.setup(build(ClientOptions, {"servers": ["127.0.0.1"], **bad}))
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"username": "u", "password": "p", "insecure_cleartext_auth": True},
+        {"capath": os.path.dirname(__file__)},
+        {"tlspolicy": lambda code, diagnostic: "insecure"},
+        {"timeouts": {"connect": 3.0}},
+        {"plugins": [MockServer().plugin()], "block_plugins": ["plain"]},
+        {"retry": smtplug.Retry()},
+        {"tls_context": ssl.create_default_context()},
+    ],
+)
+def test_not_memoised(given: Any) -> None:
+    """Credentials are not kept process-wide, files are checked at each call,
+    objects (callables, plugins, mappings) are not keys."""
+    api._SETUPS.clear()
+    api.setup(build(ClientOptions, {"servers": ["127.0.0.1"], **given}))
+    assert api._SETUPS == {}
+
+
+def test_memo_follows_a_rebuilt_registry() -> None:
+    given = {"servers": ["127.0.0.1"], "usetls": False}
+    api._SETUPS.clear()
+    first = api.setup(build(ClientOptions, given))
+    plugins._shared_registry.cache_clear()
+    try:
+        again = api.setup(build(ClientOptions, given))
+        assert again.registry is not first.registry
+        assert again.registry is plugins.build_registry()
+        assert again.plan.transport is again.registry.transports["plain"]
+    finally:
+        api._SETUPS.clear()
+
+
+def test_memo_still_asks_the_tls_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    given = {"servers": ["127.0.0.1"], "usetls": True}
+    api._SETUPS.clear()
+    api.setup(build(ClientOptions, given))
+    backend = plugins.build_registry().tls_backends["stdlib"]
+    seen: list[object] = []
+    monkeypatch.setattr(type(backend), "check", lambda self, options: seen.append(options))
+    api.setup(build(ClientOptions, given))
+    assert len(seen) == 1 and api._SETUPS
