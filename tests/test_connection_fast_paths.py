@@ -193,3 +193,34 @@ def test_memo_still_asks_the_tls_backend(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(type(backend), "check", lambda self, options: seen.append(options))
     api.setup(build(ClientOptions, given))
     assert len(seen) == 1 and api._SETUPS
+
+
+# --- the RCPT lines of a transaction, encoded in one pass ------------------------------
+
+from hypothesis import example, given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from smtplug.protocol import commands  # noqa: E402
+
+_ADDRESS = st.text(max_size=40) | st.sampled_from(
+    ["a@example.org", "x" * 300, '"a b"@example.org', "ü@example.org", "a\r\n@x", "", "<a>"]
+)
+
+
+def _one_by_one(paths: list[Any], smtputf8: bool) -> tuple[str, object]:
+    try:
+        return "ok", [commands.rcpt(path, smtputf8=smtputf8) for path in paths]
+    except smtplug.SMTPError as exc:
+        return type(exc).__name__, str(exc)
+
+
+@given(st.lists(_ADDRESS | st.integers(), max_size=5), st.booleans())
+@example(["a@example.org", "b@example.org"], False)
+@example(["a@example.org", "ü@example.org"], False)
+@example(["a@example.org", "ü@example.org"], True)
+def test_rcpts_is_rcpt_for_each(paths: list[Any], smtputf8: bool) -> None:
+    try:
+        got: tuple[str, object] = "ok", commands.rcpts(paths, smtputf8=smtputf8)
+    except smtplug.SMTPError as exc:
+        got = type(exc).__name__, str(exc)
+    assert got == _one_by_one(paths, smtputf8)

@@ -620,7 +620,7 @@ def _plan(
         params.append("SMTPUTF8")
     if extras is None:
         lines = [commands.mail(message.sender, params, smtputf8=utf8)]
-        lines += [commands.rcpt(address, smtputf8=utf8) for address in message.recipients]
+        lines += commands.rcpts(message.recipients, smtputf8=utf8)
     else:
         lines = _with_extras(message, params, extras, capabilities, utf8)
     trailer = commands.quit() if quit_after and pipelining else b""
