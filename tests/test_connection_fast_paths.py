@@ -224,3 +224,27 @@ def test_rcpts_is_rcpt_for_each(paths: list[Any], smtputf8: bool) -> None:
     except smtplug.SMTPError as exc:
         got = type(exc).__name__, str(exc)
     assert got == _one_by_one(paths, smtputf8)
+
+
+# --- the hello's action, made once per name --------------------------------------------
+
+from smtplug import session  # noqa: E402
+from smtplug.actions import Send  # noqa: E402
+from smtplug.interfaces import SMTP  # noqa: E402
+
+
+@pytest.mark.parametrize("client", ["localhost", "mail.example.org", "[127.0.0.1]"])
+def test_hello_action_is_the_encoded_command(client: str) -> None:
+    timeouts = session.Timeouts()
+    for _ in range(2):  # (made, then remembered)
+        step = session.hello(client, timeouts, SMTP)
+        action = next(step)
+        line = commands.hello("EHLO", client)
+        assert action == Send(line, line[:-2].decode(), timeouts.command)
+
+
+@pytest.mark.parametrize("client", ["", "a b", "x\r\nRSET", "ü.example"])
+def test_hello_refuses_a_bad_name_every_time(client: str) -> None:
+    for _ in range(2):
+        with pytest.raises(smtplug.InvalidInputError):
+            next(session.hello(client, session.Timeouts(), SMTP))
