@@ -24,7 +24,14 @@ process, so other work on the machine moves it far less than wall time):
 * ``kept-bytes-100``: a kept Client, 100 recipients;
 * ``oneshot-bytes-1``: ``smtplug.sendmessage`` (a Client, its plan and a
   connection set up and closed every call), one recipient;
+* ``oneshot-bytes-100``: the same with 100 recipients;
+* ``oneshot-tls-1``: the one-shot with ``usetls=True`` (the default: the
+  TLS options are checked) over the ``plain`` transport (``transport=``;
+  the peer offers no STARTTLS, so the ``opportunistic`` policy carries on in
+  plain text), one recipient;
 * ``async-kept-bytes-1``: a kept ``smtplug.AsyncClient``, one recipient;
+* ``async-oneshot-bytes-1``: ``smtplug.asendmessage``, one recipient (the
+  event loop kept: the calls are awaited one after another in one loop);
 * ``peer``: the in-memory peer alone, answering the bytes one
   ``kept-bytes-1`` message writes.
 
@@ -45,6 +52,7 @@ import asyncio
 import cProfile
 import email.message
 import json
+import logging
 import os
 import platform
 import pstats
@@ -67,11 +75,20 @@ CASES = (
     "kept-email-1",
     "kept-bytes-100",
     "oneshot-bytes-1",
+    "oneshot-bytes-100",
+    "oneshot-tls-1",
     "async-kept-bytes-1",
+    "async-oneshot-bytes-1",
     "peer",
 )
 #: Share of --messages per sample.
-SHARE = {"kept-bytes-100": 10, "oneshot-bytes-1": 10}
+SHARE = {
+    "kept-bytes-100": 10,
+    "oneshot-bytes-1": 10,
+    "oneshot-bytes-100": 10,
+    "oneshot-tls-1": 10,
+    "async-oneshot-bytes-1": 10,
+}
 
 OPTIONS: dict[str, Any] = {
     "servers": ["127.0.0.1"],
@@ -117,6 +134,9 @@ class Bench:
 
         plain.PlainTransport.connect = connect  # type: ignore[method-assign]
         plain.AsyncPlainTransport.connect = aconnect  # type: ignore[method-assign]
+        # (oneshot-tls-1 warns at each call that it goes on without TLS: the
+        # record is made and handled, not printed.)
+        logging.getLogger("smtplug").addHandler(logging.NullHandler())
         self.email = _email()
         self.flight = self._one_message_bytes()
 
@@ -131,16 +151,31 @@ class Bench:
 
     def runner(self, case: str) -> Callable[[int], None]:
         smtplug = self.smtplug
-        if case == "oneshot-bytes-1":
+        if case.startswith("oneshot-"):
+            many = HUNDRED if case == "oneshot-bytes-100" else [TO]
+            given = OPTIONS
+            if case == "oneshot-tls-1":  # (the TLS options checked; the peer's plain transport)
+                given = dict(OPTIONS, usetls=True, transport="plain")
 
             def oneshot(count: int) -> None:
                 for _ in range(count):
-                    result = smtplug.sendmessage(
-                        MESSAGE, originator=FROM, recipients=[TO], **OPTIONS
-                    )
+                    result = smtplug.sendmessage(MESSAGE, originator=FROM, recipients=many, **given)
                     assert result.accepted and not result
 
             return oneshot
+        if case == "async-oneshot-bytes-1":
+
+            def run_async_oneshot(count: int) -> None:
+                async def main() -> None:
+                    for _ in range(count):
+                        result = await smtplug.asendmessage(
+                            MESSAGE, originator=FROM, recipients=[TO], **OPTIONS
+                        )
+                        assert result.accepted and not result
+
+                asyncio.run(main())
+
+            return run_async_oneshot
         if case == "async-kept-bytes-1":
 
             def run_async(count: int) -> None:
@@ -299,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"CPU µs per message (time.process_time), median of {args.rounds} rounds; "
-        f"{args.messages} messages a sample (100 rcpts, one-shot: a tenth)"
+        f"{args.messages} messages a sample (100 rcpts, one-shots: a tenth)"
     )
     print(
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs, load average "

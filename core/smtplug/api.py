@@ -9,9 +9,11 @@ transport plugins.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import getpass
 import math
+import operator
 import os
 import platform
 import re
@@ -318,10 +320,120 @@ class Setup:
     plan: ConnectionPlan
     limits: retry.Limits = retry.NO_LIMITS
     """The default retry policy and deadline of its sends."""
+    registry_block: frozenset[str] = frozenset()
+    """The plugins blocked in the registry (the shared registry's key)."""
+
+    def fresh(self, options: ClientOptions) -> Setup:
+        """The same, with what a client changes made new: its TLS sessions
+        (and the transport options that carry them) and its observers."""
+        plan = self.plan
+        sessions: dict[tuple[str, int], object] = {}
+        transport_options = dict(plan.transport_options)
+        transport_options["tls_sessions"] = sessions
+        return Setup(
+            self.registry,
+            Observers(self.registry.hook, debug=options.debug, transcript=options.transcript),
+            ConnectionPlan(
+                plan.targets,
+                plan.client,
+                plan.transport,
+                plan.policy,
+                plan.usetls,
+                plan.timeouts,
+                transport_options,
+                plan.tls_verify,
+                plan.auth,
+                plan.async_transport,
+                sessions,
+                plan.dialect,
+            ),
+            self.limits,
+            self.registry_block,
+        )
+
+
+#: Exactly these types (no subclass: its ``==`` and hash could be anything)
+#: make a memo key; ``type`` is in the key, so ``True`` is not ``1``.
+_KEY_SCALARS = frozenset({type(None), bool, int, float, str})
+_KEY_SEQUENCES = frozenset({list, tuple})
+
+#: Options whose values are never part of a memo key: credentials (not kept
+#: process-wide) and files (checked, and read, at each call). Given any, or
+#: an object (a callable, a plugin, a context, a mapping), no memo.
+_NOT_MEMOISED = (
+    "username",
+    "password",
+    "oauth_token",
+    "authzid",
+    "mechanisms",
+    "cafile",
+    "capath",
+    "client_cert",
+    "client_key",
+)
+
+#: The options that may be given as a list (of plain values, for a key).
+_SEQUENCE_OPTIONS = ("servers", "ports", "mechanisms", "plugins", "block_plugins")
+
+#: The checked setups by their options (see :func:`setup`); bounded.
+_SETUPS: dict[tuple[object, ...], Setup] = {}
+_SETUPS_MAX = 64
+
+
+_NAMES = [field.name for field in dataclasses.fields(ClientOptions)]
+_SEQUENCE_AT = tuple(_NAMES.index(name) for name in _SEQUENCE_OPTIONS)
+_not_memoised = operator.itemgetter(*(_NAMES.index(name) for name in _NOT_MEMOISED))
+
+
+def _setup_key(o: ClientOptions) -> tuple[object, ...] | None:
+    """The options as a memo key, or None when one of them cannot be one."""
+    values = list(vars(o).values())  # (every field, in the order of _NAMES)
+    if _not_memoised(values).count(None) != len(_NOT_MEMOISED):
+        return None
+    kinds = list(map(type, values))
+    for index in _SEQUENCE_AT:
+        kind = kinds[index]
+        if kind in _KEY_SEQUENCES:
+            value = values[index]
+            items = tuple(map(type, value))
+            if not _KEY_SCALARS.issuperset(items):
+                return None
+            values[index] = (kind, items, tuple(value))
+            kinds[index] = type(None)  # (the kind is in the value)
+    if not _KEY_SCALARS.issuperset(kinds):
+        return None
+    return (*kinds, *values)
 
 
 def setup(options: ClientOptions) -> Setup:
-    """Check the connection options and plan the connections (no I/O)."""
+    """Check the connection options and plan the connections (no I/O).
+
+    The checked result of options that are all plain values (str, numbers,
+    flags, lists of them; no credentials, files or objects) is kept, by
+    their values and types, and handed out again, each time with the parts
+    a client changes made new (its TLS sessions, transport options and
+    observers): a one-shot call pays for the checks once per process (the
+    TLS backend's ``check`` still runs at each call). Only a setup that
+    passed every check is kept, and only while the shared registry it was
+    planned with is the current one.
+    """
+    key = _setup_key(options)
+    if key is None:
+        return _setup(options)
+    memo = _SETUPS.get(key)
+    if memo is not None and memo.registry is build_registry(block=memo.registry_block):
+        backend = memo.plan.transport_options.get("tls_backend")
+        if backend is not None:  # (a backend's own check runs at each call, as before)
+            backend.check(memo.plan.transport_options["tls_options"])
+        return memo.fresh(options)
+    built = _setup(options)
+    if len(_SETUPS) >= _SETUPS_MAX:
+        _SETUPS.clear()
+    _SETUPS[key] = built
+    return built.fresh(options)
+
+
+def _setup(options: ClientOptions) -> Setup:
     o = options
     for name, value in (
         ("usetls", o.usetls),
@@ -366,7 +478,7 @@ def setup(options: ClientOptions) -> Setup:
     )
     observers = Observers(registry.hook, debug=o.debug, transcript=o.transcript)
     limits = retry.limits(o.retry, o.deadline)
-    return Setup(registry, observers, plan, limits)
+    return Setup(registry, observers, plan, limits, frozenset(block))
 
 
 def prepare(

@@ -191,8 +191,8 @@ def hello(
 
     The verbs are the ``dialect``'s (LMTP: LHLO, and nothing after a 5xx)."""
     verb, fallback = dialect.hello, dialect.fallback_hello
-    yield from _send(_command(commands.hello(verb, client), timeouts))
-    reply = yield Receive(timeouts.command, verb)
+    yield from _send(_hello(verb, client, timeouts.command))
+    reply = yield _wait(timeouts.command, verb)
     assert reply is not None
     if reply.code == 250:
         return Capabilities.from_ehlo(reply)
@@ -202,6 +202,13 @@ def hello(
     reply = yield Receive(timeouts.command, fallback)
     assert reply is not None
     return Capabilities.from_helo(_expect(reply, fallback, 250))
+
+
+@functools.lru_cache(maxsize=64)
+def _hello(verb: str, client: str, timeout: float) -> Send:
+    """The hello's action (checked and encoded once per name: actions are
+    immutable; a name that fails its check raises each time)."""
+    return Send(commands.hello(verb, client), f"{verb} {client}", timeout)
 
 
 def queue(timeouts: Timeouts) -> Generator[Action, Reply | None, Reply]:
@@ -620,7 +627,7 @@ def _plan(
         params.append("SMTPUTF8")
     if extras is None:
         lines = [commands.mail(message.sender, params, smtputf8=utf8)]
-        lines += [commands.rcpt(address, smtputf8=utf8) for address in message.recipients]
+        lines += commands.rcpts(message.recipients, smtputf8=utf8)
     else:
         lines = _with_extras(message, params, extras, capabilities, utf8)
     trailer = commands.quit() if quit_after and pipelining else b""

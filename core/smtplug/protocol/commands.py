@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from smtplug.errors import InvalidInputError, ProtocolError
 
@@ -47,6 +47,7 @@ __all__ = [
     "qued",
     "quit",
     "rcpt",
+    "rcpts",
     "rset",
     "sasl_cancel",
     "sasl_response",
@@ -224,6 +225,19 @@ def mail(reverse_path: str, params: Sequence[str] = (), *, smtputf8: bool = Fals
 def rcpt(forward_path: str, params: Sequence[str] = (), *, smtputf8: bool = False) -> bytes:
     """``RCPT TO:<forward_path> [params]``; the address must not be empty."""
     return _path_command("RCPT TO:", forward_path, params, allow_empty=False, smtputf8=smtputf8)
+
+
+def rcpts(forward_paths: Iterable[str], *, smtputf8: bool = False) -> list[bytes]:
+    """``[rcpt(path, smtputf8=smtputf8) for path in forward_paths]``: the same
+    lines and errors, a plain ASCII address (the common case) encoded after
+    the one match that decides it, without the calls around it."""
+    plain = _PLAIN_ADDRESS.match
+    return [
+        f"RCPT TO:<{path}>\r\n".encode("ascii")
+        if type(path) is str and plain(path) is not None
+        else rcpt(path, smtputf8=smtputf8)
+        for path in forward_paths
+    ]
 
 
 def data() -> bytes:
