@@ -333,20 +333,7 @@ class Setup:
         return Setup(
             self.registry,
             Observers(self.registry.hook, debug=options.debug, transcript=options.transcript),
-            ConnectionPlan(
-                plan.targets,
-                plan.client,
-                plan.transport,
-                plan.policy,
-                plan.usetls,
-                plan.timeouts,
-                transport_options,
-                plan.tls_verify,
-                plan.auth,
-                plan.async_transport,
-                sessions,
-                plan.dialect,
-            ),
+            dataclasses.replace(plan, transport_options=transport_options, tls_sessions=sessions),
             self.limits,
             self.registry_block,
         )
