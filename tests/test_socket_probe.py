@@ -45,8 +45,8 @@ def test_nothing_to_read_is_a_timeout_and_keeps_the_socket_timeout(
     stream = SocketStream(ours, "peer")
     for _ in range(3):
         assert nothing_yet(stream)
-    assert ours.gettimeout() == 30
     assert settimeouts == []
+    assert stream.detach().gettimeout() == 30  # (given back as it came)
 
 
 @pytest.fixture
@@ -77,18 +77,32 @@ def test_a_read_with_a_wait_of_its_own_polls_for_it(
     stream.write(b"QUIT\r\n", 30)
     assert theirs.recv(100) == b"QUIT\r\n"
     assert settimeouts == []
-    assert ours.gettimeout() == 30
     theirs.close()
     assert stream.read(65536, 600) == b""
 
 
-def test_a_huge_wait_is_left_to_the_socket(
+def test_a_huge_wait_is_a_poll_without_a_limit(
     pair: tuple[socket.socket, socket.socket], settimeouts: list[float | None]
 ) -> None:
     ours, theirs = pair
     stream = SocketStream(ours, "peer")
     theirs.sendall(b"x")
     assert stream.read(65536, 1e9) == b"x"  # (more than poll() can count in ms)
+    theirs.sendall(b"y")
+    assert stream.read(65536, None) == b"y"  # (no wait at all)
+    assert settimeouts == []
+
+
+def test_a_huge_wait_is_left_to_a_tls_like_socket_without_poll(
+    pair: tuple[socket.socket, socket.socket],
+    settimeouts: list[float | None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ours, theirs = pair
+    monkeypatch.setattr(_sockets, "_POLL", False)  # (the socket keeps its timeout then)
+    stream = SocketStream(ours, "peer")
+    theirs.sendall(b"x")
+    assert stream.read(65536, 1e9) == b"x"
     assert settimeouts == [1e9]
 
 

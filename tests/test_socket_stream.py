@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -92,3 +94,108 @@ def test_a_real_socket_write_arrives_whole() -> None:
             reader.join(10)
             writer.close()
     assert bytes(got) == data
+
+
+# -- a plain socket: non-blocking, each wait a poll of its own -------------------------
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    ours, theirs = socket.socketpair()
+    ours.settimeout(30)
+    with ours, theirs:
+        yield ours, theirs
+
+
+class Calls:
+    """The calls made on ``sock`` (send, recv, settimeout), in order."""
+
+    def __init__(self, sock: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.names: list[str] = []
+        for name in ("send", "recv", "settimeout"):
+            real = getattr(socket.socket, name)
+            monkeypatch.setattr(socket.socket, name, self._counting(sock, name, real))
+
+    def _counting(self, watched: socket.socket, name: str, real: Any) -> Any:
+        def call(sock: socket.socket, *args: Any) -> Any:
+            if sock is watched:
+                self.names.append(name)
+            return real(sock, *args)
+
+        return call
+
+
+def test_a_plain_socket_is_non_blocking_and_given_back_with_its_timeout(
+    pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ours, theirs = pair
+    stream = SocketStream(ours, "peer")
+    assert ours.gettimeout() == 0.0  # (so send and recv make no poll of their own)
+    calls = Calls(ours, monkeypatch)
+    # A transaction's shape: the commands with one wait, the message with
+    # another, the final reply with a third: no settimeout in between.
+    stream.write(b"MAIL FROM:<a@example.com>\r\n", 300)
+    assert theirs.recv(100) == b"MAIL FROM:<a@example.com>\r\n"
+    theirs.sendall(b"250 ok\r\n")
+    assert stream.read(65536, 300) == b"250 ok\r\n"
+    stream.write(b"body\r\n.\r\n", 180)
+    theirs.sendall(b"250 queued\r\n")
+    assert stream.read(65536, 600) == b"250 queued\r\n"
+    assert calls.names == ["send", "recv", "send", "recv"]
+    assert stream.detach().gettimeout() == 30  # (for a TLS backend to wrap)
+
+
+def test_a_plain_socket_read_waits_its_own_time_then_times_out(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    stream = SocketStream(ours, "peer")
+    with pytest.raises(ConnectionLostError, match=r"timed out after 0\.05 s") as caught:
+        stream.read(65536, 0.05)
+    assert caught.value.timed_out
+    theirs.close()
+    assert stream.read(65536, 30) == b""  # the end, at once
+
+
+def test_a_plain_socket_write_to_a_peer_that_reads_nothing_times_out() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        stream = SocketStream(ours, "peer")
+        with pytest.raises(ConnectionLostError, match=r"made no progress for 0\.05 s") as caught:
+            stream.write(b"z" * (8 << 20), 0.05)  # far more than the buffers hold
+        assert caught.value.timed_out
+
+
+def test_a_plain_socket_write_to_a_slow_reader_arrives_whole() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        data = bytes(range(256)) * 2048  # 512 KiB through buffers of a few KiB
+        got = bytearray()
+
+        def drain() -> None:
+            while len(got) < len(data):
+                chunk = theirs.recv(1000)  # (small reads: many partial sends)
+                if not chunk:
+                    return
+                got.extend(chunk)
+
+        reader = threading.Thread(target=drain)
+        reader.start()
+        SocketStream(ours, "peer").write(data, 30)
+        reader.join(60)
+    assert bytes(got) == data
+
+
+def test_a_plain_socket_write_to_a_closed_peer_is_a_lost_connection(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    stream = SocketStream(ours, "peer")
+    theirs.close()
+    with pytest.raises(ConnectionLostError, match="failed") as caught:
+        for _ in range(100):  # (the first send may still be taken)
+            stream.write(b"x" * 65536, 5)
+    assert not caught.value.timed_out

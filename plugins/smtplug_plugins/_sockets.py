@@ -3,6 +3,15 @@
 Every ``OSError`` is mapped to :mod:`smtplug.errors` at this boundary;
 connections get TCP_NODELAY (a command and the message's final "." must not
 wait for a delayed ACK); each read has a deadline.
+
+A plain socket (where ``select.poll`` exists) is made non-blocking once, and
+each read and write waits with a ``poll`` of its own, for the wait it was
+given: a read is one poll and one recv, a write one send (a poll only when
+the kernel's buffer is full). A socket with a timeout would make the
+kernel calls double: CPython polls before every send() and recv() of such a
+socket, and a wait other than the socket's needs a settimeout (an ioctl) on
+the way. A TLS socket keeps its timeout (its reads and writes may need the
+other direction; ``ssl`` handles that in blocking mode).
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ import contextlib
 import select
 import socket
 import ssl
+import time
 
 from smtplug.errors import ConnectError, ConnectionLostError
 from smtplug.interfaces import TLSInfo
@@ -37,6 +47,13 @@ class SocketStream:
         self._tls_info = tls_info
         self._current_timeout = sock.gettimeout()
         self._poller: select.poll | None = None
+        #: A plain socket, made non-blocking: reads and writes poll for their
+        #: own waits (see the module doc). The timeout it came with is given
+        #: back with it (:meth:`detach`).
+        self._polled = _POLL and type(sock) is socket.socket
+        if self._polled:
+            self._writable: select.poll | None = None
+            sock.setblocking(False)
 
     @property
     def tls(self) -> bool:
@@ -59,9 +76,12 @@ class SocketStream:
         return getattr(self._sock, "session", None)
 
     def detach(self) -> socket.socket:
-        """Hand the socket over (to a TLS backend); this stream is then closed."""
+        """Hand the socket over (to a TLS backend), with the timeout it came
+        with; this stream is then closed."""
         sock = self._live()
         self._sock = None
+        if self._polled:
+            sock.settimeout(self._current_timeout)
         return sock
 
     def _live(self) -> socket.socket:
@@ -77,6 +97,8 @@ class SocketStream:
 
     def read(self, max_bytes: int, timeout: float | None) -> bytes:
         sock = self._live()
+        if self._polled:
+            return self._polled_read(sock, max_bytes, timeout)
         if (
             _POLL
             and timeout is not None
@@ -106,6 +128,65 @@ class SocketStream:
         except OSError as exc:
             raise ConnectionLostError(f"read from {self._peer} failed: {exc}") from exc
 
+    def _polled_read(self, sock: socket.socket, max_bytes: int, timeout: float | None) -> bytes:
+        """A read of the non-blocking socket: a poll for ``timeout``, then recv."""
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = select.poll()
+            poller.register(sock, select.POLLIN)
+        wait = timeout
+        deadline = None
+        try:
+            while True:
+                if wait is None or wait >= _POLL_MOST:
+                    ready = poller.poll()
+                else:
+                    ready = poller.poll(wait * 1000)
+                if not ready:
+                    raise ConnectionLostError(
+                        f"read from {self._peer} timed out after {timeout} s", timed_out=True
+                    )
+                try:
+                    return sock.recv(max_bytes)
+                except BlockingIOError:  # (readable, yet nothing: wait for what is left)
+                    if timeout is not None:
+                        now = time.monotonic()
+                        if deadline is None:
+                            deadline = now + timeout
+                        wait = max(0.0, deadline - now)
+        except OSError as exc:
+            raise ConnectionLostError(f"read from {self._peer} failed: {exc}") from exc
+
+    def _polled_write(self, sock: socket.socket, data: bytes, timeout: float | None) -> None:
+        """A write to the non-blocking socket: send() until all is taken,
+        polling (at most ``timeout`` each time) only when the kernel's buffer
+        is full: the wait bounds each stretch without progress."""
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                piece = view[:_SLICE]
+                try:
+                    sent = sock.send(piece)
+                except BlockingIOError:
+                    sent = 0
+                view = view[sent:]
+                if view and sent < len(piece):
+                    poller = self._writable
+                    if poller is None:
+                        poller = self._writable = select.poll()
+                        poller.register(sock, select.POLLOUT)
+                    if timeout is None or timeout >= _POLL_MOST:
+                        ready = poller.poll()
+                    else:
+                        ready = poller.poll(timeout * 1000)
+                    if not ready:
+                        raise ConnectionLostError(
+                            f"write to {self._peer} made no progress for {timeout} s",
+                            timed_out=True,
+                        )
+        except OSError as exc:
+            raise ConnectionLostError(f"write to {self._peer} failed: {exc}") from exc
+
     def _readable(self, sock: socket.socket, wait: float) -> bool:
         """True when, within ``wait`` seconds, a read would not find nothing:
         bytes (or the end, or an error) in the kernel, or decrypted bytes in
@@ -120,6 +201,9 @@ class SocketStream:
 
     def write(self, data: bytes, timeout: float | None) -> None:
         sock = self._live()
+        if self._polled:
+            self._polled_write(sock, data, timeout)
+            return
         try:
             # The timeout bounds each send() system call, so a slow reader that
             # keeps taking data never trips it: RFC 5321's "data block" wait
