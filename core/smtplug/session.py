@@ -24,7 +24,7 @@ import contextlib
 import dataclasses
 import enum
 import functools
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from smtplug import source
@@ -559,7 +559,7 @@ class _TransactionPlan:
     pipelining: bool
     chunking: bool
     check: _StreamGuard | None  # checks a stream's lines and size as it goes
-    lines: list[bytes]  # MAIL and the RCPTs, encoded
+    lines: Sequence[bytes]  # MAIL and the RCPTs, encoded
     trailer: bytes  # a QUIT pipelined behind the end of the message, or b""
     early: bool  # DATA (or BDAT) joins the MAIL/RCPT flight
     whole_in_flight: bool  # the whole message rides in that flight (one chunk)
@@ -618,9 +618,9 @@ def _plan(
     utf8 = message.smtputf8 or (smtputf8 and not message.header.isascii())
     if utf8:
         params.append("SMTPUTF8")
+    lines: Sequence[bytes]
     if extras is None:
-        lines = [commands.mail(message.sender, params, smtputf8=utf8)]
-        lines += [commands.rcpt(address, smtputf8=utf8) for address in message.recipients]
+        lines = _mail_and_rcpt(message.sender, tuple(message.recipients), tuple(params), utf8)
     else:
         lines = _with_extras(message, params, extras, capabilities, utf8)
     trailer = commands.quit() if quit_after and pipelining else b""
@@ -634,6 +634,17 @@ def _plan(
     # against the whole message).
     whole_in_flight = early and message.size is not None and message.size <= WHOLE_FLIGHT_MAX
     return _TransactionPlan(pipelining, chunking, check, lines, trailer, early, whole_in_flight)
+
+
+@functools.lru_cache(maxsize=256)
+def _mail_and_rcpt(
+    sender: str, recipients: tuple[str, ...], params: tuple[str, ...], utf8: bool
+) -> tuple[bytes, ...]:
+    """MAIL and the RCPTs, encoded (and so checked) by the command encoders:
+    pure functions of their arguments, so a kept session sending to the same
+    recipients again encodes them once (a refusal raises every time)."""
+    mail = commands.mail(sender, params, smtputf8=utf8)
+    return (mail, *(commands.rcpt(address, smtputf8=utf8) for address in recipients))
 
 
 def transaction(
