@@ -73,3 +73,53 @@ def test_a_kept_session_encodes_the_same_recipients_once() -> None:
     for _ in range(2):
         with pytest.raises(InvalidInputError, match="whitespace"):
             session._plan(bad, capabilities, False, False, None)
+
+
+# --- the blocking driver takes a reply already parsed without a dispatch -------------
+
+
+def test_the_blocking_driver_takes_parsed_replies_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mockstream
+    import smtplug
+    from smtplug.actions import Receive
+    from smtplug.drivers.blocking import BlockingDriver
+
+    dispatched: list[object] = []
+    perform = BlockingDriver._perform
+
+    def counting(self: BlockingDriver, action: object) -> object:
+        dispatched.append(action)
+        return perform(self, action)
+
+    monkeypatch.setattr(BlockingDriver, "_perform", counting)
+    server = mockstream.MockServer()
+    options = {"plugins": [server.plugin()], "block_plugins": ["plain"], "usetls": False}
+    message = b"From: a@example.org\r\nSubject: x\r\n\r\nbody\r\n"
+    with smtplug.Client(servers=["mock.test"], **options) as client:
+        result = client.sendmessage(
+            message, originator="a@example.org", recipients=["b@example.org", "c@example.org"]
+        )
+        assert (
+            result.accepted
+            and result == []
+            and result.recipients
+            == (
+                "b@example.org",
+                "c@example.org",
+            )
+        )
+        dispatched.clear()
+        again = client.sendmessage(
+            message, originator="a@example.org", recipients=["b@example.org"]
+        )
+        assert again.accepted
+        # Every Receive is served by the run loop: the read, or a reply parsed before.
+        assert not [action for action in dispatched if isinstance(action, Receive)]
+    # Without a connection a Receive fails as before.
+    driver = BlockingDriver(None, {}, client._observers, {})  # type: ignore[arg-type]
+
+    def program() -> object:
+        yield Receive(1.0, "MAIL")
+
+    with pytest.raises(smtplug.ConnectionLostError, match="no connection is open"):
+        driver.run(program())  # type: ignore[arg-type]
