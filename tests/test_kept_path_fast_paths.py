@@ -123,3 +123,42 @@ def test_the_blocking_driver_takes_parsed_replies_first(monkeypatch: pytest.Monk
 
     with pytest.raises(smtplug.ConnectionLostError, match="no connection is open"):
         driver.run(program())  # type: ignore[arg-type]
+
+
+# --- what the server offers, asked once per EHLO reply ---------------------------------
+
+_KEYWORDS = st.dictionaries(
+    st.sampled_from(["PIPELINING", "CHUNKING", "8BITMIME", "SMTPUTF8", "SIZE", "pipelining"]),
+    st.lists(st.sampled_from(["0", "1000", "x", "-1"]), max_size=1).map(tuple),
+    max_size=5,
+)
+
+
+@given(_KEYWORDS, _KEYWORDS)
+@example({"SIZE": ("1000",)}, {"SIZE": ("x",)})
+def test_remembered_offers_are_the_capabilities_answers(
+    one: dict[str, tuple[str, ...]], other: dict[str, tuple[str, ...]]
+) -> None:
+    # (The same domain: two EHLO replies of one server, before and after STARTTLS.)
+    for keywords in (one, other, one):
+        capabilities = Capabilities("mx.example", keywords)
+        expected = (
+            capabilities.has("PIPELINING"),
+            capabilities.has("CHUNKING"),
+            capabilities.has("8BITMIME"),
+            capabilities.has("SMTPUTF8"),
+            capabilities.size_limit,
+        )
+        assert session._offers(capabilities) == expected
+
+
+def test_a_subclass_of_capabilities_is_asked_every_time() -> None:
+    class Odd(Capabilities):
+        def has(self, keyword: str) -> bool:
+            return keyword == "PIPELINING"
+
+    odd = Odd("mx.example", {})
+    before = session._offered.cache_info()
+    assert session._offers(odd) == (True, False, False, False, None)
+    after = session._offered.cache_info()
+    assert (after.hits, after.misses) == (before.hits, before.misses)  # not remembered

@@ -571,6 +571,25 @@ class _TransactionPlan:
 WHOLE_FLIGHT_MAX = source.CHUNK
 
 
+def _offers(capabilities: Capabilities) -> tuple[bool, bool, bool, bool, int | None]:
+    """What the server offers that a transaction asks about: PIPELINING,
+    CHUNKING, 8BITMIME, SMTPUTF8 and the SIZE limit (see Capabilities)."""
+    if type(capabilities) is Capabilities:  # immutable: asked once per EHLO reply
+        return _offered(capabilities)
+    return _offered.__wrapped__(capabilities)
+
+
+@functools.lru_cache(maxsize=64)
+def _offered(capabilities: Capabilities) -> tuple[bool, bool, bool, bool, int | None]:
+    return (
+        capabilities.has("PIPELINING"),
+        capabilities.has("CHUNKING"),
+        capabilities.has("8BITMIME"),
+        capabilities.has("SMTPUTF8"),
+        capabilities.size_limit,
+    )
+
+
 def _plan(
     message: PreparedMessage,
     capabilities: Capabilities,
@@ -580,15 +599,13 @@ def _plan(
 ) -> _TransactionPlan:
     """Check what the server can take (8BITMIME, SMTPUTF8, SIZE) and plan the
     commands and flights; raises before anything is sent."""
-    pipelining = capabilities.has("PIPELINING")
-    chunking = capabilities.has("CHUNKING")
-    eight_bit = capabilities.has("8BITMIME")
-    if message.ascii is False and not eight_bit:
+    pipelining, chunking, eight_bit, smtputf8, size_limit = _offers(capabilities)
+    ascii, size = message.ascii, message.size
+    if ascii is False and not eight_bit:
         raise InvalidInputError(
             "the message has 8-bit octets and the server does not offer 8BITMIME: "
             "encode it (quoted-printable or base64), or use a server that offers 8BITMIME"
         )
-    smtputf8 = capabilities.has("SMTPUTF8")
     if message.smtputf8 and not smtputf8:
         raise InvalidInputError(
             "an address is not ASCII and the server does not offer SMTPUTF8 (RFC 6531): "
@@ -597,21 +614,21 @@ def _plan(
         )
     # RFC 1870: a message larger than the server takes is not offered at all
     # (SIZE 0 means no fixed limit).
-    limit = capabilities.size_limit or None
-    if limit is not None and message.size is not None and message.size > limit:
-        raise _too_large(str(message.size), limit)
+    limit = size_limit or None
+    if limit is not None and size is not None and size > limit:
+        raise _too_large(str(size), limit)
     # A body not checked before (a stream) is checked as it goes, and one of
     # unknown size counted; a violation aborts the transaction before its end
     # is sent, so nothing is delivered.
     rules = None if message.body.checked else LineCheck(eight_bit=eight_bit)
-    count = limit if message.size is None else None
+    count = limit if size is None else None
     check = (
         None if rules is None and count is None else _StreamGuard(rules, count, len(message.header))
     )
     params: list[str] = []
-    if capabilities.size_limit is not None and message.size is not None:
-        params.append(f"SIZE={message.size}")
-    if eight_bit and message.ascii is not True:
+    if size_limit is not None and size is not None:
+        params.append(f"SIZE={size}")
+    if eight_bit and ascii is not True:
         params.append("BODY=8BITMIME")
     # SMTPUTF8 is declared for a non-ASCII address, and for UTF-8 in the
     # header (RFC 6532) where the server allows it.
@@ -632,7 +649,7 @@ def _plan(
     # A message that takes more than one BDAT chunk waits for the replies to
     # MAIL and RCPT: a refusal there must not cost its upload (one round trip
     # against the whole message).
-    whole_in_flight = early and message.size is not None and message.size <= WHOLE_FLIGHT_MAX
+    whole_in_flight = early and size is not None and size <= WHOLE_FLIGHT_MAX
     return _TransactionPlan(pipelining, chunking, check, lines, trailer, early, whole_in_flight)
 
 
