@@ -162,3 +162,46 @@ def test_a_subclass_of_capabilities_is_asked_every_time() -> None:
     assert session._offers(odd) == (True, False, False, False, None)
     after = session._offered.cache_info()
     assert (after.hits, after.misses) == (before.hits, before.misses)  # not remembered
+
+
+# --- the AsyncClient's one-send-at-a-time guard, written out ------------------------------
+
+
+def test_async_sendmessage_guards_without_a_context_manager(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    import mockstream
+    import smtplug
+
+    entered: list[object] = []
+    exclusive = smtplug.AsyncClient._exclusive
+
+    def counting(self: smtplug.AsyncClient) -> object:
+        entered.append(self)
+        return exclusive(self)
+
+    monkeypatch.setattr(smtplug.AsyncClient, "_exclusive", counting)
+    server = mockstream.MockServer()
+    options = {"plugins": [server.plugin()], "block_plugins": ["plain"], "usetls": False}
+    message = b"From: a@example.org\r\nSubject: x\r\n\r\nbody\r\n"
+    client = smtplug.AsyncClient(servers=["mock.test"], **options)
+
+    async def two_at_once() -> list[smtplug.SendResult]:
+        send = client.sendmessage(message, originator="a@example.org", recipients="b@example.org")
+        other = client.sendmessage(message, originator="a@example.org", recipients="c@example.org")
+        return list(await asyncio.gather(send, other))
+
+    results = asyncio.run(two_at_once())
+    assert [result.accepted for result in results] == [True, True]
+    assert not entered  # the guard is written out in sendmessage
+    # One after the other on the one connection (the lock), never interleaved.
+    (received,) = server.received
+    assert received.index(b"RCPT TO:<b@example.org>") < received.index(b"\r\n.\r\n")
+    assert received.index(b"\r\n.\r\n") < received.index(b"RCPT TO:<c@example.org>")
+    # Another loop is still refused.
+    with pytest.raises(smtplug.InvalidInputError, match="another event loop"):
+        asyncio.run(
+            client.sendmessage(message, originator="a@example.org", recipients="b@example.org")
+        )

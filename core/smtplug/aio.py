@@ -91,6 +91,11 @@ class AsyncClient:
 
     @contextlib.asynccontextmanager
     async def _exclusive(self) -> AsyncIterator[None]:
+        self._check_loop()
+        async with self._lock:
+            yield
+
+    def _check_loop(self) -> None:
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
@@ -98,8 +103,6 @@ class AsyncClient:
             raise InvalidInputError(
                 "this AsyncClient belongs to another event loop: use one per loop"
             )
-        async with self._lock:
-            yield
 
     async def close(self) -> None:
         """QUIT (when the session is still sound) and close; never raises
@@ -112,7 +115,9 @@ class AsyncClient:
         """Send one message over this client's session (opened if needed):
         :meth:`smtplug.Client.sendmessage`, awaited."""
         checked = build(MessageOptions, options)
-        async with self._exclusive():
+        # (What _exclusive does, written out: this runs for every message.)
+        self._check_loop()
+        async with self._lock:
             return await self._send(message, checked, last=False)
 
     async def _send(
