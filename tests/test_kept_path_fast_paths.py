@@ -205,3 +205,44 @@ def test_async_sendmessage_guards_without_a_context_manager(
         asyncio.run(
             client.sendmessage(message, originator="a@example.org", recipients="b@example.org")
         )
+
+
+# --- the transaction runs inline in Conduct.send, as wire.step would run it ----------
+
+
+@pytest.mark.parametrize(
+    ("mail_reply", "sessions"),
+    [
+        (b"550 5.1.0 no\r\n", 1),  # a refusal leaves the session usable
+        (b"421 4.3.0 closing\r\n", 3),  # closing: reconnected once, closing again
+        (b"250 ok\r\nxyz\r\n", 2),  # a broken reply poisons the connection
+    ],
+)
+def test_the_inline_transaction_marks_the_wire_as_step_does(
+    monkeypatch: pytest.MonkeyPatch, mail_reply: bytes, sessions: int
+) -> None:
+    import mockstream
+    import smtplug
+    from smtplug.wire import Wire
+
+    steps: list[object] = []
+    step = Wire.step
+
+    def counting(self: Wire, body: object) -> object:
+        steps.append(getattr(body, "__name__", body))
+        return step(self, body)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Wire, "step", counting)
+    server = mockstream.MockServer()
+    options = {"plugins": [server.plugin()], "block_plugins": ["plain"], "usetls": False}
+    message = b"From: a@example.org\r\nSubject: x\r\n\r\nbody\r\n"
+    with smtplug.Client(servers=["mock.test"], **options) as client:
+        client.sendmessage(message, originator="a@example.org", recipients="b@example.org")
+        assert "transaction" not in steps  # greet and hello only
+        server.script["MAIL"] = mail_reply
+        with pytest.raises(smtplug.SMTPError):
+            client.sendmessage(message, originator="a@example.org", recipients="b@example.org")
+        del server.script["MAIL"]
+        result = client.sendmessage(message, originator="a@example.org", recipients="b@example.org")
+        assert result.accepted
+    assert len(server.sessions) == sessions

@@ -156,7 +156,15 @@ def _send_end(
     may have: its delivery is then unknown until a reply says otherwise.
     """
     try:
-        written = yield from _send(action)
+        # (_send, inline: this runs for every message.)
+        try:
+            yield action
+        except ConnectionLostError as exc:
+            if not exc.replies_pending:
+                raise
+            written = False
+        else:
+            written = True
     except ConnectionLostError as exc:
         if trailer:
             outcome.stage = Stage.SENT
@@ -769,7 +777,13 @@ def transaction(
             _after_end(exc, "MAIL" if index == 0 else "RCPT", outcome)
             raise
         if early and last_flight and not chunking:
-            data_reply = yield from _receive(timeouts.data, "DATA", outcome)
+            # (_receive, inline: this runs for every message.)
+            try:
+                data_reply = yield _wait(timeouts.data, "DATA")
+            except ConnectionLostError as exc:
+                _after_end(exc, "DATA", outcome)
+                raise
+            assert data_reply is not None
 
     commit = bool(outcome.accepted_recipients) and (not outcome.refused or atleastone)
     commit = commit and mail_error is None
@@ -892,6 +906,9 @@ def transaction(
     return (yield from _final(timeouts, outcome, bool(trailer), per_recipient))
 
 
+_FINAL = 'the final "."'
+
+
 def _final(
     timeouts: Timeouts, outcome: TransactionOutcome, quit_sent: bool, per_recipient: bool
 ) -> Generator[Action, Reply | None, TransactionOutcome]:
@@ -902,7 +919,14 @@ def _final(
                 outcome.quit_sent = outcome.session_over = True
             raise refusal
     else:
-        reply = yield from _receive(timeouts.final, 'the final "."', outcome)
+        # (_receive, inline: this runs for every message.)
+        try:
+            answer = yield _wait(timeouts.final, _FINAL)
+        except ConnectionLostError as exc:
+            _after_end(exc, _FINAL, outcome)
+            raise
+        assert answer is not None
+        reply = answer
         if quit_sent and reply.code not in (250, 251):
             # Refused, with the QUIT behind it on the wire: the session ends here
             # (another transaction on it would meet the reply to QUIT).
