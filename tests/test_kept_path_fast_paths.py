@@ -246,3 +246,38 @@ def test_the_inline_transaction_marks_the_wire_as_step_does(
         result = client.sendmessage(message, originator="a@example.org", recipients="b@example.org")
         assert result.accepted
     assert len(server.sessions) == sessions
+
+
+# --- a small bytes message is scanned in place; a one-piece body needs no generator -------
+
+_MESSAGES = st.binary(max_size=300) | st.lists(
+    st.sampled_from(
+        [b"To: a@b\r\n", b"X:y\n", b" folded\r\n", b"\r\n", b"\n", b"body", b"\r", b"."]
+    ),
+    max_size=12,
+).map(b"".join)
+
+
+@given(_MESSAGES)
+@example(b"")
+@example(b"To: a@b\r\n\r\nbody\r\n")
+@example(b"not a header\r\n\r\n")
+def test_a_small_bytes_message_is_scanned_as_the_windows_scan_it(data: bytes) -> None:
+    from smtplug import source
+
+    expected = source._scan_memory(memoryview(data).cast("B"))
+    header, body = source._from_memory(data)
+    assert header == data[: expected[0]]
+    assert b"".join(bytes(chunk) for chunk in body.chunks()) == data[expected[1] :]
+    assert body.size == len(data) - expected[1]
+    # A bytearray (mutable: not scanned in place) gives the same.
+    other_header, other_body = source._from_memory(bytearray(data))
+    assert other_header == header and other_body.size == body.size
+
+
+def test_a_one_piece_body_is_a_tuple_not_a_generator() -> None:
+    _, body = read_message(b"X: y\r\n\r\nbody\r\n")
+    body.checked = True
+    message = PreparedMessage("a@example.org", ("b@example.org",), b"X: y\r\n", body, False)
+    pieces = session._pieces(message, None)
+    assert pieces == (b"X: y\r\nbody\r\n",)

@@ -24,7 +24,7 @@ import contextlib
 import dataclasses
 import enum
 import functools
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from smtplug import source
@@ -303,7 +303,7 @@ def _too_large(size: str, limit: int) -> MessageTooLargeError:
 _ONE_PIECE = True
 
 
-def _pieces(message: PreparedMessage, check: _StreamGuard | None) -> Iterator[bytes]:
+def _pieces(message: PreparedMessage, check: _StreamGuard | None) -> Iterable[bytes]:
     """The message's octets in chunks, checked on the way when not checked before."""
     body = message.body
     if (
@@ -314,9 +314,13 @@ def _pieces(message: PreparedMessage, check: _StreamGuard | None) -> Iterator[by
     ):
         # Checked before and small (no chunk boundary can fall inside it, even
         # with every line ending doubled): one piece, one pass of the encoder
-        # (which gives the same octets for any split of its input).
-        yield message.header + b"".join(body.chunks())
-        return
+        # (which gives the same octets for any split of its input). (A tuple:
+        # no generator to run for the message that fits in one.)
+        return (message.header + b"".join(body.chunks()),)
+    return _chunked(message, check)
+
+
+def _chunked(message: PreparedMessage, check: _StreamGuard | None) -> Iterator[bytes]:
     yield message.header
     for chunk in message.body.chunks():
         piece = bytes(chunk)
