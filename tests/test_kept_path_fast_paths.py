@@ -281,3 +281,16 @@ def test_a_one_piece_body_is_a_tuple_not_a_generator() -> None:
     message = PreparedMessage("a@example.org", ("b@example.org",), b"X: y\r\n", body, False)
     pieces = session._pieces(message, None)
     assert pieces == (b"X: y\r\nbody\r\n",)
+
+
+def test_more_recipients_than_a_flight_are_encoded_every_time() -> None:
+    _, body = read_message(b"X: y\r\n\r\nbody\r\n")
+    body.checked = True
+    many = tuple(f"r{number}@example.org" for number in range(session.BATCH + 1))
+    message = PreparedMessage("a@example.org", many, b"X: y\r\n", body, False)
+    capabilities = Capabilities("mock", {"PIPELINING": ()})
+    before = session._mail_and_rcpt.cache_info()
+    lines = session._plan(message, capabilities, False, False, None).lines
+    assert lines == encoded("a@example.org", many, [], False)
+    after = session._mail_and_rcpt.cache_info()
+    assert (after.hits, after.misses) == (before.hits, before.misses)  # not remembered

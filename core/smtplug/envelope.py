@@ -694,7 +694,7 @@ def prepare(
 _MEMO_SIZE = 256
 #: Header blocks longer than this, or more recipients, are not remembered.
 _MEMO_MAX_HEAD = _REMEMBERED_HEADER
-_MEMO_MAX_RECIPIENTS = 1000
+_MEMO_MAX_RECIPIENTS = 100  # (at most about 4 MB remembered in all)
 
 _MemoKey = tuple[bytes, str | None, str | tuple[str, ...] | None, tuple[tuple[str, str], ...], str]
 _MEMO: dict[_MemoKey, tuple[str, tuple[str, ...], bytes, bool, bool]] = {}

@@ -649,7 +649,9 @@ def _plan(
         params.append("SMTPUTF8")
     lines: Sequence[bytes]
     if extras is None:
-        lines = _mail_and_rcpt(message.sender, tuple(message.recipients), tuple(params), utf8)
+        recipients = tuple(message.recipients)
+        encode = _mail_and_rcpt if len(recipients) <= BATCH else _mail_and_rcpt.__wrapped__
+        lines = encode(message.sender, recipients, tuple(params), utf8)
     else:
         lines = _with_extras(message, params, extras, capabilities, utf8)
     trailer = commands.quit() if quit_after and pipelining else b""
@@ -671,7 +673,8 @@ def _mail_and_rcpt(
 ) -> tuple[bytes, ...]:
     """MAIL and the RCPTs, encoded (and so checked) by the command encoders:
     pure functions of their arguments, so a kept session sending to the same
-    recipients again encodes them once (a refusal raises every time)."""
+    recipients again encodes them once (a refusal raises every time).
+    Remembered for up to :data:`BATCH` recipients (the memory stays bounded)."""
     mail = commands.mail(sender, params, smtputf8=utf8)
     return (mail, *(commands.rcpt(address, smtputf8=utf8) for address in recipients))
 
