@@ -19,8 +19,6 @@ itself goes on to the caller, as asyncio requires).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 from smtplug import retry
@@ -99,16 +97,9 @@ class AsyncClient:
                 "this AsyncClient belongs to another event loop: use one per loop"
             )
 
-    @contextlib.asynccontextmanager
-    async def _exclusive(self) -> AsyncIterator[None]:
-        self._own_loop()
-        async with self._lock:
-            yield
-
     async def close(self) -> None:
         """QUIT (when the session is still sound) and close; never raises
         (waits for a send in progress in another task)."""
-        # (What _exclusive does, written out: a one-shot call closes each time.)
         self._own_loop()
         async with self._lock:
             await self._driver.run(self._conduct.close())
@@ -118,7 +109,8 @@ class AsyncClient:
         """Send one message over this client's session (opened if needed):
         :meth:`smtplug.Client.sendmessage`, awaited."""
         checked = build(MessageOptions, options)
-        async with self._exclusive():
+        self._own_loop()
+        async with self._lock:
             return await self._send(message, checked, last=False)
 
     async def _send(

@@ -38,6 +38,7 @@ import email.policy
 import email.utils
 import functools
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from email.errors import MessageDefect, NonASCIILocalPartDefect
@@ -525,6 +526,17 @@ def prepare(
         message,
         utf8=isinstance(message, email.message.Message) and _international(message, hostname),
     )
+    key = (
+        _memo_key(head, originator, recipients, pairs, hostname)
+        if date is None and message_id is None and _MEMO_SIZE
+        else None
+    )
+    if key is not None:
+        known = _MEMO.get(key)
+        if known is not None:
+            sender, rcpt_tuple, header_bytes, resent, smtputf8 = known
+            return PreparedMessage(sender, rcpt_tuple, header_bytes, body, resent, smtputf8)
+    generated = False  # a value made for this call only (login, Date, Message-ID)
     parsed = _parse_header(head)
 
     # The header option: lower-cased name -> (name as first written, values).
@@ -581,6 +593,7 @@ def prepare(
             origin_text = ", ".join(from_values)
             sender = _single_mailbox(prefix + "From", origin_text, hostname)
         else:
+            generated = True
             origin_text = f"{login()}@{hostname}"
             sender = _single_mailbox("the login name", origin_text, hostname)
         if not from_values:
@@ -624,8 +637,10 @@ def prepare(
 
     # --- Date, Message-ID ---------------------------------------------------
     if not present("Date"):
+        generated = True
         added.append((prefix + "Date", date or email.utils.formatdate(localtime=True)))
     if not present("Message-ID"):
+        generated = True
         added.append((prefix + "Message-ID", message_id or email.utils.make_msgid(domain=hostname)))
 
     # --- the transmitted header block ---------------------------------------
@@ -658,4 +673,68 @@ def prepare(
     # in UTF-8: no encoded word may hold an address) needs SMTPUTF8. A From or
     # Sender added here holds the originator.
     smtputf8 = shown_utf8 or not (sender.isascii() and "".join(rcpt).isascii())
-    return PreparedMessage(sender, tuple(rcpt), header_bytes, body, resent, smtputf8)
+    prepared = PreparedMessage(sender, tuple(rcpt), header_bytes, body, resent, smtputf8)
+    if key is not None and not generated:
+        _remember(key, (sender, prepared.recipients, header_bytes, resent, smtputf8))
+    return prepared
+
+
+# -- the envelope of a message seen before -----------------------------------------
+#
+# A bulk sender prepares the same header block, with the same originator,
+# recipients and header option, again and again. Everything prepare() derives
+# from those (the envelope, the transmitted header block, SMTPUTF8) is a pure
+# function of them unless prepare() made a value of its own (the login name,
+# Date, Message-ID): such results are remembered (immutable values only; the
+# body is the caller's each time), keyed on exactly the inputs, each an exact
+# str, bytes or tuple of them, so that equal keys mean equal inputs. A call
+# that fails is never remembered: it fails again, the same way.
+
+#: Envelopes remembered at most (0: none; the oldest is forgotten first).
+_MEMO_SIZE = 256
+#: Header blocks longer than this, or more recipients, are not remembered.
+_MEMO_MAX_HEAD = _REMEMBERED_HEADER
+_MEMO_MAX_RECIPIENTS = 100  # (at most about 4 MB remembered in all)
+
+_MemoKey = tuple[bytes, str | None, str | tuple[str, ...] | None, tuple[tuple[str, str], ...], str]
+_MEMO: dict[_MemoKey, tuple[str, tuple[str, ...], bytes, bool, bool]] = {}
+_MEMO_LOCK = threading.Lock()
+
+
+def _memo_key(
+    head: bytes,
+    originator: object,
+    recipients: object,
+    pairs: list[tuple[str, str]],
+    hostname: object,
+) -> _MemoKey | None:
+    """The key of a call's inputs, or None when they cannot be one (a type
+    other than exactly str, a list of str, or a tuple of str: a subclass may
+    compare equal to a value it does not behave as)."""
+    if len(head) > _MEMO_MAX_HEAD or type(hostname) is not str:
+        return None
+    if originator is not None and type(originator) is not str:
+        return None
+    rcpt: str | tuple[str, ...] | None
+    if recipients is None or type(recipients) is str:
+        rcpt = recipients
+    elif isinstance(recipients, list | tuple) and type(recipients) in (list, tuple):
+        if len(recipients) > _MEMO_MAX_RECIPIENTS:
+            return None
+        for item in recipients:
+            if type(item) is not str:
+                return None
+        rcpt = tuple(recipients)
+    else:
+        return None
+    for name, value in pairs:  # (checked to be str by _check_header_option)
+        if type(name) is not str or type(value) is not str:
+            return None
+    return (head, originator, rcpt, tuple(pairs), hostname)
+
+
+def _remember(key: _MemoKey, value: tuple[str, tuple[str, ...], bytes, bool, bool]) -> None:
+    with _MEMO_LOCK:
+        while len(_MEMO) >= _MEMO_SIZE:
+            del _MEMO[next(iter(_MEMO))]
+        _MEMO[key] = value

@@ -24,7 +24,7 @@ import contextlib
 import dataclasses
 import enum
 import functools
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from smtplug import source
@@ -156,7 +156,15 @@ def _send_end(
     may have: its delivery is then unknown until a reply says otherwise.
     """
     try:
-        written = yield from _send(action)
+        # (_send, inline: this runs for every message.)
+        try:
+            yield action
+        except ConnectionLostError as exc:
+            if not exc.replies_pending:
+                raise
+            written = False
+        else:
+            written = True
     except ConnectionLostError as exc:
         if trailer:
             outcome.stage = Stage.SENT
@@ -302,7 +310,7 @@ def _too_large(size: str, limit: int) -> MessageTooLargeError:
 _ONE_PIECE = True
 
 
-def _pieces(message: PreparedMessage, check: _StreamGuard | None) -> Iterator[bytes]:
+def _pieces(message: PreparedMessage, check: _StreamGuard | None) -> Iterable[bytes]:
     """The message's octets in chunks, checked on the way when not checked before."""
     body = message.body
     if (
@@ -313,9 +321,13 @@ def _pieces(message: PreparedMessage, check: _StreamGuard | None) -> Iterator[by
     ):
         # Checked before and small (no chunk boundary can fall inside it, even
         # with every line ending doubled): one piece, one pass of the encoder
-        # (which gives the same octets for any split of its input).
-        yield message.header + b"".join(body.chunks())
-        return
+        # (which gives the same octets for any split of its input). (A tuple:
+        # no generator to run for the message that fits in one.)
+        return (message.header + b"".join(body.chunks()),)
+    return _chunked(message, check)
+
+
+def _chunked(message: PreparedMessage, check: _StreamGuard | None) -> Iterator[bytes]:
     yield message.header
     for chunk in message.body.chunks():
         piece = bytes(chunk)
@@ -566,7 +578,7 @@ class _TransactionPlan:
     pipelining: bool
     chunking: bool
     check: _StreamGuard | None  # checks a stream's lines and size as it goes
-    lines: list[bytes]  # MAIL and the RCPTs, encoded
+    lines: Sequence[bytes]  # MAIL and the RCPTs, encoded
     trailer: bytes  # a QUIT pipelined behind the end of the message, or b""
     early: bool  # DATA (or BDAT) joins the MAIL/RCPT flight
     whole_in_flight: bool  # the whole message rides in that flight (one chunk)
@@ -578,6 +590,25 @@ class _TransactionPlan:
 WHOLE_FLIGHT_MAX = source.CHUNK
 
 
+def _offers(capabilities: Capabilities) -> tuple[bool, bool, bool, bool, int | None]:
+    """What the server offers that a transaction asks about: PIPELINING,
+    CHUNKING, 8BITMIME, SMTPUTF8 and the SIZE limit (see Capabilities)."""
+    if type(capabilities) is Capabilities:  # immutable: asked once per EHLO reply
+        return _offered(capabilities)
+    return _offered.__wrapped__(capabilities)
+
+
+@functools.lru_cache(maxsize=64)
+def _offered(capabilities: Capabilities) -> tuple[bool, bool, bool, bool, int | None]:
+    return (
+        capabilities.has("PIPELINING"),
+        capabilities.has("CHUNKING"),
+        capabilities.has("8BITMIME"),
+        capabilities.has("SMTPUTF8"),
+        capabilities.size_limit,
+    )
+
+
 def _plan(
     message: PreparedMessage,
     capabilities: Capabilities,
@@ -587,15 +618,13 @@ def _plan(
 ) -> _TransactionPlan:
     """Check what the server can take (8BITMIME, SMTPUTF8, SIZE) and plan the
     commands and flights; raises before anything is sent."""
-    pipelining = capabilities.has("PIPELINING")
-    chunking = capabilities.has("CHUNKING")
-    eight_bit = capabilities.has("8BITMIME")
-    if message.ascii is False and not eight_bit:
+    pipelining, chunking, eight_bit, smtputf8, size_limit = _offers(capabilities)
+    ascii, size = message.ascii, message.size
+    if ascii is False and not eight_bit:
         raise InvalidInputError(
             "the message has 8-bit octets and the server does not offer 8BITMIME: "
             "encode it (quoted-printable or base64), or use a server that offers 8BITMIME"
         )
-    smtputf8 = capabilities.has("SMTPUTF8")
     if message.smtputf8 and not smtputf8:
         raise InvalidInputError(
             "an address is not ASCII and the server does not offer SMTPUTF8 (RFC 6531): "
@@ -604,30 +633,32 @@ def _plan(
         )
     # RFC 1870: a message larger than the server takes is not offered at all
     # (SIZE 0 means no fixed limit).
-    limit = capabilities.size_limit or None
-    if limit is not None and message.size is not None and message.size > limit:
-        raise _too_large(str(message.size), limit)
+    limit = size_limit or None
+    if limit is not None and size is not None and size > limit:
+        raise _too_large(str(size), limit)
     # A body not checked before (a stream) is checked as it goes, and one of
     # unknown size counted; a violation aborts the transaction before its end
     # is sent, so nothing is delivered.
     rules = None if message.body.checked else LineCheck(eight_bit=eight_bit)
-    count = limit if message.size is None else None
+    count = limit if size is None else None
     check = (
         None if rules is None and count is None else _StreamGuard(rules, count, len(message.header))
     )
     params: list[str] = []
-    if capabilities.size_limit is not None and message.size is not None:
-        params.append(f"SIZE={message.size}")
-    if eight_bit and message.ascii is not True:
+    if size_limit is not None and size is not None:
+        params.append(f"SIZE={size}")
+    if eight_bit and ascii is not True:
         params.append("BODY=8BITMIME")
     # SMTPUTF8 is declared for a non-ASCII address, and for UTF-8 in the
     # header (RFC 6532) where the server allows it.
     utf8 = message.smtputf8 or (smtputf8 and not message.header.isascii())
     if utf8:
         params.append("SMTPUTF8")
+    lines: Sequence[bytes]
     if extras is None:
-        lines = [commands.mail(message.sender, params, smtputf8=utf8)]
-        lines += commands.rcpts(message.recipients, smtputf8=utf8)
+        recipients = tuple(message.recipients)
+        encode = _mail_and_rcpt if len(recipients) <= BATCH else _mail_and_rcpt.__wrapped__
+        lines = encode(message.sender, recipients, tuple(params), utf8)
     else:
         lines = _with_extras(message, params, extras, capabilities, utf8)
     trailer = commands.quit() if quit_after and pipelining else b""
@@ -639,8 +670,20 @@ def _plan(
     # A message that takes more than one BDAT chunk waits for the replies to
     # MAIL and RCPT: a refusal there must not cost its upload (one round trip
     # against the whole message).
-    whole_in_flight = early and message.size is not None and message.size <= WHOLE_FLIGHT_MAX
+    whole_in_flight = early and size is not None and size <= WHOLE_FLIGHT_MAX
     return _TransactionPlan(pipelining, chunking, check, lines, trailer, early, whole_in_flight)
+
+
+@functools.lru_cache(maxsize=256)
+def _mail_and_rcpt(
+    sender: str, recipients: tuple[str, ...], params: tuple[str, ...], utf8: bool
+) -> tuple[bytes, ...]:
+    """MAIL and the RCPTs, encoded (and so checked) by the command encoders:
+    pure functions of their arguments, so a kept session sending to the same
+    recipients again encodes them once (a refusal raises every time).
+    Remembered for up to :data:`BATCH` recipients (the memory stays bounded)."""
+    mail = commands.mail(sender, params, smtputf8=utf8)
+    return (mail, *commands.rcpts(recipients, smtputf8=utf8))
 
 
 def transaction(
@@ -748,7 +791,13 @@ def transaction(
             _after_end(exc, "MAIL" if index == 0 else "RCPT", outcome)
             raise
         if early and last_flight and not chunking:
-            data_reply = yield from _receive(timeouts.data, "DATA", outcome)
+            # (_receive, inline: this runs for every message.)
+            try:
+                data_reply = yield _wait(timeouts.data, "DATA")
+            except ConnectionLostError as exc:
+                _after_end(exc, "DATA", outcome)
+                raise
+            assert data_reply is not None
 
     commit = bool(outcome.accepted_recipients) and (not outcome.refused or atleastone)
     commit = commit and mail_error is None
@@ -871,6 +920,9 @@ def transaction(
     return (yield from _final(timeouts, outcome, bool(trailer), per_recipient))
 
 
+_FINAL = 'the final "."'
+
+
 def _final(
     timeouts: Timeouts, outcome: TransactionOutcome, quit_sent: bool, per_recipient: bool
 ) -> Generator[Action, Reply | None, TransactionOutcome]:
@@ -881,7 +933,14 @@ def _final(
                 outcome.quit_sent = outcome.session_over = True
             raise refusal
     else:
-        reply = yield from _receive(timeouts.final, 'the final "."', outcome)
+        # (_receive, inline: this runs for every message.)
+        try:
+            answer = yield _wait(timeouts.final, _FINAL)
+        except ConnectionLostError as exc:
+            _after_end(exc, _FINAL, outcome)
+            raise
+        assert answer is not None
+        reply = answer
         if quit_sent and reply.code not in (250, 251):
             # Refused, with the QUIT behind it on the wire: the session ends here
             # (another transaction on it would meet the reply to QUIT).

@@ -144,9 +144,12 @@ def _serialise(message: email.message.Message, utf8: bool) -> bytes:
         raise InvalidInputError(f"the message cannot be serialised: {exc}") from exc
 
 
+_FIRST_WINDOW = 1 << 16
+
+
 def _scan_memory(view: memoryview) -> tuple[int, int]:
     """``scan_header`` on a large buffer, copying only growing prefixes of it."""
-    window = 1 << 16
+    window = _FIRST_WINDOW
     while True:
         final = window >= len(view)
         scanned = scan_header(bytes(view[:window]), final=final)
@@ -159,7 +162,13 @@ def _scan_memory(view: memoryview) -> tuple[int, int]:
 
 def _from_memory(data: bytes | bytearray | memoryview) -> tuple[bytes, Body]:
     view = memoryview(data).cast("B")
-    header_end, body_start = _scan_memory(view)
+    if type(data) is bytes and len(data) <= _FIRST_WINDOW:
+        # (What _scan_memory does first, on the bytes themselves: no copy.)
+        scanned = scan_header(data, final=True)
+        assert scanned is not None  # (final: there is always an answer)
+        header_end, body_start = scanned
+    else:
+        header_end, body_start = _scan_memory(view)
     body = view[body_start:]
     ascii = data.isascii() if isinstance(data, bytes | bytearray) else None
 

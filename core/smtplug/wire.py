@@ -96,14 +96,21 @@ class Wire:
         nothing when nobody does. An error leaving the step may mark the
         connection broken (:meth:`failed`).
         """
-        if self.broken:
-            raise ConnectionLostError(f"connection to {self.info.server} is no longer usable")
-        self._watching = self._hook.watching()
+        self.begin_step()
         try:
             return (yield from body)
         except BaseException as exc:
             self.failed(exc)
             raise
+
+    def begin_step(self) -> None:
+        """What :meth:`step` does before the step's first action, for a
+        program that runs a step inline instead (the per-message transaction:
+        one generator layer less on each of its actions); that program calls
+        :meth:`failed` with any error leaving the step, as :meth:`step` does."""
+        if self.broken:
+            raise ConnectionLostError(f"connection to {self.info.server} is no longer usable")
+        self._watching = self._hook.watching()
 
     # -- observers ---------------------------------------------------------------
 

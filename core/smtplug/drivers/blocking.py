@@ -49,7 +49,15 @@ class BlockingDriver(CurrentConnection[Transport, Stream]):
             action = next(program)
             while True:
                 try:
-                    result = self._perform(action)
+                    # Pipelined replies often arrived together: one already
+                    # parsed is taken here (what _receive would do first).
+                    wire = self.wire
+                    if type(action) is not Receive or wire is None:
+                        result = self._perform(action)
+                    else:
+                        result = wire.reply()
+                        if result is None:
+                            result = self._receive(action)
                 except Exception as exc:
                     wire = self.wire
                     if wire is not None:
