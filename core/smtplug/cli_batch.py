@@ -466,11 +466,11 @@ def run_send_many(
 
             def report(name: str, outcome: Outcome) -> None:
                 kind = _kind(outcome)
-                kinds[kind] += 1
                 if args.json:
                     print(_json(name, outcome), file=out, flush=True)
                 elif not args.quiet:
                     print(_line(name, outcome, kind), file=out, flush=True)
+                kinds[kind] += 1  # (after its line: the summary counts what was shown)
                 if progress is not None:
                     progress.update(kinds)
 
@@ -499,5 +499,13 @@ def run_send_many(
         finally:
             if progress is not None:
                 progress.clear()
+    if interrupted:
+        print(
+            f"smtplug: interrupted: {_summary(kinds)}; the messages in flight were "
+            "finished (not listed), the others not sent",
+            file=err,
+            flush=True,
+        )
+        return EXIT_INTERRUPTED
     print(f"smtplug: {_summary(kinds)}", file=err, flush=True)
-    return EXIT_INTERRUPTED if interrupted else exit_code_for_batch(kinds)
+    return exit_code_for_batch(kinds)
