@@ -63,7 +63,9 @@ against a ScriptedServer that answers as the docs' local test server
 (``aiosmtpd -n -l 127.0.0.1:8025``: no TLS, ``250 OK``), whose port
 replaces 8025. What the page states after a
 command is checked: ``# smtplug: ...`` comment lines are its stderr, line by
-line (``...`` matches anything), and ``echo $?  # N`` its exit status; a
+line (``...`` matches anything), ``# > ...`` lines the stdout of an
+``smtplug send-many`` (the only command here that prints on stdout; any
+other's stdout must stay empty), and ``echo $?  # N`` its exit status; a
 command whose status the page does not state must exit 0.
 """
 
@@ -506,6 +508,7 @@ class Step:
     command: str
     status: int | None = None  # stated by "echo $?  # N"
     stderr: list[str] = field(default_factory=list)  # stated by "# smtplug: ..."
+    stdout: list[str] = field(default_factory=list)  # stated by "# > ..." (send-many)
 
 
 def steps_of(code: str) -> list[Step]:
@@ -524,6 +527,8 @@ def steps_of(code: str) -> list[Step]:
             steps[-1].status = int(status.group(1))
         elif line.startswith("# smtplug:"):
             steps[-1].stderr.append(line[2:])
+        elif line.startswith("# > "):
+            steps[-1].stdout.append(line[4:])
         elif line.startswith("#"):
             continue  # says what the next command does
         else:
@@ -553,7 +558,8 @@ def test_sh_example(block: Block, tmp_path: Path):
         steps = steps_of(block.code.replace(LOCAL_SERVER, address))
         script = ['smtplug() { "$SMTPLUG_PYTHON" -m smtplug "$@"; }']
         for n, step in enumerate(steps):
-            script.append(f"{step.command} 2> .step-{n}.err")
+            out = f" > .step-{n}.out" if " smtplug send-many " in f" {step.command} " else ""
+            script.append(f"{step.command}{out} 2> .step-{n}.err")
             script.append(f"echo $? > .step-{n}.status")
         env = {k: v for k, v in os.environ.items() if not k.startswith("SMTPLUG_")}
         env["SMTPLUG_PYTHON"] = sys.executable
@@ -567,7 +573,7 @@ def test_sh_example(block: Block, tmp_path: Path):
         )
         server.wait_idle()
     assert done.returncode == 0, done.stderr
-    assert done.stdout == ""  # smtplug send prints nothing on stdout
+    assert done.stdout == ""  # smtplug send prints nothing on stdout (send-many's: redirected)
     for n, step in enumerate(steps):
         status = int((tmp_path / f".step-{n}.status").read_text())
         stderr = (tmp_path / f".step-{n}.err").read_text().splitlines()
@@ -577,6 +583,12 @@ def test_sh_example(block: Block, tmp_path: Path):
             assert len(stderr) == len(step.stderr), said
             for expected, line in zip(step.stderr, stderr, strict=True):
                 assert matches(expected, line), f"{expected!r} does not match\n{said}"
+        if step.stdout:
+            stdout = (tmp_path / f".step-{n}.out").read_text().splitlines()
+            shown = f"{said}\nstdout:\n" + "\n".join(stdout)
+            assert len(stdout) == len(step.stdout), shown
+            for expected, line in zip(step.stdout, stdout, strict=True):
+                assert matches(expected, line), f"{expected!r} does not match\n{shown}"
     sends = [s for s in steps if s.command.startswith("smtplug send")]
     if sends and block.marker("sends nothing") is None:
         assert any(t.complete for s in server.sessions for t in s.transactions)
@@ -619,6 +631,7 @@ def test_steps_of_a_shell_block():
         "smtplug send --server 127.0.0.1:1 \\\n"
         "    --to you@example.org\n"
         "# smtplug: sent to ...\n"
+        "# > a.eml: sent ...\n"
         "echo $?     # 0\n"
         "\n"
         "printf 'x' > note.eml\n"
@@ -628,6 +641,7 @@ def test_steps_of_a_shell_block():
         "printf 'x' > note.eml",
     ]
     assert (steps[0].status, steps[0].stderr) == (0, ["smtplug: sent to ..."])
+    assert steps[0].stdout == ["a.eml: sent ..."]
     assert (steps[1].status, steps[1].stderr) == (None, [])
     assert matches("smtplug: sent to ... (250 OK)", "smtplug: sent to 1 recipient (250 OK)")
     assert not matches("smtplug: sent to ... (250 OK)", "smtplug: sent to 1 recipient (251 OK)")

@@ -1,7 +1,9 @@
-"""The ``smtplug`` command: ``smtplug send``, ``smtplug demo`` and ``smtplug plugins``.
+"""The ``smtplug`` command: ``smtplug send``, ``smtplug send-many``, ``smtplug demo`` and
+``smtplug plugins``.
 
 Usage errors exit with 64 (sysexits EX_USAGE), not argparse's 2, which
-``smtplug send`` uses for "not sent" (see :mod:`smtplug.cli_send`).
+``smtplug send`` uses for "not sent" (see :mod:`smtplug.cli_send` and
+:mod:`smtplug.cli_batch`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from smtplug import __version__
+from smtplug.cli_batch import add_send_many_parser
 from smtplug.cli_send import EXIT_USAGE, add_send_parser
 from smtplug.errors import SMTPError
 from smtplug.plugins import installed, new_manager
@@ -90,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"smtplug {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_send_parser(sub)
+    add_send_many_parser(sub)
     demo = sub.add_parser(
         "demo",
         help="send a message through the real client to a local in-process server",
@@ -103,10 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
-    if args.command == "send":
+    if args.command in ("send", "send-many"):
         send = args.handler
         try:
-            return int(send(args, sub.choices["send"]))
+            return int(send(args, sub.choices[args.command]))
         except SystemExit as exc:  # a usage error found after parsing
             return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:

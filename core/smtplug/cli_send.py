@@ -38,7 +38,10 @@ __all__ = [
     "EXIT_TEMPORARY",
     "EXIT_UNKNOWN",
     "EXIT_USAGE",
+    "UsageProblem",
+    "add_connection_options",
     "add_send_parser",
+    "connection_options",
     "exit_code_for",
     "parse_server",
     "run_send",
@@ -125,33 +128,34 @@ See docs/cli.md for more.
 """
 
 
-class _Usage(Exception):
-    """A usage problem found after parsing (reported like argparse's)."""
+class UsageProblem(Exception):
+    """A usage problem found after parsing (reported like argparse's; never
+    leaves the command)."""
 
 
 def parse_server(text: str, default_port: int) -> tuple[str, int]:
     """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address
-    -> ``(host, port)``. Raises :class:`_Usage` for malformed input."""
+    -> ``(host, port)``. Raises :class:`UsageProblem` for malformed input."""
     host, port_text = text, ""
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
-            raise _Usage(f"--server {text!r}: missing ']'")
+            raise UsageProblem(f"--server {text!r}: missing ']'")
         host, rest = text[1:end], text[end + 1 :]
         if rest:
             if not rest.startswith(":"):
-                raise _Usage(f"--server {text!r}: expected ':port' after ']'")
+                raise UsageProblem(f"--server {text!r}: expected ':port' after ']'")
             port_text = rest[1:]
     elif text.count(":") == 1:
         host, port_text = text.split(":")
     # more than one colon without brackets: a bare IPv6 address, default port
     if not host:
-        raise _Usage(f"--server {text!r}: no host name")
+        raise UsageProblem(f"--server {text!r}: no host name")
     if port_text == "" and (text.endswith(":")):
-        raise _Usage(f"--server {text!r}: empty port")
+        raise UsageProblem(f"--server {text!r}: empty port")
     if port_text:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise _Usage(f"--server {text!r}: the port must be a number from 1 to 65535")
+            raise UsageProblem(f"--server {text!r}: the port must be a number from 1 to 65535")
         return host, int(port_text)
     return host, default_port
 
@@ -160,94 +164,14 @@ def _parse_header(text: str) -> tuple[str, str]:
     name, colon, value = text.partition(":")
     name = name.strip()
     if not colon or not name:
-        raise _Usage(f"--header {text!r}: expected 'Name: value'")
+        raise UsageProblem(f"--header {text!r}: expected 'Name: value'")
     return name, value.strip()
 
 
-def add_send_parser(sub: Any) -> argparse.ArgumentParser:
-    """Add the ``send`` subcommand to the subparsers action ``sub``."""
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "send",
-        help="send one message (swaks-style options); see 'smtplug send --help'",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
-
-    message = parser.add_argument_group("message")
-    message.add_argument("--subject", metavar="TEXT", help="the Subject field")
-    message.add_argument("--body", metavar="TEXT", help="the text of the message (default: empty)")
-    message.add_argument(
-        "--attach",
-        metavar="FILE",
-        action="append",
-        default=[],
-        help="attach FILE, its MIME type guessed from its name (repeatable)",
-    )
-    message.add_argument(
-        "--message",
-        metavar="FILE",
-        help="send FILE as it is (RFC 5322: header fields, blank line, body); "
-        "'-' reads stdin. Not with --body or --attach",
-    )
-    message.add_argument(
-        "--header",
-        metavar="'NAME: VALUE'",
-        action="append",
-        default=[],
-        help="a header field, replacing the message's own of that name (repeatable; "
-        "repeated address fields are joined)",
-    )
-
-    envelope = parser.add_argument_group("envelope")
-    envelope.add_argument(
-        "--from",
-        dest="sender",
-        metavar="ADDRESS",
-        help="the envelope sender (MAIL FROM); '' for the null sender <>; "
-        "default: the message's From; also the From field when the message has none",
-    )
-    envelope.add_argument(
-        "--to",
-        metavar="ADDRESS",
-        action="append",
-        default=[],
-        help="a recipient (repeatable; required unless the message's To/Cc/Bcc give "
-        "recipients); also the To field of a message built from --body/--attach",
-    )
-    envelope.add_argument(
-        "--atleastone",
-        action="store_true",
-        help="send to the accepted recipients even when some are refused (exit 1)",
-    )
-    envelope.add_argument(
-        "--queue", action="store_true", help="ask a server offering XQUE to queue the message"
-    )
-    envelope.add_argument(
-        "--dsn-notify",
-        metavar="WHEN",
-        help="delivery status notifications (RFC 3461) for every recipient: NEVER, or a "
-        "comma-separated list of SUCCESS, FAILURE, DELAY; the message is not sent when "
-        "the server does not offer DSN",
-    )
-    envelope.add_argument(
-        "--dsn-ret", choices=["FULL", "HDRS"], help="what a failure report returns (DSN RET)"
-    )
-    envelope.add_argument(
-        "--dsn-envid", metavar="ID", help="an envelope identifier echoed in reports (DSN ENVID)"
-    )
-    envelope.add_argument(
-        "--dsn-orcpt",
-        action="store_true",
-        help="send each recipient's address as its original recipient (DSN ORCPT)",
-    )
-    envelope.add_argument(
-        "--requiretls",
-        action="store_true",
-        help="REQUIRETLS (RFC 8689): only over verified TLS, to a server offering it",
-    )
-
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """Add the server, TLS and authentication option groups to ``parser``
+    (``smtplug send`` and ``smtplug send-many`` share them); read them back
+    with :func:`connection_options`."""
     server = parser.add_argument_group("server")
     server.add_argument(
         "--server",
@@ -347,6 +271,93 @@ def add_send_parser(sub: Any) -> argparse.ArgumentParser:
         help="allow AUTH without TLS to a host that is not loopback (reveals the password)",
     )
 
+
+def add_send_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``send`` subcommand to the subparsers action ``sub``."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "send",
+        help="send one message (swaks-style options); see 'smtplug send --help'",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+
+    message = parser.add_argument_group("message")
+    message.add_argument("--subject", metavar="TEXT", help="the Subject field")
+    message.add_argument("--body", metavar="TEXT", help="the text of the message (default: empty)")
+    message.add_argument(
+        "--attach",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="attach FILE, its MIME type guessed from its name (repeatable)",
+    )
+    message.add_argument(
+        "--message",
+        metavar="FILE",
+        help="send FILE as it is (RFC 5322: header fields, blank line, body); "
+        "'-' reads stdin. Not with --body or --attach",
+    )
+    message.add_argument(
+        "--header",
+        metavar="'NAME: VALUE'",
+        action="append",
+        default=[],
+        help="a header field, replacing the message's own of that name (repeatable; "
+        "repeated address fields are joined)",
+    )
+
+    envelope = parser.add_argument_group("envelope")
+    envelope.add_argument(
+        "--from",
+        dest="sender",
+        metavar="ADDRESS",
+        help="the envelope sender (MAIL FROM); '' for the null sender <>; "
+        "default: the message's From; also the From field when the message has none",
+    )
+    envelope.add_argument(
+        "--to",
+        metavar="ADDRESS",
+        action="append",
+        default=[],
+        help="a recipient (repeatable; required unless the message's To/Cc/Bcc give "
+        "recipients); also the To field of a message built from --body/--attach",
+    )
+    envelope.add_argument(
+        "--atleastone",
+        action="store_true",
+        help="send to the accepted recipients even when some are refused (exit 1)",
+    )
+    envelope.add_argument(
+        "--queue", action="store_true", help="ask a server offering XQUE to queue the message"
+    )
+    envelope.add_argument(
+        "--dsn-notify",
+        metavar="WHEN",
+        help="delivery status notifications (RFC 3461) for every recipient: NEVER, or a "
+        "comma-separated list of SUCCESS, FAILURE, DELAY; the message is not sent when "
+        "the server does not offer DSN",
+    )
+    envelope.add_argument(
+        "--dsn-ret", choices=["FULL", "HDRS"], help="what a failure report returns (DSN RET)"
+    )
+    envelope.add_argument(
+        "--dsn-envid", metavar="ID", help="an envelope identifier echoed in reports (DSN ENVID)"
+    )
+    envelope.add_argument(
+        "--dsn-orcpt",
+        action="store_true",
+        help="send each recipient's address as its original recipient (DSN ORCPT)",
+    )
+    envelope.add_argument(
+        "--requiretls",
+        action="store_true",
+        help="REQUIRETLS (RFC 8689): only over verified TLS, to a server offering it",
+    )
+
+    add_connection_options(parser)
+
     output = parser.add_argument_group("output")
     loudness = output.add_mutually_exclusive_group()
     loudness.add_argument(
@@ -405,7 +416,7 @@ def _message_source(
         yield _build_message(args, header), None
         return
     if args.body is not None or args.attach:
-        raise _Usage("--message is the whole message: not with --body or --attach")
+        raise UsageProblem("--message is the whole message: not with --body or --attach")
     if args.subject is not None:
         header.append(("Subject", args.subject))
     if args.message == "-":
@@ -423,11 +434,12 @@ def _message_source(
         yield handle, os.fstat(handle.fileno()).st_size
 
 
-def _password(args: argparse.Namespace, stdin_tty: bool) -> str | None:
-    """The password for ``--auth``, from a file, the environment or a prompt."""
+def _password(args: argparse.Namespace, can_prompt: bool) -> str | None:
+    """The password for ``--auth``, from a file, the environment or a prompt
+    (``can_prompt``: stdin is a terminal that the command does not read)."""
     if args.auth is None:
         if args.password_file or args.password_env or args.mechanism or args.oauth_token_env:
-            raise _Usage(
+            raise UsageProblem(
                 "--password-file, --password-env, --mechanism and --oauth-token-env "
                 "need --auth USER"
             )
@@ -454,7 +466,7 @@ def _password(args: argparse.Namespace, stdin_tty: bool) -> str | None:
         return os.environ[DEFAULT_PASSWORD_ENV]
     if args.oauth_token_env is not None:
         return None
-    if stdin_tty and args.message != "-":
+    if can_prompt:
         try:
             return getpass.getpass(f"smtplug: password for {args.auth}: ")
         except EOFError as exc:
@@ -474,6 +486,39 @@ def _oauth_token(args: argparse.Namespace) -> str | None:
             f"--oauth-token-env: the environment variable {args.oauth_token_env} is not set"
         )
     return value
+
+
+def connection_options(args: argparse.Namespace, *, can_prompt: bool) -> dict[str, Any]:
+    """The options of :func:`add_connection_options` as keyword arguments of
+    :func:`smtplug.sendmessage` (and of :class:`smtplug.Pool`): the servers,
+    TLS and credentials, the password read as ``--auth`` asks (a prompt only
+    when ``can_prompt``). Raises :class:`UsageProblem` or
+    :class:`~smtplug.InvalidInputError`."""
+    default_port = 465 if args.tls_mode == "tls" else 25
+    pairs = [parse_server(text, default_port) for text in args.server] or [
+        ("localhost", default_port)
+    ]
+    password = _password(args, can_prompt)
+    oauth_token = _oauth_token(args)
+    return {
+        "servers": [host for host, _ in pairs],
+        "ports": [port for _, port in pairs],
+        "client": args.client,
+        "usetls": args.tls_mode == "starttls",
+        "tlsimport": args.tls_mode == "tls",
+        "tlspolicy": args.tls_policy,
+        "tls_backend": args.tls_backend,
+        "cafile": args.cafile,
+        "client_cert": args.client_cert,
+        "client_key": args.client_key,
+        "tls_verify": not args.insecure_no_verify,
+        "username": args.auth,
+        "password": password,
+        "oauth_token": oauth_token,
+        "mechanisms": args.mechanism or None,
+        "insecure_cleartext_auth": args.insecure_cleartext_auth,
+        "timeout": args.timeout,
+    }
 
 
 # -- output --------------------------------------------------------------------
@@ -617,14 +662,9 @@ def run_send(
     try:
         try:
             header = [_parse_header(text) for text in args.header]
-            default_port = 465 if args.tls_mode == "tls" else 25
-            pairs = [parse_server(text, default_port) for text in args.server] or [
-                ("localhost", default_port)
-            ]
-            password = _password(args, stdin_tty)
-            oauth_token = _oauth_token(args)
+            connection = connection_options(args, can_prompt=stdin_tty and args.message != "-")
             dsn = _dsn(args)
-        except _Usage as exc:
+        except UsageProblem as exc:
             _fail(parser, str(exc))
         with _message_source(args, header, stdin) as (message, size):
             progress: _Progress | None = None
@@ -635,29 +675,13 @@ def run_send(
                 try:
                     result = smtplug.sendmessage(
                         message,
-                        servers=[host for host, _ in pairs],
-                        ports=[port for _, port in pairs],
-                        client=args.client,
+                        **connection,
                         queue=args.queue,
                         atleastone=args.atleastone,
                         originator=args.sender,
                         recipients=args.to or None,
                         header=header,
-                        usetls=args.tls_mode == "starttls",
-                        tlsimport=args.tls_mode == "tls",
-                        tlspolicy=args.tls_policy,
-                        tls_backend=args.tls_backend,
-                        cafile=args.cafile,
-                        client_cert=args.client_cert,
-                        client_key=args.client_key,
-                        tls_verify=not args.insecure_no_verify,
-                        username=args.auth,
-                        password=password,
-                        oauth_token=oauth_token,
-                        mechanisms=args.mechanism or None,
-                        insecure_cleartext_auth=args.insecure_cleartext_auth,
                         debug=args.transcript,
-                        timeout=args.timeout,
                         progress=progress,
                         dsn=dsn,
                         requiretls=args.requiretls,
@@ -665,7 +689,7 @@ def run_send(
                 finally:
                     if progress is not None:
                         progress.finish(result is not None and result.accepted)
-    except _Usage as exc:
+    except UsageProblem as exc:
         _fail(parser, str(exc))
     except SMTPError as exc:
         say(f"{type(exc).__name__}: {exc.code} {exc.diagnostic}")
