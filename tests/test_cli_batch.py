@@ -14,6 +14,7 @@ import email.policy
 import io
 import itertools
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -426,6 +427,61 @@ def test_ctrl_c_stops_taking_messages_exit_130(tmp_path, monkeypatch, capsys, pi
     assert all(t.complete for s in server.sessions for t in s.transactions)
     err = capsys.readouterr().err.splitlines()
     assert err[-1].startswith("smtplug: interrupted: 2 messages: 2 sent")
+
+
+class SignalledOutput(io.StringIO):
+    """stdout on which a real SIGINT (Ctrl-C) is raised after the lines
+    numbered in ``at`` are printed."""
+
+    def __init__(self, *at: int) -> None:
+        super().__init__()
+        self.at = at
+        self.lines = 0
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if text != "\n":
+            self.lines += 1
+            if self.lines in self.at:
+                signal.raise_signal(signal.SIGINT)
+        return written
+
+
+def test_a_first_ctrl_c_lists_every_message_taken_with_its_outcome(
+    tmp_path, monkeypatch, capsys, pipe_stdin
+):
+    out = SignalledOutput(2)
+    monkeypatch.setattr(sys, "stdout", out)
+    paths = [write(tmp_path, f"{i:02}.eml") for i in range(40)]
+    before = signal.getsignal(signal.SIGINT)
+    with ScriptedServer() as server:
+        code = batch(server, "--connections", "2", *map(str, paths))
+        got = subjects(server)
+    assert code == 130
+    assert signal.getsignal(signal.SIGINT) is before  # (given back)
+    # Every message the server has is listed, with its own outcome: nothing
+    # was taken and then left unreported; the files after them were not sent.
+    lines = out.getvalue().splitlines()
+    assert 2 <= len(got) < len(paths)
+    assert lines == [f"{p}: sent to 1 recipient" for p in paths[: len(got)]]
+    assert sorted(got) == [p.name for p in paths[: len(got)]]
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith(f"smtplug: interrupted: {len(got)} messages: {len(got)} sent")
+    assert "every message taken was finished and is listed" in err[-1]
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, capsys, pipe_stdin):
+    out = SignalledOutput(2, 3)
+    monkeypatch.setattr(sys, "stdout", out)
+    paths = [write(tmp_path, f"{i:02}.eml") for i in range(40)]
+    with ScriptedServer() as server:
+        code = batch(server, "--connections", "2", *map(str, paths))
+        got = subjects(server)
+    assert code == 130
+    assert len(out.getvalue().splitlines()) == 3 and len(got) < len(paths)
+    assert all(t.complete for s in server.sessions for t in s.transactions)
+    err = capsys.readouterr().err.splitlines()
+    assert "the messages in flight were finished (not listed)" in err[-1]
 
 
 # -- help, and a real subprocess ---------------------------------------------------------

@@ -12,10 +12,13 @@ happened (see :data:`EPILOG`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
@@ -89,8 +92,9 @@ exit status (the first that applies, in this order):
   {EXIT_SENT:<3} every message was sent to every recipient
   {EXIT_USAGE:<3} bad usage (options, pool options, no password): nothing was sent,
       no connection was opened
-  {EXIT_INTERRUPTED:<3} interrupted (Ctrl-C): the lines printed stand; the messages in
-      flight were finished, the others not sent
+  {EXIT_INTERRUPTED:<3} interrupted (Ctrl-C): no new message was taken; those taken were
+      finished and listed; a second Ctrl-C stops at once (those in flight
+      are finished, not listed)
 
 examples:
   # every message of outbox/ over 4 connections (the default), 10 a second
@@ -269,9 +273,12 @@ class _Files:
     def __init__(self, names: Iterator[str]) -> None:
         self._names = names
         self.taken: deque[_Taken] = deque()
+        self.stopped = False  # (a first Ctrl-C: no file is taken after it)
 
     def messages(self) -> Iterator[bytes]:
         for name in self._names:
+            if self.stopped:
+                return
             try:
                 data = _read(name)
             except InvalidInputError as exc:
@@ -279,6 +286,33 @@ class _Files:
                 continue
             self.taken.append(_Taken(name, None))
             yield data
+
+
+@contextlib.contextmanager
+def _first_interrupt_stops(files: _Files) -> Iterator[None]:
+    """While the batch runs: a first Ctrl-C (SIGINT) takes no new file, and
+    the messages already taken are finished and listed with their own
+    outcomes; a second one is a KeyboardInterrupt as usual. Only in the main
+    thread (where Python runs signal handlers); elsewhere Ctrl-C is left as
+    it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def first(signum: int, frame: object) -> None:
+        if files.stopped:
+            raise KeyboardInterrupt
+        files.stopped = True
+
+    try:
+        previous = signal.signal(signal.SIGINT, first)
+    except (ValueError, OSError):  # (no signals here: an embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # -- outcomes ------------------------------------------------------------------
@@ -486,10 +520,11 @@ def run_send_many(
                 atleastone=args.atleastone,
             )
             try:
-                for outcome in outcomes:
+                with _first_interrupt_stops(files):
+                    for outcome in outcomes:
+                        unread()
+                        report(files.taken.popleft().name, outcome)
                     unread()
-                    report(files.taken.popleft().name, outcome)
-                unread()
             finally:
                 close = getattr(outcomes, "close", None)  # (a generator's)
                 if close is not None:
@@ -503,6 +538,14 @@ def run_send_many(
         print(
             f"smtplug: interrupted: {_summary(kinds)}; the messages in flight were "
             "finished (not listed), the others not sent",
+            file=err,
+            flush=True,
+        )
+        return EXIT_INTERRUPTED
+    if files.stopped:
+        print(
+            f"smtplug: interrupted: {_summary(kinds)}; every message taken was finished "
+            "and is listed, the files after it were not sent",
             file=err,
             flush=True,
         )
