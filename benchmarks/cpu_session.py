@@ -32,6 +32,10 @@ process, so other work on the machine moves it far less than wall time):
 * ``async-kept-bytes-1``: a kept ``smtplug.AsyncClient``, one recipient;
 * ``async-oneshot-bytes-1``: ``smtplug.asendmessage``, one recipient (the
   event loop kept: the calls are awaited one after another in one loop);
+* ``pool-batch-1``: ``smtplug.Pool(max_connections=8).send_many`` of a
+  generator of the ``kept-bytes-1`` message (the batch on its own event
+  loop, eight in-memory connections);
+* ``asyncpool-batch-1``: the same through ``smtplug.AsyncPool``;
 * ``peer``: the in-memory peer alone, answering the bytes one
   ``kept-bytes-1`` message writes.
 
@@ -79,6 +83,8 @@ CASES = (
     "oneshot-tls-1",
     "async-kept-bytes-1",
     "async-oneshot-bytes-1",
+    "pool-batch-1",
+    "asyncpool-batch-1",
     "peer",
 )
 #: Share of --messages per sample.
@@ -190,6 +196,29 @@ class Bench:
                 asyncio.run(main())
 
             return run_async
+        if case == "pool-batch-1":
+
+            def pool_batch(count: int) -> None:
+                with smtplug.Pool(**OPTIONS, max_connections=8) as pool:
+                    messages = (MESSAGE for _ in range(count))
+                    for outcome in pool.send_many(messages, originator=FROM, recipients=[TO]):
+                        assert outcome.status == "sent"
+
+            return pool_batch
+        if case == "asyncpool-batch-1":
+
+            def asyncpool_batch(count: int) -> None:
+                async def main() -> None:
+                    async with smtplug.AsyncPool(**OPTIONS, max_connections=8) as pool:
+                        messages = (MESSAGE for _ in range(count))
+                        async for outcome in pool.send_many(
+                            messages, originator=FROM, recipients=[TO]
+                        ):
+                            assert outcome.status == "sent"
+
+                asyncio.run(main())
+
+            return asyncpool_batch
         if case == "peer":
             flight = self.flight
 
