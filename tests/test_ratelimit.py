@@ -181,6 +181,11 @@ class Timelines:
 
 @pytest.fixture
 def timelines(monkeypatch: pytest.MonkeyPatch) -> Timelines:
+    return on_timelines(monkeypatch)
+
+
+def on_timelines(monkeypatch: pytest.MonkeyPatch) -> Timelines:
+    """The pool's clock and sleeps on fake timelines (also test_ratelimit_retry's)."""
     fake = Timelines()
     monkeypatch.setattr(poolmod, "_clock", fake.clock)
     monkeypatch.setattr(poolmod, "_sleep", fake.sleep)

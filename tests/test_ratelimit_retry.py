@@ -31,18 +31,17 @@ from smtplug.drivers import aio as aiodriver
 from smtplug.drivers import blocking as blockingdriver
 from smtplug.testing import Command, ScriptedServer
 from test_pool import FAST, message
-from test_ratelimit import Starts, Timelines, conforming, options
+from test_ratelimit import Starts, Timelines, conforming, on_timelines, options
 
 TRANSIENT = b"451 4.3.0 try again later\r\n"
 
 
 @pytest.fixture
 def timelines(monkeypatch: pytest.MonkeyPatch) -> Timelines:
-    """One fake timeline per thread or task for every clock and sleep of a send."""
-    fake = Timelines()
-    monkeypatch.setattr(poolmod, "_clock", fake.clock)
-    monkeypatch.setattr(poolmod, "_sleep", fake.sleep)
-    monkeypatch.setattr(poolmod, "_async_sleep", fake.async_sleep)
+    """The pool's timelines (test_ratelimit's), for the retry's clock and the
+    drivers' sleeps too: one fake timeline per thread or task for every
+    clock and sleep of a send."""
+    fake = on_timelines(monkeypatch)
     monkeypatch.setattr(retrymod, "_clock", fake.clock)
     monkeypatch.setattr(blockingdriver, "_sleep", fake.sleep)
     monkeypatch.setattr(aiodriver, "_sleep", fake.async_sleep)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,14 +18,6 @@ from smtplug.errors import ConnectionLostError
 from smtplug_plugins import _sockets
 from smtplug_plugins._sockets import SocketStream
 from tlsfixtures import server_context, tls_ca
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    ours, theirs = socket.socketpair()
-    ours.settimeout(30)
-    with ours, theirs:
-        yield ours, theirs
 
 
 def nothing_yet(stream: SocketStream) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -97,14 +96,6 @@ def test_a_real_socket_write_arrives_whole() -> None:
 
 
 # -- a plain socket: non-blocking, each wait a poll of its own -------------------------
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    ours, theirs = socket.socketpair()
-    ours.settimeout(30)
-    with ours, theirs:
-        yield ours, theirs
 
 
 class Calls:
