@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import ssl
 from pathlib import Path
@@ -18,6 +19,9 @@ import pytest
 import smtplug
 import smtplug_plugins._tls as tls_helpers
 from mockstream import MockServer
+from smtplug import api, plugins
+from smtplug.connect import ConnectionPlan
+from smtplug.options import ClientOptions, build
 
 BACKENDS = ["stdlib"]
 try:  # (the pyopenssl backend is an optional extra)
@@ -74,11 +78,6 @@ def test_unloadable_tls_file_fails_before_connecting(
 
 
 # --- the checked setup, memoised on its inputs -----------------------------------------
-
-import dataclasses  # noqa: E402
-
-from smtplug import api, plugins  # noqa: E402
-from smtplug.options import ClientOptions, build  # noqa: E402
 
 
 def _setup(memo: bool, **given: Any) -> api.Setup:
@@ -248,3 +247,20 @@ def test_hello_refuses_a_bad_name_every_time(client: str) -> None:
     for _ in range(2):
         with pytest.raises(smtplug.InvalidInputError):
             next(session.hello(client, session.Timeouts(), SMTP))
+
+
+def test_a_fresh_setup_carries_every_field_of_the_plan() -> None:
+    """``Setup.fresh`` copies the plan field by field (faster than
+    ``dataclasses.replace``): a field added to ConnectionPlan later must not
+    be dropped back to its default."""
+    built = api.setup(build(ClientOptions, {"servers": ["127.0.0.1"], "usetls": False}))
+    marks = {f.name: object() for f in dataclasses.fields(ConnectionPlan)}
+    marks["transport_options"] = {"tls_sessions": {}, "mark": object()}
+    marked = dataclasses.replace(built, plan=dataclasses.replace(built.plan, **marks))
+    fresh = marked.fresh(build(ClientOptions, {"servers": ["127.0.0.1"], "usetls": False}))
+    for name, mark in marks.items():
+        if name in ("tls_sessions", "transport_options"):
+            continue
+        assert getattr(fresh.plan, name) is mark, name
+    assert fresh.plan.transport_options["mark"] is marks["transport_options"]["mark"]
+    assert fresh.plan.transport_options["tls_sessions"] is fresh.plan.tls_sessions
