@@ -422,6 +422,9 @@ BAD_OPTIONS = [
     {"servers": []},
     {"servers": [""]},
     {"servers": ["a b"]},
+    {"servers": ["a..example"]},  # an empty label: the resolver's IDNA step refuses it
+    {"servers": [".example"]},
+    {"servers": ["a" * 64 + ".example"]},  # a label over 63 characters
     {"servers": [5]},
     {"ports": [0]},
     {"ports": [70000]},

@@ -190,3 +190,23 @@ def test_a_plain_socket_write_to_a_closed_peer_is_a_lost_connection(
         for _ in range(100):  # (the first send may still be taken)
             stream.write(b"x" * 65536, 5)
     assert not caught.value.timed_out
+
+
+def test_a_name_the_resolver_refuses_is_a_connect_error() -> None:
+    """Below the option checks (a plugin's own name): the IDNA step of
+    getaddrinfo raises UnicodeError, not OSError; it is a ConnectError too."""
+    from smtplug.errors import ConnectError
+    from smtplug_plugins._sockets import open_socket
+
+    with pytest.raises(ConnectError, match=r"cannot connect to a\.\.example:25"):
+        open_socket("a..example", 25, 5)
+
+
+def test_a_name_the_resolver_refuses_is_a_connect_error_asyncio() -> None:
+    import asyncio
+
+    from smtplug.errors import ConnectError
+    from smtplug_plugins._aio import open_connection
+
+    with pytest.raises(ConnectError, match=r"cannot connect to a\.\.example:25"):
+        asyncio.run(open_connection("a..example", 25, 5))

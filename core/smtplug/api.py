@@ -126,6 +126,15 @@ def _servers_and_ports(
             continue
         if not server or not server.isprintable() or _NOT_IN_A_NAME.search(server):
             raise InvalidInputError(f"invalid server name {server!r}")
+        try:
+            # What the resolver (and TLS's server name) will do with it: a
+            # label that is empty or over 63 characters fails there, with a
+            # UnicodeError out of socket.getaddrinfo, not an OSError.
+            server.encode("idna")
+        except UnicodeError as exc:
+            raise InvalidInputError(
+                f"invalid server name {server!r}: {exc.__cause__ or exc}"
+            ) from None
     for port in port_list:
         if not 0 < port < 65536:
             raise InvalidInputError(f"invalid port {port!r}")

@@ -305,6 +305,8 @@ async def _connected(
         # asyncio's own text ("Connect call failed (...)") hides the reason.
         reason = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
         raise ConnectError(f"cannot connect to {peer}: {reason}") from exc
+    except UnicodeError as exc:  # (a name the resolver's IDNA step refuses)
+        raise ConnectError(f"cannot connect to {peer}: {exc}") from exc
     return protocol
 
 

@@ -236,6 +236,8 @@ def open_socket(host: str, port: int, timeout: float | None) -> socket.socket:
         raise ConnectError(f"connecting to {host}:{port} timed out after {timeout} s") from exc
     except OSError as exc:
         raise ConnectError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+    except UnicodeError as exc:  # (a name the resolver's IDNA step refuses)
+        raise ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
     # Not every socket family has TCP_NODELAY; without it Nagle is merely slower.
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
