@@ -750,3 +750,65 @@ def test_dsn_refused_when_the_server_lacks_it_or_the_value_is_bad(capsys):
         server.wait_idle()
     assert all(not s.transactions for s in server.sessions)
     assert "does not offer DSN" in capsys.readouterr().err
+
+
+# -- --authzid, --capath -------------------------------------------------------------
+
+
+def test_authzid_goes_in_the_plain_response(monkeypatch, capsys, pipe_stdin):
+    monkeypatch.setenv("SMTPLUG_PASSWORD", PASSWORD)
+    with auth_server() as server:
+        code = send(server, *base("--body", "x", "--auth", "alice", "--authzid", "shared-box"))
+        server.wait_idle()
+    assert code == 0, capsys.readouterr().err
+    (auth,) = [c for c in server.sessions[0].commands if c.verb == "AUTH"]
+    mechanism, initial = auth.args.split()
+    assert mechanism == "PLAIN"
+    assert base64.b64decode(initial).split(b"\0") == [b"shared-box", b"alice", PASSWORD.encode()]
+
+
+def test_authzid_without_auth_is_64(capsys, pipe_stdin):
+    with ScriptedServer() as server:
+        code = send(server, *base("--body", "x", "--authzid", "shared-box"))
+    assert code == 64
+    assert "authzid given without username" in capsys.readouterr().err
+    assert server.sessions == []
+
+
+def test_starttls_with_capath(tls_files, tmp_path, capsys, pipe_stdin):
+    from OpenSSL import crypto
+
+    files, context = tls_files
+    capath = tmp_path / "capath"
+    capath.mkdir()
+    # OpenSSL's hashed directory: the CA under <subject hash>.0, as c_rehash names it.
+    pem = Path(files.cafile).read_bytes()
+    digest = crypto.load_certificate(crypto.FILETYPE_PEM, pem).subject_name_hash()
+    (capath / f"{digest:08x}.0").write_bytes(pem)
+    with ScriptedServer(tls_context=context) as server:
+        code = main(
+            [
+                "send",
+                "--server",
+                f"127.0.0.1:{server.port}",
+                "--capath",
+                str(capath),
+                *base("--body", "x"),
+            ]
+        )
+        server.wait_idle()
+    assert code == 0, capsys.readouterr().err
+    assert server.sessions[0].tls
+    assert server.sessions[0].transactions[0].complete
+
+
+def test_a_capath_without_the_ca_is_69(tls_files, tmp_path, capsys, pipe_stdin):
+    _, context = tls_files
+    empty = tmp_path / "empty-capath"
+    empty.mkdir()
+    with ScriptedServer(tls_context=context) as server:
+        code = main(
+            ["send", "--server", f"127.0.0.1:{server.port}", "--capath", str(empty), *base()]
+        )
+    assert code == 69
+    assert server.sessions[0].transactions == []

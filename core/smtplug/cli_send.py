@@ -134,9 +134,12 @@ class UsageProblem(Exception):
 
 
 def parse_server(text: str, default_port: int) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address
+    """``host``, ``host:port``, ``[v6]``, ``[v6]:port``, a bare IPv6 address,
+    or a socket path (``/path``, ``unix:/path``: the LMTP transport's)
     -> ``(host, port)``. Raises :class:`UsageProblem` for malformed input."""
     host, port_text = text, ""
+    if text.startswith(("/", "unix:")):
+        return text, default_port  # a socket path: the transport (--transport lmtp) takes it
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
@@ -183,6 +186,14 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     )
     server.add_argument("--client", metavar="NAME", help="the EHLO/HELO name")
     server.add_argument(
+        "--transport",
+        metavar="NAME",
+        help="the transport plugin by name: 'lmtp' (RFC 2033, to a local delivery "
+        "agent: over TCP, or a Unix socket given as --server /path or unix:/path); "
+        "default: SMTP (STARTTLS, or implicit TLS with --tls); 'smtplug plugins' "
+        "lists what is installed",
+    )
+    server.add_argument(
         "--timeout",
         metavar="SECONDS",
         type=float,
@@ -222,6 +233,11 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     )
     tls.add_argument("--cafile", metavar="FILE", help="trust the CA certificates in FILE")
     tls.add_argument(
+        "--capath",
+        metavar="DIR",
+        help="trust the CA certificates in DIR (OpenSSL's hashed directory, c_rehash)",
+    )
+    tls.add_argument(
         "--tls-backend",
         metavar="NAME",
         default="stdlib",
@@ -240,6 +256,13 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
 
     auth = parser.add_argument_group("authentication")
     auth.add_argument("--auth", metavar="USER", help="authenticate (AUTH) as USER")
+    auth.add_argument(
+        "--authzid",
+        metavar="IDENTITY",
+        help="act as IDENTITY once authenticated as --auth USER (the SASL authorization "
+        "identity: only PLAIN, EXTERNAL and OAUTHBEARER carry one, the others are then "
+        "not used; the server must allow it)",
+    )
     secret = auth.add_mutually_exclusive_group()
     secret.add_argument(
         "--password-file",
@@ -509,15 +532,18 @@ def connection_options(args: argparse.Namespace, *, can_prompt: bool) -> dict[st
         "tlspolicy": args.tls_policy,
         "tls_backend": args.tls_backend,
         "cafile": args.cafile,
+        "capath": args.capath,
         "client_cert": args.client_cert,
         "client_key": args.client_key,
         "tls_verify": not args.insecure_no_verify,
         "username": args.auth,
+        "authzid": args.authzid,
         "password": password,
         "oauth_token": oauth_token,
         "mechanisms": args.mechanism or None,
         "insecure_cleartext_auth": args.insecure_cleartext_auth,
         "timeout": args.timeout,
+        "transport": args.transport,
     }
 
 
