@@ -444,8 +444,14 @@ def send_through_django(settings: dict[str, Any]) -> None:
 
     from smtplug.django import EmailBackend
 
-    def send(backend: object) -> None:
+    def send(backend: object, using: str | None = None) -> None:
         assert isinstance(backend, EmailBackend)
+        if using is not None:  # (Django 6.1: the mailer by its alias, not connection=)
+            message = mail.EmailMessage(
+                "Hello", "Sent through Django.\n", "alice@example.com", ["bob@example.org"]
+            )
+            assert message.send(using=using) == 1
+            return
         message = mail.EmailMessage(
             "Hello",
             "Sent through Django.\n",
@@ -460,7 +466,7 @@ def send_through_django(settings: dict[str, Any]) -> None:
         assert entry["BACKEND"] == django_settings.BACKEND
         if django_settings.MAILERS_DJANGO:
             with override_settings(MAILERS=settings["MAILERS"]):
-                send(mail.mailers["default"])
+                send(mail.mailers["default"], using="default")
         else:
             # Before Django 6.1 there is no MAILERS: the OPTIONS are the
             # backend's keywords of the same names.
@@ -468,7 +474,9 @@ def send_through_django(settings: dict[str, Any]) -> None:
         return
     email_settings = {"EMAIL_BACKEND": django_settings.BACKEND, **settings}
     assert email_settings["EMAIL_BACKEND"] == django_settings.BACKEND
-    with django_settings.deprecated_email_settings(**email_settings):
+    # A project's EMAIL_* settings: on Django 6.1 they are deprecated, and
+    # legacy() records Django's warnings and checks that none is smtplug's.
+    with django_settings.legacy(**email_settings):
         send(mail.get_connection())
 
 
