@@ -38,6 +38,7 @@ from typing import Any
 import pytest
 
 import smtplug
+from servers import refused_port
 from smtplug.testing import CLOSE, RESET, STALL, Answer, ScriptedServer
 from tlsfixtures import server_context, tls_ca, write_files
 
@@ -750,12 +751,6 @@ def run_in_debug_mode(main: Callable[[], Awaitable[None]]) -> list[str]:
     return problems
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def silent_listener(seen: list[bytes], closed: list[bool]) -> asyncio.AbstractServer:
     """A TCP server in this loop that reads until the client closes, never answering."""
 
@@ -804,7 +799,7 @@ FAILING = (
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_debug_mode_finds_nothing_left_behind(
-    serve, certs, cafile, good_context, tmp_path, scenario
+    serve, certs, cafile, good_context, tmp_path, scenario, request
 ) -> None:
     tls = scenario.startswith(("starttls", "implicit", "closed-after-starttls"))
     script: dict[Any, Any] = {
@@ -831,7 +826,9 @@ def test_debug_mode_finds_nothing_left_behind(
     if scenario.startswith("implicit"):
         common["tlsimport"] = True
     if scenario == "refused":
-        common["ports"] = [free_port()]
+        held = refused_port()  # (bound, never listened on: no other suite's server takes it)
+        common["ports"] = [held.__enter__()]
+        request.addfinalizer(lambda: held.__exit__(None, None, None))
     if scenario == "smtplug-timeout":
         common["timeout"] = 0.05
     body = "".join(f"line {i:07d} of a long message\n" for i in range(60_000))

@@ -11,7 +11,6 @@ import email
 import email.policy
 import io
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import smtplug.cli_send as cli_send
+from servers import refused_port
 from smtplug.cli import main
 from smtplug.cli_send import parse_server
 from smtplug.testing import CLOSE, ScriptedServer
@@ -49,12 +49,6 @@ def rcpts(server, index: int = 0) -> list[str]:
     server.wait_idle()
     commands = server.sessions[index].transactions[-1].rcpts
     return [c.args.removeprefix("TO:<").split(">")[0] for c in commands]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(autouse=True)
@@ -269,8 +263,8 @@ def test_exit_3_temporary_failure_at_end(capsys, pipe_stdin):
 
 
 def test_exit_3_server_unreachable(capsys, pipe_stdin):
-    port = free_port()
-    code = main(["send", "--server", f"127.0.0.1:{port}", "--no-tls", *base("--body", "x")])
+    with refused_port() as port:
+        code = main(["send", "--server", f"127.0.0.1:{port}", "--no-tls", *base("--body", "x")])
     assert code == 3
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("smtplug: ConnectError: 400 no server could be used")
@@ -386,8 +380,8 @@ def test_failover_in_order(capsys, pipe_stdin):
     with (
         ScriptedServer(greeting=b"421 4.3.2 Busy\r\n") as first,
         ScriptedServer() as second,
+        refused_port() as dead,
     ):
-        dead = free_port()
         code = main(
             [
                 "send",
