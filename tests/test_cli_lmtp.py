@@ -15,27 +15,25 @@ from test_lmtp import Handler, LMTPServer
 A, B = "a@example.org", "b@example.org"
 
 
+def send_lmtp(server: LMTPServer, *more: str) -> int:
+    """``smtplug send --transport lmtp`` to ``server`` over TCP, to A and B."""
+    return main(
+        [
+            "send",
+            "--transport",
+            "lmtp",
+            "--no-tls",
+            *("--server", f"127.0.0.1:{server.port}"),
+            *("--from", "alice@example.com", "--to", A, "--to", B),
+            *more,
+        ]
+    )
+
+
 def test_send_over_lmtp_tcp(capsys: pytest.CaptureFixture[str]) -> None:
     handler = Handler()
     with LMTPServer(handler) as server:
-        code = main(
-            [
-                "send",
-                "--transport",
-                "lmtp",
-                "--no-tls",
-                "--server",
-                f"127.0.0.1:{server.port}",
-                "--from",
-                "alice@example.com",
-                "--to",
-                A,
-                "--to",
-                B,
-                "--subject",
-                "over lmtp",
-            ]
-        )
+        code = send_lmtp(server, "--subject", "over lmtp")
     assert code == 0, capsys.readouterr().err
     ((sender, rcpts, content),) = handler.received
     assert (sender, rcpts) == ("alice@example.com", [A, B])
@@ -50,22 +48,7 @@ def test_send_over_lmtp_a_recipient_refused_after_the_dot(
     # partial delivery (exit 1), whatever --atleastone says.
     handler = Handler({B: "550 5.1.1 <b@example.org> no such mailbox"})
     with LMTPServer(handler) as server:
-        code = main(
-            [
-                "send",
-                "--transport",
-                "lmtp",
-                "--no-tls",
-                "--server",
-                f"127.0.0.1:{server.port}",
-                "--from",
-                "alice@example.com",
-                "--to",
-                A,
-                "--to",
-                B,
-            ]
-        )
+        code = send_lmtp(server)
     err = capsys.readouterr().err
     assert code == 1, err
     assert "b@example.org" in err and "550" in err
