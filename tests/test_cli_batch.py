@@ -525,3 +525,43 @@ def test_python_m_smtplug_send_many_subprocess(tmp_path):
     assert done.stdout.splitlines() == [f"{p}: sent to 1 recipient" for p in paths]
     assert done.stderr == "smtplug: 8 messages: 8 sent, 0 not sent, 0 delivery unknown\n"
     assert len(server.sessions) <= 2
+
+
+# -- large files: streamed from the open file, closed once reported -------------------
+
+
+def test_a_large_file_is_streamed_and_closed(tmp_path, monkeypatch, capsys, pipe_stdin):
+    big = tmp_path / "big.eml"
+    line = b"x" * 76 + b"\r\n"
+    body = line * ((3 << 20) // len(line))  # 3 MiB: more than is read whole
+    big.write_bytes(
+        b"From: alice@example.com\r\nTo: bob@example.org\r\nSubject: big\r\n\r\n" + body
+    )
+    small = write(tmp_path, "small.eml")
+    handed: list[object] = []
+    real = cli_batch._read
+
+    def recording(name: str) -> object:
+        data = real(name)
+        handed.append(data)
+        return data
+
+    monkeypatch.setattr(cli_batch, "_read", recording)
+    with ScriptedServer() as server:
+        code = batch(server, "--connections", "2", str(big), str(small))
+        server.wait_idle()
+        contents = sorted(
+            (t.content for s in server.sessions for t in s.transactions if t.complete), key=len
+        )
+    assert code == 0, capsys.readouterr().err
+    assert isinstance(handed[1], bytes)  # the small one: read whole
+    stream = handed[0]
+    assert hasattr(stream, "read") and stream.closed  # the large one: a file, closed after
+    assert len(contents) == 2 and contents[1].endswith(body)
+
+
+def test_a_large_file_that_is_not_a_message_is_refused(tmp_path, capsys, pipe_stdin):
+    big = tmp_path / "noise.bin"
+    big.write_bytes(b"\x00\x01" * (1 << 20))
+    with pytest.raises(cli_batch.InvalidInputError, match="does not begin with a header field"):
+        cli_batch._read(str(big))

@@ -23,8 +23,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, BinaryIO, Literal, TextIO
 
 import smtplug
 from smtplug import InvalidInputError, Outcome, SMTPError
@@ -244,17 +243,43 @@ def _names(arguments: Sequence[str], stdin: TextIO) -> tuple[Iterator[str], int 
     return lazily(), None
 
 
-def _read(name: str) -> bytes:
-    """The message in file ``name``; :class:`InvalidInputError` when it
-    cannot be read or is not a message."""
+#: A file up to this size is read whole (``bytes``: the quickest path); a
+#: larger one (a regular file) is sent from the open file, streamed: a batch
+#: then holds a few chunks of each message in flight, not whole files.
+_READ_WHOLE = 1 << 20
+#: What is read of a streamed file to see that it begins with a header field.
+_PEEK = 1000
+
+
+def _read(name: str) -> bytes | BinaryIO:
+    """The message in file ``name``: its bytes, or the open file (at its
+    start) when it is larger than :data:`_READ_WHOLE`;
+    :class:`InvalidInputError` when it cannot be read or is not a message."""
     try:
-        data = Path(name).read_bytes()
+        handle = open(name, "rb")  # noqa: SIM115 (a large one is closed once reported)
     except OSError as exc:
         raise InvalidInputError(f"cannot read {name!r}: {exc.strerror or exc}") from exc
-    if not _FIELD.match(data):
-        what = "empty" if not data else "does not begin with a header field"
-        raise InvalidInputError(f"{name!r} is not an RFC 5322 message ({what})")
+    try:
+        if os.fstat(handle.fileno()).st_size > _READ_WHOLE and handle.seekable():
+            _check_start(name, handle.read(_PEEK))
+            handle.seek(0)
+            return handle
+        data = handle.read()
+    except OSError as exc:
+        handle.close()
+        raise InvalidInputError(f"cannot read {name!r}: {exc.strerror or exc}") from exc
+    except BaseException:
+        handle.close()
+        raise
+    handle.close()
+    _check_start(name, data)
     return data
+
+
+def _check_start(name: str, start: bytes) -> None:
+    if not _FIELD.match(start):
+        what = "empty" if not start else "does not begin with a header field"
+        raise InvalidInputError(f"{name!r} is not an RFC 5322 message ({what})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +289,11 @@ class _Taken:
 
     name: str
     error: InvalidInputError | None
+    handle: BinaryIO | None = None  # a large file, streamed: closed once reported
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
 
 
 class _Files:
@@ -275,7 +305,7 @@ class _Files:
         self.taken: deque[_Taken] = deque()
         self.stopped = False  # (a first Ctrl-C: no file is taken after it)
 
-    def messages(self) -> Iterator[bytes]:
+    def messages(self) -> Iterator[bytes | BinaryIO]:
         for name in self._names:
             if self.stopped:
                 return
@@ -284,8 +314,14 @@ class _Files:
             except InvalidInputError as exc:
                 self.taken.append(_Taken(name, exc))
                 continue
-            self.taken.append(_Taken(name, None))
+            handle = None if isinstance(data, bytes) else data
+            self.taken.append(_Taken(name, None, handle))
             yield data
+
+    def close(self) -> None:
+        """Close the files still open (taken, their outcome not reported)."""
+        for taken in self.taken:
+            taken.close()
 
 
 @contextlib.contextmanager
@@ -523,12 +559,17 @@ def run_send_many(
                 with _first_interrupt_stops(files):
                     for outcome in outcomes:
                         unread()
-                        report(files.taken.popleft().name, outcome)
+                        taken = files.taken.popleft()
+                        try:
+                            report(taken.name, outcome)
+                        finally:
+                            taken.close()
                     unread()
             finally:
                 close = getattr(outcomes, "close", None)  # (a generator's)
                 if close is not None:
                     close()  # (on Ctrl-C: the messages in flight are finished)
+                files.close()
         except KeyboardInterrupt:
             interrupted = True
         finally:
