@@ -16,16 +16,20 @@ import pytest
 pytestmark = pytest.mark.interop
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k != "SMTPLUG_PASSWORD"}
+def run(
+    *args: str, env: dict[str, str] | None = None, command: str = "send", wait: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -m smtplug COMMAND --timeout 30 ARGS``, without the caller's
+    SMTPLUG_* variables (a password there must not leak into a test)."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("SMTPLUG_")}
     environment.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "smtplug", "send", "--timeout", "30", *args],
+        [sys.executable, "-m", "smtplug", command, "--timeout", "30", *args],
         env=environment,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=wait,
         check=False,
     )
 

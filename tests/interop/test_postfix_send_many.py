@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import email
 import email.policy
-import os
-import subprocess
-import sys
 
 import pytest
 
+from .test_postfix_cli import run
 from .test_postfix_pool import sessions_since
 
 pytestmark = pytest.mark.interop
@@ -33,22 +31,11 @@ def test_send_many_50_files_over_4_connections(postfix_clean, tmp_path):
         )
         names.append(name)
     offset = pf.log_offset()
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("SMTPLUG_")}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "smtplug",
-            "send-many",
-            *("--server", f"{pf.host}:{pf.plain_port}", "--cafile", pf.ca, "--timeout", "30"),
-            *("--connections", str(CONNECTIONS), str(outbox)),
-        ],
-        env=environment,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    done = run(
+        *("--server", f"{pf.host}:{pf.plain_port}", "--cafile", pf.ca),
+        *("--connections", str(CONNECTIONS), str(outbox)),
+        command="send-many",
+        wait=300,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [f"{outbox / n}: sent to 1 recipient" for n in names]
