@@ -46,13 +46,12 @@ class SocketStream:
         self._peer = peer
         self._tls_info = tls_info
         self._current_timeout = sock.gettimeout()
-        self._poller: select.poll | None = None
+        self._pollers: dict[int, select.poll] = {}  # by event: POLLIN, POLLOUT
         #: A plain socket, made non-blocking: reads and writes poll for their
         #: own waits (see the module doc). The timeout it came with is given
         #: back with it (:meth:`detach`).
         self._polled = _POLL and type(sock) is socket.socket
         if self._polled:
-            self._writable: select.poll | None = None
             sock.setblocking(False)
 
     @property
@@ -130,19 +129,12 @@ class SocketStream:
 
     def _polled_read(self, sock: socket.socket, max_bytes: int, timeout: float | None) -> bytes:
         """A read of the non-blocking socket: a poll for ``timeout``, then recv."""
-        poller = self._poller
-        if poller is None:
-            poller = self._poller = select.poll()
-            poller.register(sock, select.POLLIN)
+        poller = self._watching(sock, select.POLLIN)
         wait = timeout
         deadline = None
         try:
             while True:
-                if wait is None or wait >= _POLL_MOST:
-                    ready = poller.poll()
-                else:
-                    ready = poller.poll(wait * 1000)
-                if not ready:
+                if not _ready(poller, wait):
                     raise ConnectionLostError(
                         f"read from {self._peer} timed out after {timeout} s", timed_out=True
                     )
@@ -170,20 +162,15 @@ class SocketStream:
                 except BlockingIOError:
                     sent = 0
                 view = view[sent:]
-                if view and sent < len(piece):
-                    poller = self._writable
-                    if poller is None:
-                        poller = self._writable = select.poll()
-                        poller.register(sock, select.POLLOUT)
-                    if timeout is None or timeout >= _POLL_MOST:
-                        ready = poller.poll()
-                    else:
-                        ready = poller.poll(timeout * 1000)
-                    if not ready:
-                        raise ConnectionLostError(
-                            f"write to {self._peer} made no progress for {timeout} s",
-                            timed_out=True,
-                        )
+                if (
+                    view
+                    and sent < len(piece)
+                    and not _ready(self._watching(sock, select.POLLOUT), timeout)
+                ):
+                    raise ConnectionLostError(
+                        f"write to {self._peer} made no progress for {timeout} s",
+                        timed_out=True,
+                    )
         except OSError as exc:
             raise ConnectionLostError(f"write to {self._peer} failed: {exc}") from exc
 
@@ -193,11 +180,15 @@ class SocketStream:
         the TLS object."""
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return True
-        poller = self._poller
+        return _ready(self._watching(sock, select.POLLIN), wait)
+
+    def _watching(self, sock: socket.socket, event: int) -> select.poll:
+        """The poll object watching ``sock`` for ``event``, made once."""
+        poller = self._pollers.get(event)
         if poller is None:
-            poller = self._poller = select.poll()
-            poller.register(sock, select.POLLIN)
-        return bool(poller.poll(wait * 1000))
+            poller = self._pollers[event] = select.poll()
+            poller.register(sock, event)
+        return poller
 
     def write(self, data: bytes, timeout: float | None) -> None:
         sock = self._live()
@@ -226,6 +217,14 @@ class SocketStream:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+def _ready(poller: select.poll, seconds: float | None) -> bool:
+    """Whether ``poller``'s socket is ready within ``seconds`` (None, or more
+    than poll() can count in milliseconds: no limit)."""
+    if seconds is None or seconds >= _POLL_MOST:
+        return bool(poller.poll())
+    return bool(poller.poll(seconds * 1000))
 
 
 def open_socket(host: str, port: int, timeout: float | None) -> socket.socket:
