@@ -396,24 +396,32 @@ def test_no_progress_line_with_quiet(tmp_path, monkeypatch, pipe_stdin):
 # -- Ctrl-C -----------------------------------------------------------------------------
 
 
-class InterruptedOutput(io.StringIO):
-    """stdout on which Ctrl-C comes while the ``at``-th line is printed."""
+class CtrlC(io.StringIO):
+    """stdout on which Ctrl-C comes at the lines numbered in ``at``: a
+    KeyboardInterrupt raised while the line is printed (the line is not
+    printed), or, with ``real``, a real SIGINT once it is printed."""
 
-    def __init__(self, at: int) -> None:
+    def __init__(self, *at: int, real: bool = False) -> None:
         super().__init__()
         self.at = at
+        self.real = real
         self.lines = 0
 
     def write(self, text: str) -> int:
-        if text != "\n":
-            self.lines += 1
-            if self.lines == self.at:
-                raise KeyboardInterrupt
-        return super().write(text)
+        if text == "\n":
+            return super().write(text)
+        self.lines += 1
+        if self.lines not in self.at:
+            return super().write(text)
+        if not self.real:
+            raise KeyboardInterrupt
+        written = super().write(text)
+        signal.raise_signal(signal.SIGINT)
+        return written
 
 
 def test_ctrl_c_stops_taking_messages_exit_130(tmp_path, monkeypatch, capsys, pipe_stdin):
-    out = InterruptedOutput(at=3)
+    out = CtrlC(3)
     monkeypatch.setattr(sys, "stdout", out)
     paths = [write(tmp_path, f"{i:02}.eml") for i in range(30)]
     with ScriptedServer() as server:
@@ -429,28 +437,10 @@ def test_ctrl_c_stops_taking_messages_exit_130(tmp_path, monkeypatch, capsys, pi
     assert err[-1].startswith("smtplug: interrupted: 2 messages: 2 sent")
 
 
-class SignalledOutput(io.StringIO):
-    """stdout on which a real SIGINT (Ctrl-C) is raised after the lines
-    numbered in ``at`` are printed."""
-
-    def __init__(self, *at: int) -> None:
-        super().__init__()
-        self.at = at
-        self.lines = 0
-
-    def write(self, text: str) -> int:
-        written = super().write(text)
-        if text != "\n":
-            self.lines += 1
-            if self.lines in self.at:
-                signal.raise_signal(signal.SIGINT)
-        return written
-
-
 def test_a_first_ctrl_c_lists_every_message_taken_with_its_outcome(
     tmp_path, monkeypatch, capsys, pipe_stdin
 ):
-    out = SignalledOutput(2)
+    out = CtrlC(2, real=True)
     monkeypatch.setattr(sys, "stdout", out)
     paths = [write(tmp_path, f"{i:02}.eml") for i in range(40)]
     before = signal.getsignal(signal.SIGINT)
@@ -471,7 +461,7 @@ def test_a_first_ctrl_c_lists_every_message_taken_with_its_outcome(
 
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, capsys, pipe_stdin):
-    out = SignalledOutput(2, 3)
+    out = CtrlC(2, 3, real=True)
     monkeypatch.setattr(sys, "stdout", out)
     paths = [write(tmp_path, f"{i:02}.eml") for i in range(40)]
     with ScriptedServer() as server:

@@ -29,7 +29,7 @@ def nothing_yet(stream: SocketStream) -> bool:
     return False
 
 
-def test_nothing_to_read_is_a_timeout_and_keeps_the_socket_timeout(
+def test_nothing_to_read_is_a_timeout_and_the_socket_comes_back_with_its_timeout(
     pair: tuple[socket.socket, socket.socket], settimeouts: list[float | None]
 ) -> None:
     ours, _ = pair
