@@ -189,3 +189,25 @@ def test_a_cancelled_retry_wait_gives_its_booking_back(monkeypatch: pytest.Monke
     # (it slept from 0.1 to 1.0, not to 2.0).
     assert started_at == pytest.approx(1.0)
     assert subjects(server) == ["next"]
+
+
+def test_a_retry_given_up_for_the_rate_still_names_an_earlier_unknown_delivery(
+    timelines: Timelines,
+) -> None:
+    # unknown="retry": attempts 1 and 2 both lose the connection after the
+    # end (delivery unknown); the third could start only at 2.0, past the
+    # deadline. The send ends as it does when the backoff passes the
+    # deadline: an error that says an earlier attempt may have delivered.
+    from smtplug.testing import CLOSE
+
+    starts = Starts(timelines)
+    with ScriptedServer({".": CLOSE}, capabilities=FAST) as server:
+        pool_options = options(server, rate_limit=1, plugins=[starts])
+        with (
+            smtplug.Pool(**pool_options) as pool,
+            pytest.raises(smtplug.DeliveryUnknownError) as caught,
+        ):
+            pool.sendmessage(message("twice"), retry=quick(unknown="retry"), deadline=1.5)
+        server.wait_idle()
+    assert starts.times == pytest.approx([0.0, 1.0])
+    assert "an earlier attempt ended with the delivery unknown" in str(caught.value)

@@ -391,8 +391,6 @@ def _attempts(
                 wait = None  # no sleep past the deadline, no attempt after it
         if wait is None:
             return _given_up(failure, number, unknown)
-        if isinstance(failure, DeliveryUnknownError):
-            unknown = failure
         assert policy is not None
         logger.info(
             "attempt %d of %d failed (%s); trying again in %.3f s",
@@ -410,6 +408,8 @@ def _attempts(
                 number + 1,
             )
             return _given_up(failure, number, unknown)
+        if isinstance(failure, DeliveryUnknownError):
+            unknown = failure  # (for the attempts after it: it may have delivered)
 
 
 def _given_up(
