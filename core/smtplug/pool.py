@@ -28,11 +28,11 @@ Idle connections past ``idle_timeout`` are also closed whenever a sender
 takes a slot (no timer thread or task). Bookkeeping of the slots
 (:class:`_Slots`) is shared by both pools and holds no I/O.
 
-``send_many`` keeps a bounded window of messages in flight (twice
-``max_connections``): messages are taken from the iterable only as outcomes
-are handed back, so a generator is never materialised; the outcomes come back
-in order, one per message (:class:`Outcome`), and one failing message does
-not stop the others. With a retry policy or a deadline (``retry=``,
+``send_many`` keeps a bounded window of messages in flight (:data:`WINDOW`
+times ``max_connections``): messages are taken from the iterable only as
+outcomes are handed back, so a generator is never materialised; the outcomes
+come back in order, one per message (:class:`Outcome`), and one failing
+message does not stop the others. With a retry policy or a deadline (``retry=``,
 ``deadline=``: :mod:`smtplug.retry`), each attempt of a message is one run of
 the slot program, on the slot the message took (kept during the backoff):
 a connection the attempt broke is dropped by the Conduct, so the next
@@ -75,7 +75,7 @@ from collections.abc import (
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-from smtplug import events, retry
+from smtplug import events, retry, session
 from smtplug.actions import CLOSE, PROBE, Sleep
 from smtplug.api import _seconds, prepare, setup
 from smtplug.drivers.aio import AsyncDriver, asyncio_transport
@@ -89,7 +89,8 @@ from smtplug.errors import (
     SMTPError,
 )
 from smtplug.options import MessageOptions, PoolOptions, build, init_signature, method_signature
-from smtplug.program import Conduct
+from smtplug.program import Conduct, Follow
+from smtplug.protocol import Capabilities
 from smtplug.protocol.dsn import MailParameters
 from smtplug.ratelimit import RateLimiter, next_start, per_second
 from smtplug.results import SendResult
@@ -110,6 +111,12 @@ Status = Literal["sent", "refused", "not_sent", "unknown"]
 #: ``progress(done, total)`` for a batch: ``total`` is None for an iterable
 #: without a length (a generator).
 Progress = Callable[[int, int | None], None]
+
+#: How many messages per connection a batch takes ahead of the outcomes
+#: handed out: enough that a sender waits behind every connection when its
+#: message ends, so that its first flight can go behind that end
+#: (:meth:`AsyncPool._chain`; with 2, only half the messages found one).
+WINDOW = 4
 
 #: The clock of every limit (a test may replace it).
 _clock: Callable[[], float] = time.monotonic
@@ -253,10 +260,38 @@ def _pace_again(
     return True
 
 
+class _Waiter:
+    """A sender waiting for a slot of an :class:`AsyncPool`, with its
+    message (so that it may follow another one on its connection)."""
+
+    __slots__ = ("extras", "future", "options", "prepared")
+
+    def __init__(
+        self,
+        future: asyncio.Future[_Slot[AsyncDriver] | None],
+        prepared: PreparedMessage | None,
+        extras: MailParameters | None,
+        options: MessageOptions | None,
+    ) -> None:
+        self.future = future  # a slot handed over, or None: try to take one
+        self.prepared = prepared
+        self.extras = extras
+        self.options = options
+
+
 class _Slot(Generic[D]):
     """One connection place of a pool: a Conduct, its driver, its counters."""
 
-    __slots__ = ("conduct", "driver", "messages", "opened", "started", "used", "wire")
+    __slots__ = (
+        "conduct",
+        "driver",
+        "follower",
+        "messages",
+        "opened",
+        "started",
+        "used",
+        "wire",
+    )
 
     def __init__(self, conduct: Conduct, driver: D) -> None:
         self.conduct = conduct
@@ -266,6 +301,9 @@ class _Slot(Generic[D]):
         self.opened = 0.0  # when that session was (at the latest) opened
         self.used = 0.0  # when the slot was last given back
         self.started = -math.inf  # when its last message started (the per-connection rate)
+        #: The sender whose message's first flight went behind the end of the
+        #: one in progress (:meth:`AsyncPool._chain`): the slot goes to it next.
+        self.follower: _Waiter | None = None
 
     @property
     def connected(self) -> bool:
@@ -287,8 +325,8 @@ def _ready(limits: _Limits, slot: _Slot[Any]) -> Generator[Any, Any, None]:
     """A program: make the slot's kept connection fit to carry a transaction."""
     conduct = slot.conduct
     wire = conduct.wire
-    if wire is None:
-        return
+    if wire is None or conduct.ahead is not None:
+        return  # (ahead: its first flight went behind the last message, fit then)
     if wire.broken:
         conduct.forget()
         yield CLOSE
@@ -323,18 +361,20 @@ def _send_program(
     prepared: PreparedMessage,
     options: MessageOptions,
     extras: MailParameters | None,
+    follow: Follow | None = None,
 ) -> Generator[Any, Any, SendResult]:
     """A program: one message through a slot (see the module doc)."""
     yield from _ready(limits, slot)
     started = _clock()
+    conduct = slot.conduct
     try:
-        result: SendResult = yield from slot.conduct.send_prepared(
-            prepared, extras, options, last=False
+        result: SendResult = yield from conduct.send_prepared(
+            prepared, extras, options, last=False, follow=follow
         )
     finally:
         _settle(slot, started)
-    if slot.conduct.connected and _spent(limits, slot, _clock()):
-        yield from slot.conduct.close()
+    if conduct.connected and conduct.ahead is None and _spent(limits, slot, _clock()):
+        yield from conduct.close()
     return result
 
 
@@ -459,15 +499,21 @@ def _guarded(
     extras: MailParameters | None,
     limits: retry.Limits,
     started: float,
+    follow: Follow | None = None,
 ) -> Generator[Any, Any, SendResult]:
     """The slot program of one message, attempted as ``limits`` say; every
     attempt after the first paced again by the pool's rate limits (the
-    first was paced when the slot was taken)."""
+    first was paced when the slot was taken). ``follow`` (an
+    :class:`AsyncPool`'s) may put the next message's first flight behind
+    this one's end; not with a retry policy, whose next attempt would need
+    the connection that message is then on."""
     repace: retry.Repace | None = None
     if rate is not None or pool_limits.spacing is not None:
         repace = functools.partial(_pace_again, pool_limits, rate, slot)
+    if limits.retry is not None:
+        follow = None
     return retry.guarded(
-        lambda: _send_program(pool_limits, slot, prepared, options, extras),
+        lambda: _send_program(pool_limits, slot, prepared, options, extras, follow),
         limits,
         prepared,
         started=started,
@@ -646,7 +692,7 @@ class Pool:
         ``options`` are the message options of :meth:`sendmessage` (the same
         for every message; a message's own ``progress`` is not available),
         checked here. The messages are taken from ``messages`` as the
-        outcomes are consumed, at most twice ``max_connections`` ahead;
+        outcomes are consumed, at most :data:`WINDOW` times ``max_connections`` ahead;
         nothing is sent before the iteration starts. ``progress(done,
         total)`` is called (in the consuming thread) before each outcome is
         handed out (``total``: ``len(messages)``, or None).
@@ -786,7 +832,7 @@ class Pool:
         progress: Progress | None,
         total: int | None,
     ) -> Iterator[Outcome]:
-        window = 2 * self._limits.connections
+        window = WINDOW * self._limits.connections
 
         def run(index: int, message: MessageInput) -> Outcome:
             return _outcome(index, functools.partial(self._send, message, options))
@@ -977,7 +1023,7 @@ class AsyncPool:
             return _Slot(Conduct(plan, observers), driver)
 
         self._slots: _Slots[AsyncDriver] = _Slots(limits, make)
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waiters: collections.deque[_Waiter] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __aenter__(self) -> AsyncPool:
@@ -1011,7 +1057,14 @@ class AsyncPool:
             )
         return loop
 
-    async def _acquire(self) -> _Slot[AsyncDriver]:
+    async def _acquire(
+        self,
+        prepared: PreparedMessage | None = None,
+        extras: MailParameters | None = None,
+        options: MessageOptions | None = None,
+    ) -> _Slot[AsyncDriver]:
+        """A slot for the sender of ``prepared``: an idle one, a new one, or
+        one handed over (:meth:`_chain`) with its first flight written."""
         loop = self._own_loop()
         while True:
             if self._slots.closed:
@@ -1031,16 +1084,26 @@ class AsyncPool:
                 return await self._paced(slot)
             if expired:
                 continue
-            waiter: asyncio.Future[None] = loop.create_future()
+            waiter = _Waiter(loop.create_future(), prepared, extras, options)
             self._waiters.append(waiter)
+            future = waiter.future
             try:
-                await waiter
+                handed = await future
             except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake()  # pass on the slot this task was woken for
+                if future.done() and not future.cancelled():
+                    handed = future.result()
+                    if handed is None:
+                        self._wake()  # pass on the slot this task was woken for
+                    else:
+                        self._abandon(handed)
                 elif waiter in self._waiters:
                     self._waiters.remove(waiter)
                 raise
+            if handed is not None:  # (paced when its first flight was written)
+                if self._slots.closed:
+                    self._abandon(handed)
+                    raise _closed_error()
+                return handed
 
     async def _paced(self, slot: _Slot[AsyncDriver]) -> _Slot[AsyncDriver]:
         """:meth:`Pool._paced`, awaited (a cancelled wait gives the reservation back)."""
@@ -1062,12 +1125,75 @@ class AsyncPool:
 
     def _wake(self) -> None:
         while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
+            future = self._waiters.popleft().future
+            if not future.done():
+                future.set_result(None)
                 return
 
+    def _chain(
+        self, slot: _Slot[AsyncDriver], capabilities: Capabilities
+    ) -> tuple[bytes, str] | None:
+        """(``follow`` of the message in progress on ``slot``, asked just
+        before its end is written.) The first flight of the next waiting
+        sender's message, to go behind that end, when the slot may carry it
+        now: the pool open, the connection within its message count and
+        lifetime, the rate limits allowing a start at once (booked here: the
+        message starts when its MAIL is written). The slot is then that
+        sender's when the message in progress is done (:meth:`_release`)."""
+        waiters = self._waiters
+        while waiters and waiters[0].future.done():
+            waiters.popleft()  # (a cancelled one)
+        if not waiters or self._slots.closed or slot.follower is not None:
+            return None
+        waiter = waiters[0]  # (the first only: the order of the senders is kept)
+        prepared, options, extras = waiter.prepared, waiter.options, waiter.extras
+        if prepared is None or options is None:
+            return None
+        if (options.queue and capabilities.has("XQUE")) or (
+            extras is not None and extras.requiretls
+        ):
+            return None  # (a command before MAIL; a check of the session first)
+        limits, now = self._limits, _clock()
+        same = slot.conduct.wire is slot.wire  # (else the message in progress opened it)
+        if limits.messages is not None and (slot.messages if same else 0) + 2 > limits.messages:
+            return None
+        if limits.lifetime is not None and same and now - slot.opened >= limits.lifetime:
+            return None
+        if next_start(slot.started, limits.spacing) > now:
+            return None
+        flight = session.flight_ahead(prepared, capabilities, options.atleastone, extras)
+        if flight is None:
+            return None
+        rate = self._rate
+        if rate is not None:
+            start = rate.reserve(now)
+            if start > now:
+                rate.cancel(start)
+                return None
+        waiters.popleft()
+        slot.started = now
+        slot.follower = waiter
+        return flight
+
+    def _abandon(self, slot: _Slot[AsyncDriver]) -> None:
+        """Give back a slot handed over to a sender that will not use it: its
+        connection, with replies due that no transaction will read, is closed."""
+        if slot.conduct.ahead is not None:
+            slot.conduct.forget()
+            slot.driver.close()
+        self._slots.give(slot)
+        self._wake()
+
     async def _release(self, slot: _Slot[AsyncDriver], *, close: bool = False) -> None:
+        follower, slot.follower = slot.follower, None
+        if follower is not None and not follower.future.done():
+            if not close and not self._slots.closed:
+                follower.future.set_result(slot)  # handed over: its first flight is sent
+                return
+            follower.future.set_result(None)  # (it finds the pool closed)
+        if slot.conduct.ahead is not None:  # (no transaction will read those replies)
+            slot.conduct.forget()
+            slot.driver.close()
         try:
             if close or self._slots.closed:
                 await slot.driver.run(slot.conduct.close())
@@ -1103,11 +1229,19 @@ class AsyncPool:
         limits = retry.limits(options.retry, options.deadline, self._send_limits)
         with self._observers.recording() as transcript:
             prepared, extras = prepare(message, options)
-            slot = await self._acquire()
+            slot = await self._acquire(prepared, extras, options)
             try:
                 result: SendResult = await slot.driver.run(
                     _guarded(
-                        self._limits, self._rate, slot, prepared, options, extras, limits, started
+                        self._limits,
+                        self._rate,
+                        slot,
+                        prepared,
+                        options,
+                        extras,
+                        limits,
+                        started,
+                        functools.partial(self._chain, slot),
                     )
                 )
             finally:
@@ -1124,7 +1258,8 @@ class AsyncPool:
             try:
                 limits = retry.limits(options.retry, options.deadline, self._send_limits)
                 prepared, extras = prepare(message, options)
-                slot = await self._acquire()  # (closed meanwhile: its error is the outcome)
+                # (Closed meanwhile: its error is the outcome.)
+                slot = await self._acquire(prepared, extras, options)
             except SMTPError as exc:
                 return Outcome(index, None, exc)
             try:
@@ -1141,6 +1276,7 @@ class AsyncPool:
                             extras,
                             limits,
                             started,
+                            functools.partial(self._chain, slot),
                         )
                     )
                 except SMTPError as exc:  # (retried inside, as the message's retry= says)
@@ -1160,8 +1296,8 @@ class AsyncPool:
     ) -> AsyncIterator[Outcome]:
         """:meth:`Pool.send_many` for asyncio: ``async for outcome in
         pool.send_many(messages)``; ``messages`` may also be an async
-        iterable. The messages in flight are tasks (at most twice
-        ``max_connections``). Close the iterator when leaving the loop early
+        iterable. The messages in flight are tasks (at most :data:`WINDOW`
+        times ``max_connections``). Close the iterator when leaving the loop early
         (``contextlib.aclosing``): the messages in flight are finished then."""
         checked = _check_batch(options, progress)
         total = len(messages) if isinstance(messages, Sized) else None
@@ -1206,7 +1342,7 @@ class AsyncPool:
         loop of its own runs the loop once per list, not once per message)."""
         import asyncio
 
-        window = 2 * self._limits.connections
+        window = WINDOW * self._limits.connections
         pending: collections.deque[asyncio.Task[Outcome | None]] = collections.deque()
         stop = _Flag()
         failure: BaseException | None = None

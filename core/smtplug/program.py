@@ -23,6 +23,7 @@ broken: the next send opens a fresh one.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -45,22 +46,31 @@ from smtplug.results import SendResult
 from smtplug.session import Stage
 from smtplug.wire import Wire
 
-__all__ = ["Conduct", "Program", "interrupted_after_delivery"]
+__all__ = ["Conduct", "Follow", "Program", "interrupted_after_delivery"]
 
 #: A program: yields actions, is sent their results, returns a value.
 Program = Generator[Any, Any, Any]
+
+#: Asked with a session's capabilities just before a message's end is written:
+#: the next message's first flight and what observers are told of it
+#: (:func:`session.flight_ahead`), or None for no message to follow.
+Follow = Callable[[Capabilities], "tuple[bytes, str] | None"]
 
 
 class Conduct:
     """The state of one client's connection, and its programs."""
 
-    __slots__ = ("capabilities", "hook", "plan", "wire")
+    __slots__ = ("ahead", "capabilities", "hook", "plan", "wire")
 
     def __init__(self, plan: ConnectionPlan, hook: Observers) -> None:
         self.plan = plan
         self.hook = hook
         self.wire: Wire | None = None
         self.capabilities: Capabilities | None = None
+        #: The session whose next transaction's first flight went behind the
+        #: end of the last message (:func:`session.flight_ahead`), with the
+        #: lines to tell observers: the next send reads its replies first.
+        self.ahead: tuple[Wire, str] | None = None
 
     @property
     def connected(self) -> bool:
@@ -71,6 +81,7 @@ class Conduct:
         """The connection is closed (or being closed by the driver): forget it."""
         self.wire = None
         self.capabilities = None
+        self.ahead = None
 
     def _drop(self) -> Generator[Any, Any, None]:
         self.forget()
@@ -97,6 +108,7 @@ class Conduct:
         options: MessageOptions,
         *,
         last: bool,
+        follow: Follow | None = None,
     ) -> Generator[Any, Any, SendResult]:
         """:meth:`send` with the per-message options as the API checked them."""
         return self.send(
@@ -106,7 +118,17 @@ class Conduct:
             progress=options.progress,
             last=last,
             extras=extras,
+            follow=follow,
         )
+
+    def _follow(self, wire: Wire, capabilities: Capabilities, follow: Follow) -> bytes:
+        """(Asked by the transaction just before the end of its message is
+        written.) The next transaction's first flight, from ``follow``."""
+        flight = follow(capabilities)
+        if flight is None:
+            return b""
+        self.ahead = (wire, flight[1])
+        return flight[0]
 
     def send(
         self,
@@ -117,17 +139,29 @@ class Conduct:
         progress: Callable[[int], None] | None,
         last: bool,
         extras: MailParameters | None,
+        follow: Follow | None = None,
     ) -> Generator[Any, Any, SendResult]:
-        """Send one prepared message over the kept session (opened if needed)."""
+        """Send one prepared message over the kept session (opened if needed).
+
+        ``follow(capabilities)``, when given, may name the next message's
+        first flight (:func:`session.flight_ahead`) to write behind this
+        one's end (no QUIT is then pipelined): whoever gives it must send
+        that message next, on this Conduct (or close it)."""
         timeouts = self.plan.timeouts
         failed: list[ServerFailure] = []
         attempt = 0
+        ahead, self.ahead = self.ahead, None  # (forget() clears it: it is self.wire's)
+        if ahead is not None and (ahead[0].broken or not ahead[0].readable):
+            ahead = None
+            yield from self._drop()  # (replies are due that no transaction will read)
         while True:
             attempt += 1
             if self.wire is not None and self.wire.broken:
                 yield from self._drop()  # closed under a send that was interrupted
             reused = self.wire is not None
-            if (
+            if ahead is not None:
+                pass  # (its first flight is on the wire: no probe, no new session)
+            elif (
                 self.wire is not None
                 and self.capabilities is not None
                 and self.capabilities.has("CHUNKING")
@@ -145,14 +179,24 @@ class Conduct:
                 )
             wire, capabilities = self.wire, self.capabilities
             if extras is not None and extras.requiretls:
-                _check_requiretls(wire)
+                try:
+                    _check_requiretls(wire)
+                except TLSError:
+                    if ahead is not None:
+                        yield from self._drop()  # (replies are due: see above)
+                    raise
             outcome = session.TransactionOutcome()
+            successor = None
+            if follow is not None and not last:
+                successor = functools.partial(self._follow, wire, capabilities, follow)
             try:
-                if queue and capabilities.has("XQUE"):
+                if queue and capabilities.has("XQUE") and ahead is None:
                     yield from wire.step(session.queue(timeouts))
                 # wire.step(transaction), inline: one generator layer less on
                 # each of the transaction's actions.
                 wire.begin_step()
+                if ahead is not None:
+                    wire.told(ahead[1])  # (written behind the message before)
                 try:
                     yield from session.transaction(
                         message=prepared,
@@ -164,10 +208,14 @@ class Conduct:
                         progress=progress,
                         extras=extras,
                         dialect=self.plan.dialect,
+                        ahead=ahead is not None,
+                        successor=successor,
                     )
                 except BaseException as exc:
                     wire.failed(exc)
                     raise
+                finally:
+                    ahead = None  # (read, or the connection is dropped below)
             except (ConnectionLostError, ResponseError) as exc:
                 again = prepared.body.restartable or not prepared.body.started
                 # A kept session the server closed while idle (or answers 421
@@ -190,6 +238,8 @@ class Conduct:
                 )
                 if wire.broken or outcome.session_over or stale or closing:
                     yield from self._drop()
+                elif self.ahead is not None:
+                    pass  # refused at its end: the next transaction is on its way
                 elif not last:
                     with contextlib.suppress(SMTPError):
                         yield from wire.step(session.reset(timeouts))

@@ -343,9 +343,15 @@ def _data_body(
     trailer: bytes,
     progress: Callable[[int], None] | None,
     check: _StreamGuard | None,
+    successor: Callable[[], bytes] | None = None,
 ) -> Generator[Action, Reply | None, None]:
     """The message after a 354: CRLF-normalised, dot-stuffed, chunk by chunk;
-    the last chunk, the final "." and ``trailer`` (a pipelined QUIT) in one write."""
+    the last chunk, the final "." and ``trailer`` (a pipelined QUIT) in one write.
+
+    Without a trailer, ``successor()`` is asked just before that write for
+    the first flight of the next transaction on this connection (see
+    :func:`flight_ahead`; b"": none), which joins the write (RFC 2920 section
+    3.1: message content may be the first "command" of a group)."""
     encoder = DataEncoder()
     previous = b""
     for piece in _pieces(message, check):
@@ -362,6 +368,9 @@ def _data_body(
     display = f"<message: {encoder.bytes_in} octets>" + ("\nQUIT" if trailer else "")
     if encoder.bytes_in > source.CHUNK:  # a message written in one piece needs no look
         _answered_early((yield POLL), outcome)
+    if successor is not None and not trailer:
+        # (Its commands are told to observers when its transaction starts.)
+        trailer = successor()
     written = yield from _send_end(Send(tail + trailer, display, timeouts.block), trailer, outcome)
     if written and progress is not None:
         progress(encoder.bytes_in)
@@ -674,6 +683,34 @@ def _plan(
     return _TransactionPlan(pipelining, chunking, check, lines, trailer, early, whole_in_flight)
 
 
+def flight_ahead(
+    message: PreparedMessage,
+    capabilities: Capabilities,
+    atleastone: bool,
+    extras: MailParameters | None,
+) -> tuple[bytes, str] | None:
+    """The first flight of ``message``'s transaction (MAIL, the RCPTs, and
+    DATA where it joins them), to be written behind the end of the message
+    before it on a session that offers PIPELINING, with the lines observers
+    are told; :func:`transaction` with ``ahead`` then reads its replies.
+
+    None when the transaction cannot start that way: no PIPELINING, more
+    than one flight, the whole message in the flight (BDAT), or a check of
+    :func:`_plan` that fails (the transaction raises it when it runs)."""
+    try:
+        plan = _plan(message, capabilities, atleastone, False, extras)
+    except SMTPError:
+        return None
+    if not plan.pipelining or len(plan.lines) > BATCH or (plan.chunking and plan.whole_in_flight):
+        return None
+    payload = b"".join(plan.lines)
+    display = _display(payload)
+    if plan.early and not plan.chunking:
+        payload += commands.data()
+        display += "\nDATA"
+    return payload, display
+
+
 @functools.lru_cache(maxsize=256)
 def _mail_and_rcpt(
     sender: str, recipients: tuple[str, ...], params: tuple[str, ...], utf8: bool
@@ -697,6 +734,8 @@ def transaction(
     progress: Callable[[int], None] | None = None,
     extras: MailParameters | None = None,
     dialect: Dialect = SMTP,
+    ahead: bool = False,
+    successor: Callable[[], bytes] | None = None,
 ) -> Generator[Action, Reply | None, TransactionOutcome]:
     """MAIL, RCPT for each recipient, then the message (DATA or BDAT) or RSET.
 
@@ -717,12 +756,17 @@ def transaction(
 
     With a ``dialect`` whose servers answer per recipient (LMTP), the end of
     the message gets one reply per accepted recipient (:func:`_per_recipient`).
+
+    ``ahead``: the first flight (:func:`flight_ahead`) was written behind the
+    end of the message before, so the transaction starts by reading its
+    replies. ``successor`` (with DATA) gives the next transaction's first
+    flight to write behind this message's end (:func:`_data_body`).
     """
     per_recipient = dialect.replies_per_recipient
     plan = _plan(message, capabilities, atleastone, quit_after, extras)
     pipelining, chunking, check = plan.pipelining, plan.chunking, plan.check
     lines, trailer, early = plan.lines, plan.trailer, plan.early
-    whole_in_flight = plan.whole_in_flight
+    whole_in_flight = plan.whole_in_flight and not ahead  # (flight_ahead says no to it)
     bdat_replies = 0
 
     # -- MAIL and RCPT, in flights when pipelining -----------------------------
@@ -753,6 +797,8 @@ def transaction(
                 written = yield from (_send_end(frame, trailer, outcome) if last else _send(frame))
                 if not written:
                     break  # the server refused and closed: its replies say why
+        elif ahead and number == 0:
+            pass  # (written behind the end of the message before: flight_ahead)
         else:
             if early and last_flight and not chunking:
                 payload += commands.data()
@@ -869,7 +915,7 @@ def transaction(
             yield from _reset_after_refusal(timeouts, outcome)
             return outcome
         outcome.stage = Stage.DATA
-        yield from _data_body(message, timeouts, outcome, trailer, progress, check)
+        yield from _data_body(message, timeouts, outcome, trailer, progress, check, successor)
         return (yield from _final(timeouts, outcome, bool(trailer), per_recipient))
 
     if not commit:
@@ -916,7 +962,7 @@ def transaction(
     reply = yield from _receive(timeouts.data, "DATA", outcome)
     _expect(reply, "DATA", 354)
     outcome.stage = Stage.DATA
-    yield from _data_body(message, timeouts, outcome, trailer, progress, check)
+    yield from _data_body(message, timeouts, outcome, trailer, progress, check, successor)
     return (yield from _final(timeouts, outcome, bool(trailer), per_recipient))
 
 

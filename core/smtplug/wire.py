@@ -155,7 +155,14 @@ class Wire:
             self._unsolicited(action.display)
         # Observers first: one that raises stops the send before its bytes go.
         if action.display and self._watching:
-            for line in action.display.split("\n"):
+            self.told(action.display)
+
+    def told(self, display: str) -> None:
+        """Tell observers of commands (``display``: one per line); for
+        commands written before, behind an earlier message, when the
+        transaction they belong to starts (its replies come after)."""
+        if self._watching:
+            for line in display.split("\n"):
                 self.phase = phase = _phase_of(line, self.phase)
                 self._phases.append(phase)
                 self._hook.smtplug_on_command(info=self.info, command=line, phase=phase)
