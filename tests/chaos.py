@@ -57,6 +57,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
+import apis
 import smtplug
 from smtplug.testing import CLOSE, Answer, Command, Rule, ScriptedServer
 
@@ -420,7 +421,8 @@ class _Link:
         self.ends: list[int] = []  # c2s offsets just past each end of a message
         self.ends_passed = 0
         self.end_replies = 0  # replies to an end passed to the client
-        self.line_start = True  # what went to the client ends with a line
+        self.line_start = True  # what went to the client ends with a whole reply
+        self._reply_tail = b""
         self.server_eof = False
         self.inject_wanted: str | None = None
         self._scan_tail = b""
@@ -489,7 +491,11 @@ class _Link:
         window = self._mark_tail + data
         self.end_replies += window.count(END_MARK) - self._mark_tail.count(END_MARK)
         self._mark_tail = window[-(len(END_MARK) - 1) :]
-        self.line_start = data.endswith(b"\n")
+        # Between replies: after a line, and not a line of a multi-line reply
+        # ("250-..."), or the 421 would land inside that reply.
+        self._reply_tail = (self._reply_tail + data)[-1024:]
+        last = self._reply_tail[:-1].rsplit(b"\n", 1)[-1]
+        self.line_start = data.endswith(b"\n") and last[3:4] != b"-"
         if self._may_inject():
             # The 421 in the same write as the reply it follows: both reach
             # the client at once.
@@ -864,7 +870,7 @@ def check(
 
 @dataclass(frozen=True)
 class Scenario:
-    mode: str  # "oneshot" (smtplug.sendmessage) or "kept" (one smtplug.Client)
+    mode: str  # "oneshot" (smtplug.sendmessage), "kept" (one smtplug.Client), "pool" (send_many)
     transfer: str  # "data" or "bdat"
     pipelining: bool
     retry: str = "off"  # "off", "fail" (smtplug.Retry) or "retry" (unknown="retry")
@@ -890,7 +896,7 @@ class Scenario:
 
 SCENARIOS = [
     Scenario(mode, transfer, pipelining)
-    for mode in ("oneshot", "kept")
+    for mode in ("oneshot", "kept", "pool")
     for transfer in ("data", "bdat")
     for pipelining in (True, False)
 ]
@@ -927,6 +933,14 @@ class Outcome:
 
 
 Send = Callable[[EmailMessage, bool], smtplug.SendResult]
+PoolOutcome = smtplug.Outcome
+Batch = Callable[[list[EmailMessage], bool], list[PoolOutcome]]
+
+#: A "pool" scenario's pool: few connections, so that messages wait for one
+#: (and each next message's commands can go behind the end of the one
+#: before), each carrying a few messages (so that many connections, each
+#: with its plan of faults, carry a batch).
+POOL = {"max_connections": 3, "max_messages_per_connection": 3}
 
 
 def _open_fds() -> int:
@@ -940,10 +954,14 @@ def run(
     *,
     timeout: float = 0.5,
     lie: Callable[[Report], Report] | None = None,
+    api: str = "blocking",
 ) -> Outcome:
     """Send ``messages`` messages through the proxy to the server, then one
     clean message with the faults off; check every promise. ``lie`` may
-    change each report before it is checked (for the checker's self-test)."""
+    change each report before it is checked (for the checker's self-test).
+    A "pool" scenario sends them as one batch of a ``Pool`` (``api``
+    "asyncio": an ``AsyncPool`` on the loop of :mod:`apis`), the clean one
+    as a second batch of the same pool."""
     gc.collect()
     fds_before, threads_before = _open_fds(), threading.active_count()
     rng = random.Random(f"messages:{scenario.name}:{seed}")
@@ -961,7 +979,7 @@ def run(
         with (
             server,
             ChaosProxy(
-                server.port, seed=key, timeout=timeout, kept=scenario.mode == "kept"
+                server.port, seed=key, timeout=timeout, kept=scenario.mode != "oneshot"
             ) as proxy,
             contextlib.ExitStack() as stack,
         ):
@@ -971,7 +989,24 @@ def run(
                 # A deadline too: every wait capped by what is left of it.
                 target |= {"retry": policy, "deadline": 4 * timeout * policy.attempts}
             send: Send
-            if scenario.mode == "kept":
+            batch: Batch
+            if scenario.mode == "pool" and api == "asyncio":
+                apool = smtplug.AsyncPool(**target, **POOL)  # type: ignore[arg-type]
+                stack.callback(apis.run, apool.close())
+
+                async def abatch(items: list[EmailMessage], atleastone: bool) -> list[PoolOutcome]:
+                    return [o async for o in apool.send_many(items, atleastone=atleastone)]
+
+                def batch(items: list[EmailMessage], atleastone: bool) -> list[PoolOutcome]:
+                    return apis.run(abatch(items, atleastone))
+            elif scenario.mode == "pool":
+                pool = stack.enter_context(
+                    smtplug.Pool(**target, **POOL)  # type: ignore[arg-type]
+                )
+
+                def batch(items: list[EmailMessage], atleastone: bool) -> list[PoolOutcome]:
+                    return list(pool.send_many(items, atleastone=atleastone))
+            elif scenario.mode == "kept":
                 client = stack.enter_context(smtplug.Client(**target))  # type: ignore[arg-type]
 
                 def send(msg: EmailMessage, atleastone: bool) -> smtplug.SendResult:
@@ -981,22 +1016,20 @@ def run(
                 def send(msg: EmailMessage, atleastone: bool) -> smtplug.SendResult:
                     return smtplug.sendmessage(msg, atleastone=atleastone, **target)  # type: ignore[arg-type]
 
-            def one(chaos_id: int) -> Report:
-                msg, body = make_message(chaos_id, rng)
-                bodies[chaos_id] = body
-                atleastone = rng.random() < 0.5
-                first = max(len(proxy.links) - 1, 0)
-                error: Exception | None = None
-                try:
-                    result = send(msg, atleastone)
-                except smtplug.DeliveryUnknownError as exc:
-                    report, error = Report(chaos_id, "unknown", _short(exc)), exc
-                except smtplug.SMTPError as exc:
-                    report, error = Report(chaos_id, "not sent", _short(exc)), exc
-                except Exception as exc:
-                    report = Report(chaos_id, "escaped", _short(exc) + _where(exc))
-                    error = exc
+            def report_of(
+                chaos_id: int,
+                first: int,
+                result: smtplug.SendResult | None,
+                error: Exception | None,
+            ) -> Report:
+                if isinstance(error, smtplug.DeliveryUnknownError):
+                    report = Report(chaos_id, "unknown", _short(error))
+                elif isinstance(error, smtplug.SMTPError):
+                    report = Report(chaos_id, "not sent", _short(error))
+                elif error is not None:
+                    report = Report(chaos_id, "escaped", _short(error) + _where(error))
                 else:
+                    assert result is not None
                     kind = "sent" if result.accepted else "not sent"
                     report = Report(chaos_id, kind, f"{result!r}", result.recipients)
                     report.flagged = result.may_be_duplicate
@@ -1011,11 +1044,48 @@ def run(
                     )
                 return lie(report) if lie is not None else report
 
-            for chaos_id in range(1, messages + 1):
-                reports.append(one(chaos_id))
+            def one(chaos_id: int) -> Report:
+                msg, body = make_message(chaos_id, rng)
+                bodies[chaos_id] = body
+                atleastone = rng.random() < 0.5
+                first = max(len(proxy.links) - 1, 0)
+                try:
+                    return report_of(chaos_id, first, send(msg, atleastone), None)
+                except Exception as exc:
+                    return report_of(chaos_id, first, None, exc)
+
+            def many(numbers: range) -> list[Report]:
+                """The messages ``numbers`` as one batch of the pool (one
+                ``atleastone`` for all: a batch's options are the same for
+                every message); each may have used any connection since."""
+                items = []
+                for chaos_id in numbers:
+                    msg, bodies[chaos_id] = make_message(chaos_id, rng)
+                    items.append(msg)
+                atleastone = rng.random() < 0.5
+                first = max(len(proxy.links) - 1, 0)
+                try:
+                    outcomes = batch(items, atleastone)
+                except Exception as exc:  # (a batch ends only for a bug: every report says so)
+                    return [report_of(chaos_id, first, None, exc) for chaos_id in numbers]
+                assert [o.message_index for o in outcomes] == list(range(len(items)))
+                return [
+                    report_of(chaos_id, first, o.result, o.error)
+                    for chaos_id, o in zip(numbers, outcomes, strict=True)
+                ]
+
+            if scenario.mode == "pool":
+                reports += many(range(1, messages + 1))
+            else:
+                for chaos_id in range(1, messages + 1):
+                    reports.append(one(chaos_id))
             # The faults stop: the client must still work.
             proxy.faults = server.faults = False
-            final = one(messages + 1)
+            final = (
+                many(range(messages + 1, messages + 2))[0]
+                if scenario.mode == "pool"
+                else (one(messages + 1))
+            )
             reports.append(final)
             if final.kind != "sent":
                 violations.append(

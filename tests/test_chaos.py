@@ -52,7 +52,7 @@ def test_chaos(scenario: Scenario, seed: int, api: str) -> None:
     if api == "asyncio":
         # Seeds of its own (each case must see a fault fire: these do).
         seed += 20
-    outcome = chaos.run(scenario, seed, _per_case())
+    outcome = chaos.run(scenario, seed, _per_case(), api=api)
     summary = outcome.summary()
     print(summary)
     path = os.environ.get("SMTPLUG_CHAOS_REPORT")
