@@ -651,3 +651,43 @@ def test_a_one_shot_refused_at_its_end_with_quit_pipelined_retries_on_a_fresh_co
         server.wait_idle()
     assert result.accepted and result.attempts == 2
     assert server.connections == 2 and ends(server) == 2
+
+
+@both_apis
+@pytest.mark.parametrize("recipients", [1, 2])
+def test_a_one_shot_whose_data_was_refused_resets_before_its_next_attempt(
+    sleeps: Sleeps, recipients: int
+) -> None:
+    """A 4xx to DATA leaves the transaction open on the server (RFC 5321:
+    MAIL and RCPT stand until RSET). The one-shot send's next attempt on the
+    same connection must reset it first: its MAIL would meet "503 nested
+    MAIL" and its RCPTs join the old transaction (found by the chaos soak,
+    which then saw an empty message stored for a send reported not sent)."""
+
+    open_: set[int] = set()  # the sessions with a transaction left open
+
+    def data(command: Command) -> bytes | None:
+        if command.session.index == 0 and command.occurrence == 1:
+            open_.add(0)
+            return b"451 4.3.0 try again\r\n"
+        return None
+
+    def mail(command: Command) -> bytes | None:
+        if command.session.index in open_:
+            return b"503 5.5.1 nested MAIL command\r\n"
+        return None
+
+    def rset(command: Command) -> None:
+        open_.discard(command.session.index)
+
+    script = {"DATA": data, "MAIL": mail, "RSET": rset}
+    to = [f"r{n}@example.org" for n in range(recipients)]
+    with ScriptedServer(script, capabilities=["8BITMIME", "PIPELINING"]) as server:
+        result = send_to([server], message(), recipients=to, atleastone=True, retry=steady())
+        server.wait_idle()
+    assert result.accepted and result.attempts == 2
+    assert ends(server) == 1 and subjects(server) == ["retry"]
+    first = server.sessions[0].verbs
+    # Reset on the same connection (or a fresh one): never a MAIL into the old transaction.
+    if server.connections == 1:
+        assert first[first.index("DATA") + 1] == "RSET"

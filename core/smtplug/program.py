@@ -240,7 +240,10 @@ class Conduct:
                     yield from self._drop()
                 elif self.ahead is not None:
                     pass  # refused at its end: the next transaction is on its way
-                elif not last:
+                else:
+                    # A refused DATA (or RCPT ...) leaves the transaction open on
+                    # the server: reset it, even on a one-shot's last send, whose
+                    # next attempt (retry=) would otherwise MAIL into it.
                     with contextlib.suppress(SMTPError):
                         yield from wire.step(session.reset(timeouts))
                 if stale:

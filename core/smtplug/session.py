@@ -899,7 +899,10 @@ def transaction(
 
     if mail_error is not None:
         if data_reply is not None and data_reply.code == 354:
-            yield from _empty_data(timeouts, outcome)
+            # A 354 with MAIL refused: the server has a transaction the client
+            # did not make (one left open before). A "." would end its
+            # message; the connection is dropped instead (no end, no message).
+            outcome.session_over = True
         raise mail_error
 
     # -- DATA already sent in the flight ---------------------------------------
