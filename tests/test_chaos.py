@@ -96,6 +96,14 @@ def test_checker_accepts_flagged_retries() -> None:
     ]
     deliveries = [_delivery(1, b"one\r\n")] * 2 + [_delivery(2, b"two\r\n")] * 3
     assert chaos.check(reports, deliveries, bodies) == []
+    # The attempt that ended unknown had one recipient refused for now; its
+    # end was stalled and reached the server after the retry's copy.
+    both = Report(1, "sent", "", ("a@x", "b@x"), flagged=True)
+    late = [_delivery(1, b"one\r\n", ("a@x", "b@x")), _delivery(1, b"one\r\n")]
+    assert chaos.check([both], late, {1: b"one\r\n"}) == []
+    # Not flagged, or no copy for the recipients it names: a violation.
+    assert chaos.check([dataclasses.replace(both, flagged=False)], late, {1: b"one\r\n"})
+    assert chaos.check([both], [late[1]], {1: b"one\r\n"})
 
 
 @pytest.mark.parametrize(
