@@ -114,3 +114,34 @@ def test_a_deadline_run_out_before_the_end_was_written_is_not_sent(
     assert second.accepted
     assert subjects(server) == ["m1"]
     assert b"Subject: m0" not in server.sessions[0].received
+
+
+# -- the connection's limits --------------------------------------------------------------
+
+
+def test_a_connection_past_its_lifetime_carries_no_chained_message(
+    pieces: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """m0 opens the connection, and its DATA takes longer than max_lifetime
+    (a fake clock, moved by the server before its 354): the connection is
+    spent at m0's end, so m1's flight must not go behind it; m1 goes on a
+    fresh connection, as it does without chaining."""
+    now = [1000.0]
+    monkeypatch.setattr(poolmod, "_clock", lambda: now[0])
+
+    def data(command: Any) -> None:
+        if command.occurrence == 1:
+            now[0] += 20  # (m0's DATA answered 20 s later: past the lifetime)
+
+    with ScriptedServer({"DATA": data}, capabilities=FAST) as server:
+
+        async def main() -> list[Any]:
+            async with smtplug.AsyncPool(**options(server, max_lifetime=10)) as pool:
+                tasks = [asyncio.ensure_future(pool.sendmessage(message(s))) for s in ("m0", "m1")]
+                return await asyncio.gather(*tasks, return_exceptions=True)
+
+        results = asyncio.run(main())
+        server.wait_idle()
+    assert all(isinstance(r, smtplug.SendResult) and r.accepted for r in results), results
+    assert chained(pieces) == 0
+    assert [sum(t.complete for t in s.transactions) for s in server.sessions] == [1, 1]
