@@ -283,6 +283,7 @@ class _Slot(Generic[D]):
     """One connection place of a pool: a Conduct, its driver, its counters."""
 
     __slots__ = (
+        "begun",
         "conduct",
         "driver",
         "follower",
@@ -301,6 +302,9 @@ class _Slot(Generic[D]):
         self.opened = 0.0  # when that session was (at the latest) opened
         self.used = 0.0  # when the slot was last given back
         self.started = -math.inf  # when its last message started (the per-connection rate)
+        #: When the message in progress began (so when its connection was
+        #: opened, if that message opens one: what :func:`_settle` records).
+        self.begun = 0.0
         #: The sender whose message's first flight went behind the end of the
         #: one in progress (:meth:`AsyncPool._chain`): the slot goes to it next.
         self.follower: _Waiter | None = None
@@ -365,7 +369,7 @@ def _send_program(
 ) -> Generator[Any, Any, SendResult]:
     """A program: one message through a slot (see the module doc)."""
     yield from _ready(limits, slot)
-    started = _clock()
+    started = slot.begun = _clock()
     conduct = slot.conduct
     try:
         result: SendResult = yield from conduct.send_prepared(
@@ -1157,7 +1161,8 @@ class AsyncPool:
         same = slot.conduct.wire is slot.wire  # (else the message in progress opened it)
         if limits.messages is not None and (slot.messages if same else 0) + 2 > limits.messages:
             return None
-        if limits.lifetime is not None and same and now - slot.opened >= limits.lifetime:
+        opened = slot.opened if same else slot.begun  # (as _settle will count it)
+        if limits.lifetime is not None and now - opened >= limits.lifetime:
             return None
         if next_start(slot.started, limits.spacing) > now:
             return None

@@ -32,6 +32,7 @@ from smtplug.actions import POLL, Action, Receive, Send
 from smtplug.envelope import PreparedMessage
 from smtplug.errors import (
     ConnectionLostError,
+    DeadlineExceededError,
     DeliveryUnknownError,
     InvalidInputError,
     MessageTooLargeError,
@@ -152,8 +153,11 @@ def _send_end(
     from then on the outcome's stage is ``Stage.SENT``.
 
     A failed write did not hand its last octet to the network, so a message
-    end that closes the write never reached the server; one followed by QUIT
-    may have: its delivery is then unknown until a reply says otherwise.
+    end that closes the write never reached the server; one followed by more
+    (a pipelined QUIT, the next transaction's first flight) may have: its
+    delivery is then unknown until a reply says otherwise. A deadline that
+    ran out before the write (:func:`smtplug.retry.capped` throws its error
+    instead of making it) wrote nothing: the message was not sent.
     """
     try:
         # (_send, inline: this runs for every message.)
@@ -166,7 +170,7 @@ def _send_end(
         else:
             written = True
     except ConnectionLostError as exc:
-        if trailer:
+        if trailer and not isinstance(exc, DeadlineExceededError):
             outcome.stage = Stage.SENT
             _after_end(exc, "the end of the message", outcome)
         raise
