@@ -344,14 +344,15 @@ class Fault:
         return f"{self.kind} {where}{extra}"
 
 
-def draw_plan(rng: random.Random, timeout: float, kept: bool) -> list[Fault]:
-    """A connection's faults: none, one or two."""
+def draw_plan(rng: random.Random, timeout: float, kept: bool, ends: int = 4) -> list[Fault]:
+    """A connection's faults: none, one or two (near one of its first ``ends``
+    message ends, when it carries more than one: ``kept``)."""
     faults: list[Fault] = []
     count = rng.choices([0, 1, 2], weights=[1 if kept else 3, 6, 2])[0]
     for _ in range(count):
         kind = rng.choices(["cut", "stall", "inject"], weights=[5, 2, 3])[0]
         direction = rng.choice(["c2s", "s2c"])
-        end = rng.randint(1, 4 if kept else 1) if rng.random() < 0.6 else None
+        end = rng.randint(1, ends if kept else 1) if rng.random() < 0.6 else None
         if end is None:
             at = rng.randint(0, 3000 if direction == "c2s" else 400)
         elif direction == "c2s":
@@ -624,11 +625,14 @@ class ChaosProxy:
     """A TCP proxy on 127.0.0.1 to ``target_port`` that injects faults (while
     :attr:`faults` is True) as each connection's plan says."""
 
-    def __init__(self, target_port: int, *, seed: str, timeout: float, kept: bool) -> None:
+    def __init__(
+        self, target_port: int, *, seed: str, timeout: float, kept: bool, ends: int = 4
+    ) -> None:
         self.target_port = target_port
         self.seed = seed
         self.timeout = timeout
         self.kept = kept
+        self.ends = ends  # (a fault near a message end: one of the first ``ends``)
         self.faults = True
         self.links: list[LinkLog] = []
         self.errors: list[BaseException] = []
@@ -681,7 +685,8 @@ class ChaosProxy:
             self._active += 1
         index = len(self.links)
         rng = random.Random(f"proxy:{self.seed}:{index}")
-        log = LinkLog(index, draw_plan(rng, self.timeout, self.kept) if self.faults else [])
+        plan = draw_plan(rng, self.timeout, self.kept, self.ends) if self.faults else []
+        log = LinkLog(index, plan)
         self.links.append(log)
         swriter: asyncio.StreamWriter | None = None
         try:
@@ -985,7 +990,13 @@ def run(
         with (
             server,
             ChaosProxy(
-                server.port, seed=key, timeout=timeout, kept=scenario.mode != "oneshot"
+                server.port,
+                seed=key,
+                timeout=timeout,
+                kept=scenario.mode != "oneshot",
+                # (A pool's connection carries its few messages: a fault near
+                # a later end would never fire.)
+                ends=POOL["max_messages_per_connection"] if scenario.mode == "pool" else 4,
             ) as proxy,
             contextlib.ExitStack() as stack,
         ):
