@@ -1134,9 +1134,7 @@ class AsyncPool:
                 future.set_result(None)
                 return
 
-    def _chain(
-        self, slot: _Slot[AsyncDriver], capabilities: Capabilities
-    ) -> tuple[bytes, str] | None:
+    def _chain(self, slot: _Slot[AsyncDriver], capabilities: Capabilities) -> session.Flight | None:
         """(``follow`` of the message in progress on ``slot``, asked just
         before its end is written.) The first flight of the next waiting
         sender's message, to go behind that end, when the slot may carry it

@@ -54,7 +54,7 @@ Program = Generator[Any, Any, Any]
 #: Asked with a session's capabilities just before a message's end is written:
 #: the next message's first flight and what observers are told of it
 #: (:func:`session.flight_ahead`), or None for no message to follow.
-Follow = Callable[[Capabilities], "tuple[bytes, str] | None"]
+Follow = Callable[[Capabilities], "session.Flight | None"]
 
 
 class Conduct:
@@ -70,7 +70,7 @@ class Conduct:
         #: The session whose next transaction's first flight went behind the
         #: end of the last message (:func:`session.flight_ahead`), with the
         #: lines to tell observers: the next send reads its replies first.
-        self.ahead: tuple[Wire, str] | None = None
+        self.ahead: tuple[Wire, session.Flight] | None = None
 
     @property
     def connected(self) -> bool:
@@ -127,8 +127,8 @@ class Conduct:
         flight = follow(capabilities)
         if flight is None:
             return b""
-        self.ahead = (wire, flight[1])
-        return flight[0]
+        self.ahead = (wire, flight)
+        return flight.data
 
     def send(
         self,
@@ -196,7 +196,7 @@ class Conduct:
                 # each of the transaction's actions.
                 wire.begin_step()
                 if ahead is not None:
-                    wire.told(ahead[1])  # (written behind the message before)
+                    wire.told(ahead[1].display)  # (written behind the message before)
                 try:
                     yield from session.transaction(
                         message=prepared,
@@ -208,7 +208,7 @@ class Conduct:
                         progress=progress,
                         extras=extras,
                         dialect=self.plan.dialect,
-                        ahead=ahead is not None,
+                        ahead=None if ahead is None else ahead[1],
                         successor=successor,
                     )
                 except BaseException as exc:

@@ -26,6 +26,7 @@ import enum
 import functools
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from smtplug import source
 from smtplug.actions import POLL, Action, Receive, Send
@@ -687,12 +688,20 @@ def _plan(
     return _TransactionPlan(pipelining, chunking, check, lines, trailer, early, whole_in_flight)
 
 
+class Flight(NamedTuple):
+    """A transaction's first flight, written ahead (:func:`flight_ahead`)."""
+
+    data: bytes  # MAIL, the RCPTs and, where it joins them, DATA
+    display: str  # what observers are told of it, a line per command
+    plan: _TransactionPlan  # the transaction's plan, made once
+
+
 def flight_ahead(
     message: PreparedMessage,
     capabilities: Capabilities,
     atleastone: bool,
     extras: MailParameters | None,
-) -> tuple[bytes, str] | None:
+) -> Flight | None:
     """The first flight of ``message``'s transaction (MAIL, the RCPTs, and
     DATA where it joins them), to be written behind the end of the message
     before it on a session that offers PIPELINING, with the lines observers
@@ -712,7 +721,7 @@ def flight_ahead(
     if plan.early and not plan.chunking:
         payload += commands.data()
         display += "\nDATA"
-    return payload, display
+    return Flight(payload, display, plan)
 
 
 @functools.lru_cache(maxsize=256)
@@ -738,7 +747,7 @@ def transaction(
     progress: Callable[[int], None] | None = None,
     extras: MailParameters | None = None,
     dialect: Dialect = SMTP,
-    ahead: bool = False,
+    ahead: Flight | None = None,
     successor: Callable[[], bytes] | None = None,
 ) -> Generator[Action, Reply | None, TransactionOutcome]:
     """MAIL, RCPT for each recipient, then the message (DATA or BDAT) or RSET.
@@ -761,16 +770,21 @@ def transaction(
     With a ``dialect`` whose servers answer per recipient (LMTP), the end of
     the message gets one reply per accepted recipient (:func:`_per_recipient`).
 
-    ``ahead``: the first flight (:func:`flight_ahead`) was written behind the
-    end of the message before, so the transaction starts by reading its
-    replies. ``successor`` (with DATA) gives the next transaction's first
+    ``ahead``: the first flight (:func:`flight_ahead`, for this message,
+    these capabilities and options) was written behind the end of the
+    message before, so the transaction starts by reading its replies, on
+    that flight's plan. ``successor`` (with DATA) gives the next transaction's first
     flight to write behind this message's end (:func:`_data_body`).
     """
     per_recipient = dialect.replies_per_recipient
-    plan = _plan(message, capabilities, atleastone, quit_after, extras)
+    if ahead is not None and not quit_after:
+        plan = ahead.plan  # (made for it: flight_ahead plans no QUIT)
+    else:
+        plan = _plan(message, capabilities, atleastone, quit_after, extras)
     pipelining, chunking, check = plan.pipelining, plan.chunking, plan.check
     lines, trailer, early = plan.lines, plan.trailer, plan.early
-    whole_in_flight = plan.whole_in_flight and not ahead  # (flight_ahead says no to it)
+    # (flight_ahead says no to a whole message in the flight.)
+    whole_in_flight = plan.whole_in_flight and ahead is None
     bdat_replies = 0
 
     # -- MAIL and RCPT, in flights when pipelining -----------------------------
@@ -801,7 +815,7 @@ def transaction(
                 written = yield from (_send_end(frame, trailer, outcome) if last else _send(frame))
                 if not written:
                     break  # the server refused and closed: its replies say why
-        elif ahead and number == 0:
+        elif ahead is not None and number == 0:
             pass  # (written behind the end of the message before: flight_ahead)
         else:
             if early and last_flight and not chunking:
