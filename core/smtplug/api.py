@@ -497,10 +497,30 @@ def prepare(
     message: MessageInput, options: MessageOptions
 ) -> tuple[envelope.PreparedMessage, MailParameters | None]:
     """Check the per-message options and prepare the message (no I/O)."""
+    _check_flags(options)
+    prepared = prepare_message(message, options)
+    return prepared, _extras(options)
+
+
+def batch_extras(options: MessageOptions) -> MailParameters | None:
+    """The checks of :func:`prepare` that do not depend on the message, made
+    once for many messages sent with the same ``options`` (a pool's batch):
+    the extra MAIL/RCPT parameters; raises what :func:`prepare` would raise
+    for every one of them (after the message's own errors: the caller then
+    prepares each with :func:`prepare`)."""
+    _check_flags(options)
+    return _extras(options)
+
+
+def _check_flags(options: MessageOptions) -> None:
     check_flag("atleastone", options.atleastone)
     check_flag("queue", options.queue)
     if options.progress is not None and not callable(options.progress):
         raise InvalidInputError("progress must be a callable taking the octets sent")
+
+
+def prepare_message(message: MessageInput, options: MessageOptions) -> envelope.PreparedMessage:
+    """:func:`prepare`'s work on the message itself (the options checked)."""
     prepared = envelope.prepare(
         message,
         originator=options.originator,
@@ -510,13 +530,16 @@ def prepare(
         hostname=_hostname(),
     )
     _check_message_text(prepared)
-    extras = mail_parameters(
+    return prepared
+
+
+def _extras(options: MessageOptions) -> MailParameters | None:
+    return mail_parameters(
         dsn=options.dsn,
         requiretls=options.requiretls,
         mail_options=options.mail_options,
         rcpt_options=options.rcpt_options,
     )
-    return prepared, extras
 
 
 class Client:

@@ -77,7 +77,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from smtplug import events, retry, session
 from smtplug.actions import CLOSE, PROBE, Sleep
-from smtplug.api import _seconds, prepare, setup
+from smtplug.api import _seconds, batch_extras, prepare, prepare_message, setup
 from smtplug.drivers.aio import AsyncDriver, asyncio_transport
 from smtplug.drivers.blocking import BlockingDriver
 from smtplug.envelope import PreparedMessage
@@ -284,6 +284,7 @@ class _Slot(Generic[D]):
 
     __slots__ = (
         "begun",
+        "chain",
         "conduct",
         "driver",
         "follower",
@@ -308,6 +309,9 @@ class _Slot(Generic[D]):
         #: The sender whose message's first flight went behind the end of the
         #: one in progress (:meth:`AsyncPool._chain`): the slot goes to it next.
         self.follower: _Waiter | None = None
+        #: An :class:`AsyncPool`'s ``follow`` for the messages on this slot
+        #: (:meth:`AsyncPool._chain` of it), or None.
+        self.chain: Follow | None = None
 
     @property
     def connected(self) -> bool:
@@ -368,9 +372,10 @@ def _send_program(
     follow: Follow | None = None,
 ) -> Generator[Any, Any, SendResult]:
     """A program: one message through a slot (see the module doc)."""
-    yield from _ready(limits, slot)
-    started = slot.begun = _clock()
     conduct = slot.conduct
+    if conduct.wire is not None and conduct.ahead is None:  # (else _ready has nothing to do)
+        yield from _ready(limits, slot)
+    started = slot.begun = _clock()
     try:
         result: SendResult = yield from conduct.send_prepared(
             prepared, extras, options, last=False, follow=follow
@@ -442,6 +447,24 @@ class _Slots(Generic[D]):
         """Closed from now on: the idle slots with a connection, to be closed."""
         self.closed = True
         return [slot for slot in self.idle if slot.connected]
+
+
+#: Where a batch takes its messages: an iterator, or an async iterator's ``__anext__``.
+_Source = Iterator[MessageInput] | Callable[[], Awaitable[MessageInput]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """What is the same for every message of an :class:`AsyncPool` batch:
+    the checked message options and the sends' limits (retry policy and
+    deadline), made once per batch."""
+
+    options: MessageOptions
+    limits: retry.Limits
+    #: The options passed :func:`~smtplug.api.batch_extras` (else each
+    #: message is prepared with every check, and fails as it would alone).
+    checked: bool = False
+    extras: MailParameters | None = None  # (what it made of them)
 
 
 class _Flag:
@@ -800,13 +823,7 @@ class Pool:
         if self._slots.closed:  # (closed meanwhile: close() did not see it)
             loop.call_soon(_close_soon, loop, batch)
 
-        async def source() -> MessageInput:
-            try:
-                return next(messages)
-            except StopIteration:
-                raise StopAsyncIteration from None
-
-        outcomes = batch._batches(source, options)
+        outcomes = batch._batches(messages, options)
         done = 0
         try:
             while True:
@@ -1024,7 +1041,9 @@ class AsyncPool:
 
         def make() -> _Slot[AsyncDriver]:
             driver = AsyncDriver(transport, plan.transport_options, observers, plan.tls_sessions)
-            return _Slot(Conduct(plan, observers), driver)
+            slot = _Slot(Conduct(plan, observers), driver)
+            slot.chain = functools.partial(self._chain, slot)  # (made once, not per message)
+            return slot
 
         self._slots: _Slots[AsyncDriver] = _Slots(limits, make)
         self._waiters: collections.deque[_Waiter] = collections.deque()
@@ -1109,6 +1128,24 @@ class AsyncPool:
                     raise _closed_error()
                 return handed
 
+    def _take_at_once(self) -> _Slot[AsyncDriver] | None:
+        """:meth:`_acquire`'s common case without a coroutine: the slot it
+        would take at once (an idle or a new one), when the pool is open and
+        has no rate limit nor idle timeout (nothing to wait for or close
+        first); else None, and :meth:`_acquire` decides."""
+        self._own_loop()
+        limits = self._limits
+        if (
+            self._slots.closed
+            or self._rate is not None
+            or limits.spacing is not None
+            or limits.idle is not None
+        ):
+            return None
+        slot, expired = self._slots.take()
+        assert not expired  # (only with an idle timeout)
+        return slot
+
     async def _paced(self, slot: _Slot[AsyncDriver]) -> _Slot[AsyncDriver]:
         """:meth:`Pool._paced`, awaited (a cancelled wait gives the reservation back)."""
         if self._rate is None and self._limits.spacing is None:
@@ -1187,12 +1224,25 @@ class AsyncPool:
         self._slots.give(slot)
         self._wake()
 
-    async def _release(self, slot: _Slot[AsyncDriver], *, close: bool = False) -> None:
+    def _put_back(self, slot: _Slot[AsyncDriver]) -> None:
+        """:meth:`_release` of a slot not to be closed, the pool open: handed
+        to its follower, else given back (nothing to await)."""
         follower, slot.follower = slot.follower, None
         if follower is not None and not follower.future.done():
-            if not close and not self._slots.closed:
-                follower.future.set_result(slot)  # handed over: its first flight is sent
-                return
+            follower.future.set_result(slot)  # handed over: its first flight is sent
+            return
+        if slot.conduct.ahead is not None:  # (no transaction will read those replies)
+            slot.conduct.forget()
+            slot.driver.close()
+        self._slots.give(slot)
+        self._wake()
+
+    async def _release(self, slot: _Slot[AsyncDriver], *, close: bool = False) -> None:
+        if not close and not self._slots.closed:
+            self._put_back(slot)
+            return
+        follower, slot.follower = slot.follower, None
+        if follower is not None and not follower.future.done():
             follower.future.set_result(None)  # (it finds the pool closed)
         if slot.conduct.ahead is not None:  # (no transaction will read those replies)
             slot.conduct.forget()
@@ -1244,7 +1294,7 @@ class AsyncPool:
                         extras,
                         limits,
                         started,
-                        functools.partial(self._chain, slot),
+                        slot.chain,
                     )
                 )
             finally:
@@ -1254,38 +1304,49 @@ class AsyncPool:
         return result
 
     async def _one(
-        self, index: int, message: MessageInput, options: MessageOptions, stop: _Flag
+        self, index: int, message: MessageInput, batch: _Batch, stop: _Flag
     ) -> Outcome | None:
+        options, limits = batch.options, batch.limits
         started = retry.now()
         with self._observers.recording() as transcript:
             try:
-                limits = retry.limits(options.retry, options.deadline, self._send_limits)
-                prepared, extras = prepare(message, options)
+                if batch.checked:
+                    prepared, extras = prepare_message(message, options), batch.extras
+                else:
+                    prepared, extras = prepare(message, options)
                 # (Closed meanwhile: its error is the outcome.)
-                slot = await self._acquire(prepared, extras, options)
+                slot = self._take_at_once() or await self._acquire(prepared, extras, options)
             except SMTPError as exc:
                 return Outcome(index, None, exc)
             try:
                 if stop.set:
                     return None  # the batch ended before this message was started
-                try:
-                    result = await slot.driver.run(
-                        _guarded(
-                            self._limits,
-                            self._rate,
-                            slot,
-                            prepared,
-                            options,
-                            extras,
-                            limits,
-                            started,
-                            functools.partial(self._chain, slot),
-                        )
+                follow = slot.chain
+                program = (
+                    _guarded(
+                        self._limits,
+                        self._rate,
+                        slot,
+                        prepared,
+                        options,
+                        extras,
+                        limits,
+                        started,
+                        follow,
                     )
+                    if limits.active
+                    # (What _guarded is without limits: the slot program itself.)
+                    else _send_program(self._limits, slot, prepared, options, extras, follow)
+                )
+                try:
+                    result = await slot.driver.run(program)
                 except SMTPError as exc:  # (retried inside, as the message's retry= says)
                     return Outcome(index, None, exc)
             finally:
-                await self._release(slot)
+                if self._slots.closed:
+                    await self._release(slot)
+                else:
+                    self._put_back(slot)  # (what _release does then, without a coroutine)
         if transcript is not None:
             result.transcript = tuple(transcript)
         return Outcome(index, result, None)
@@ -1304,24 +1365,18 @@ class AsyncPool:
         (``contextlib.aclosing``): the messages in flight are finished then."""
         checked = _check_batch(options, progress)
         total = len(messages) if isinstance(messages, Sized) else None
-        if isinstance(messages, AsyncIterable):
-            source: Callable[[], Awaitable[MessageInput]] = messages.__aiter__().__anext__
-        else:
-            sync = iter(messages)
-
-            async def source() -> MessageInput:
-                try:
-                    return next(sync)
-                except StopIteration:
-                    raise StopAsyncIteration from None
-
+        source: _Source = (
+            messages.__aiter__().__anext__
+            if isinstance(messages, AsyncIterable)
+            else iter(messages)
+        )
         return self._batch(source, checked, progress, total)
 
     _batch_signature(send_many)
 
     async def _batch(
         self,
-        source: Callable[[], Awaitable[MessageInput]],
+        source: _Source,
         options: MessageOptions,
         progress: Progress | None,
         total: int | None,
@@ -1337,15 +1392,26 @@ class AsyncPool:
 
     async def _batches(
         self,
-        source: Callable[[], Awaitable[MessageInput]],
+        source: _Source,
         options: MessageOptions,
     ) -> AsyncGenerator[list[Outcome], None]:
         """The batch's outcomes in order, as lists: the next one (waited for),
         and those after it that are there already (a :class:`Pool` batch on a
-        loop of its own runs the loop once per list, not once per message)."""
+        loop of its own runs the loop once per list, not once per message).
+        ``source``: the messages' iterator, or an async iterator's ``__anext__``."""
         import asyncio
 
+        # (An iterator is asked directly: no coroutine made for each message.)
+        sync, take = (source, None) if isinstance(source, Iterator) else (None, source)
+
         window = WINDOW * self._limits.connections
+        # What is the same for every message of the batch, made once.
+        limits = retry.limits(options.retry, options.deadline, self._send_limits)
+        try:
+            batch = _Batch(options, limits, True, batch_extras(options))
+        except SMTPError:
+            batch = _Batch(options, limits)  # (each message meets that error, in its turn)
+        create_task = asyncio.get_running_loop().create_task
         pending: collections.deque[asyncio.Task[Outcome | None]] = collections.deque()
         stop = _Flag()
         failure: BaseException | None = None
@@ -1356,15 +1422,18 @@ class AsyncPool:
             nonlocal index, failure, ended
             while not ended and len(pending) < window:
                 try:
-                    message = await source()
-                except StopAsyncIteration:
+                    if take is None:
+                        message = next(sync)  # type: ignore[arg-type]
+                    else:
+                        message = await take()
+                except (StopIteration, StopAsyncIteration):
                     ended = True
                     return
                 except Exception as exc:
                     failure = exc
                     ended = True
                     return
-                pending.append(asyncio.ensure_future(self._one(index, message, options, stop)))
+                pending.append(create_task(self._one(index, message, batch, stop)))
                 index += 1
 
         try:
