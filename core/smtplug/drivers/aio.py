@@ -81,8 +81,18 @@ class AsyncDriver(CurrentConnection[AsyncTransport, AsyncStream]):
                         if result is None:
                             result = await self._receive(action)
                     elif kind is Send:
-                        await self._send(action)
+                        # (_send, inline: a coroutine less for each write.)
+                        wire, stream = self._current()
+                        wire.before_send(action)
+                        try:
+                            await stream.write(action.data, action.timeout)
+                        except ConnectionLostError as exc:
+                            wire.write_failed(exc)  # the server may have answered and closed
+                            await self._drain(wire, stream)
+                            raise wire.lost_after_write() from exc
                         result = None
+                    elif kind is Probe:  # (a pool's, before each message on a kept connection)
+                        result = await self._probe()
                     elif kind is Poll:
                         result = await self._poll()
                     elif kind is Open:
@@ -90,8 +100,6 @@ class AsyncDriver(CurrentConnection[AsyncTransport, AsyncStream]):
                     elif kind is Close:
                         self.close()
                         result = None
-                    elif kind is Probe:
-                        result = await self._probe()
                     elif kind is Upgrade:
                         await self._upgrade(action.timeout)
                         result = None
@@ -156,16 +164,6 @@ class AsyncDriver(CurrentConnection[AsyncTransport, AsyncStream]):
             if reply is not None:
                 return reply
             remaining = None if deadline is None else deadline - time.monotonic()
-
-    async def _send(self, action: Send) -> None:
-        wire, stream = self._current()
-        wire.before_send(action)
-        try:
-            await stream.write(action.data, action.timeout)
-        except ConnectionLostError as exc:
-            wire.write_failed(exc)  # the server may have answered and closed
-            await self._drain(wire, stream)
-            raise wire.lost_after_write() from exc
 
     async def _poll(self) -> Reply | None:
         wire, stream = self._current()
