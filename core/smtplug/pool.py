@@ -387,6 +387,14 @@ def _send_program(
     return result
 
 
+def _drop_ahead(slot: _Slot[AsyncDriver]) -> None:
+    """Close the slot's connection if a chained first flight is on it that no
+    transaction will read (its sender will not send)."""
+    if slot.conduct.ahead is not None:
+        slot.conduct.forget()
+        slot.driver.close()
+
+
 class _Slots(Generic[D]):
     """Which slots are idle, how many exist; no I/O, no locking (the pools lock)."""
 
@@ -1216,11 +1224,10 @@ class AsyncPool:
         return flight
 
     def _abandon(self, slot: _Slot[AsyncDriver]) -> None:
-        """Give back a slot handed over to a sender that will not use it: its
-        connection, with replies due that no transaction will read, is closed."""
-        if slot.conduct.ahead is not None:
-            slot.conduct.forget()
-            slot.driver.close()
+        """Give back a slot no sender will use next: a connection with a
+        chained first flight on it (replies due that no transaction will
+        read) is closed first."""
+        _drop_ahead(slot)
         self._slots.give(slot)
         self._wake()
 
@@ -1231,11 +1238,7 @@ class AsyncPool:
         if follower is not None and not follower.future.done():
             follower.future.set_result(slot)  # handed over: its first flight is sent
             return
-        if slot.conduct.ahead is not None:  # (no transaction will read those replies)
-            slot.conduct.forget()
-            slot.driver.close()
-        self._slots.give(slot)
-        self._wake()
+        self._abandon(slot)
 
     async def _release(self, slot: _Slot[AsyncDriver], *, close: bool = False) -> None:
         if not close and not self._slots.closed:
@@ -1244,12 +1247,9 @@ class AsyncPool:
         follower, slot.follower = slot.follower, None
         if follower is not None and not follower.future.done():
             follower.future.set_result(None)  # (it finds the pool closed)
-        if slot.conduct.ahead is not None:  # (no transaction will read those replies)
-            slot.conduct.forget()
-            slot.driver.close()
+        _drop_ahead(slot)
         try:
-            if close or self._slots.closed:
-                await slot.driver.run(slot.conduct.close())
+            await slot.driver.run(slot.conduct.close())
         finally:
             if self._slots.closed and slot.connected:
                 slot.conduct.forget()  # (a close interrupted by a cancel)
@@ -1285,23 +1285,31 @@ class AsyncPool:
             slot = await self._acquire(prepared, extras, options)
             try:
                 result: SendResult = await slot.driver.run(
-                    _guarded(
-                        self._limits,
-                        self._rate,
-                        slot,
-                        prepared,
-                        options,
-                        extras,
-                        limits,
-                        started,
-                        slot.chain,
-                    )
+                    self._program(slot, prepared, options, extras, limits, started)
                 )
             finally:
                 await self._release(slot)
         if transcript is not None:
             result.transcript = tuple(transcript)
         return result
+
+    def _program(
+        self,
+        slot: _Slot[AsyncDriver],
+        prepared: PreparedMessage,
+        options: MessageOptions,
+        extras: MailParameters | None,
+        limits: retry.Limits,
+        started: float,
+    ) -> Generator[Any, Any, SendResult]:
+        """The program of one send on ``slot`` (its ``follow`` may chain the
+        next message): :func:`_guarded`, or without limits what that is then,
+        the slot program itself (no wrapper to build)."""
+        if not limits.active:
+            return _send_program(self._limits, slot, prepared, options, extras, slot.chain)
+        return _guarded(
+            self._limits, self._rate, slot, prepared, options, extras, limits, started, slot.chain
+        )
 
     async def _one(
         self, index: int, message: MessageInput, batch: _Batch, stop: _Flag
@@ -1321,23 +1329,7 @@ class AsyncPool:
             try:
                 if stop.set:
                     return None  # the batch ended before this message was started
-                follow = slot.chain
-                program = (
-                    _guarded(
-                        self._limits,
-                        self._rate,
-                        slot,
-                        prepared,
-                        options,
-                        extras,
-                        limits,
-                        started,
-                        follow,
-                    )
-                    if limits.active
-                    # (What _guarded is without limits: the slot program itself.)
-                    else _send_program(self._limits, slot, prepared, options, extras, follow)
-                )
+                program = self._program(slot, prepared, options, extras, limits, started)
                 try:
                     result = await slot.driver.run(program)
                 except SMTPError as exc:  # (retried inside, as the message's retry= says)
