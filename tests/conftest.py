@@ -11,6 +11,7 @@ import pytest
 
 from apis import api, pytest_generate_tests  # noqa: F401 (fixtures for every test module)
 from servers import RecordingServer
+from smtplug.testing import server as servermod
 
 
 @pytest.fixture
@@ -65,3 +66,18 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     ours.settimeout(30)
     with ours, theirs:
         yield ours, theirs
+
+
+@pytest.fixture
+def pieces(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
+    """What every ScriptedServer of the test read, one item per read (for
+    tests of what went in one write: tests/test_chained_flights*.py)."""
+    seen: list[bytes] = []
+    received = servermod._Connection.data_received
+
+    def record(self: Any, data: bytes) -> None:
+        seen.append(bytes(data))
+        received(self, data)
+
+    monkeypatch.setattr(servermod._Connection, "data_received", record)
+    yield seen

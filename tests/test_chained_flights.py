@@ -18,7 +18,6 @@ import asyncio
 import os
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,45 +27,16 @@ import smtplug
 from scripted import subjects
 from smtplug import pool as poolmod
 from smtplug.testing import CLOSE, Answer, Command, ScriptedServer
-from smtplug.testing import server as servermod
+from test_pool import FAST, message
+from test_pool import options as pool_options
 
-FAST = ["8BITMIME", "PIPELINING"]
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 CHAINED = b"\r\n.\r\nMAIL FROM:"
 
 
-def message(subject: str, to: str = "bob@example.org") -> bytes:
-    return (
-        f"From: alice@example.com\r\nTo: {to}\r\nSubject: {subject}\r\n"
-        f"Message-ID: <{subject.replace(' ', '.')}@example.com>\r\n"
-        "Date: Thu, 03 Dec 2026 10:00:00 +0000\r\n\r\nhello\r\n"
-    ).encode()
-
-
 def options(server: ScriptedServer, **more: Any) -> dict[str, Any]:
-    return {
-        "servers": "127.0.0.1",
-        "ports": server.port,
-        "usetls": False,
-        "timeout": 5,
-        "client": "localhost",
-        "max_connections": 1,
-        **more,
-    }
-
-
-@pytest.fixture
-def pieces(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
-    """What the scripted server read, one item per read."""
-    seen: list[bytes] = []
-    received = servermod._Connection.data_received
-
-    def record(self: Any, data: bytes) -> None:
-        seen.append(bytes(data))
-        received(self, data)
-
-    monkeypatch.setattr(servermod._Connection, "data_received", record)
-    yield seen
+    """test_pool's options, with one connection unless a test says otherwise."""
+    return pool_options(server, **{"max_connections": 1, **more})
 
 
 def chained(pieces: list[bytes]) -> int:

@@ -10,7 +10,6 @@ replies due.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,49 +19,7 @@ from scripted import subjects
 from smtplug import pool as poolmod
 from smtplug import retry as retrymod
 from smtplug.testing import ScriptedServer
-from smtplug.testing import server as servermod
-
-FAST = ["8BITMIME", "PIPELINING"]
-CHAINED = b"\r\n.\r\nMAIL FROM:"
-
-
-def message(subject: str, to: str = "bob@example.org") -> bytes:
-    return (
-        f"From: alice@example.com\r\nTo: {to}\r\nSubject: {subject}\r\n"
-        f"Message-ID: <{subject.replace(' ', '.')}@example.com>\r\n"
-        "Date: Thu, 03 Dec 2026 10:00:00 +0000\r\n\r\nhello\r\n"
-    ).encode()
-
-
-def options(server: ScriptedServer, **more: Any) -> dict[str, Any]:
-    return {
-        "servers": "127.0.0.1",
-        "ports": server.port,
-        "usetls": False,
-        "timeout": 5,
-        "client": "localhost",
-        "max_connections": 1,
-        **more,
-    }
-
-
-@pytest.fixture
-def pieces(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bytes]]:
-    """What the scripted server read, one item per read."""
-    seen: list[bytes] = []
-    received = servermod._Connection.data_received
-
-    def record(self: Any, data: bytes) -> None:
-        seen.append(bytes(data))
-        received(self, data)
-
-    monkeypatch.setattr(servermod._Connection, "data_received", record)
-    yield seen
-
-
-def chained(pieces: list[bytes]) -> int:
-    """How many reads held a message's end and the next MAIL together."""
-    return sum(piece.count(CHAINED) for piece in pieces)
+from test_chained_flights import FAST, chained, message, options
 
 
 def spy_chain(monkeypatch: pytest.MonkeyPatch, after: Any) -> list[bool]:

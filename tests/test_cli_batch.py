@@ -420,13 +420,21 @@ class CtrlC(io.StringIO):
         return written
 
 
+def interrupted(tmp_path, monkeypatch, out: CtrlC, files: int, connections: int):
+    """``send-many`` of ``files`` messages over ``connections``, printing to
+    ``out`` (which interrupts it): the exit status, the paths, the subjects
+    the server got, and the server."""
+    monkeypatch.setattr(sys, "stdout", out)
+    paths = [write(tmp_path, f"{i:02}.eml") for i in range(files)]
+    with ScriptedServer() as server:
+        code = batch(server, "--connections", str(connections), *map(str, paths))
+        got = subjects(server)
+    return code, paths, got, server
+
+
 def test_ctrl_c_stops_taking_messages_exit_130(tmp_path, monkeypatch, capsys, pipe_stdin):
     out = CtrlC(3)
-    monkeypatch.setattr(sys, "stdout", out)
-    paths = [write(tmp_path, f"{i:02}.eml") for i in range(30)]
-    with ScriptedServer() as server:
-        code = batch(server, "--connections", "1", *map(str, paths))
-        got = subjects(server)
+    code, paths, got, server = interrupted(tmp_path, monkeypatch, out, 30, 1)
     assert code == 130
     assert out.getvalue().splitlines() == [f"{p}: sent to 1 recipient" for p in paths[:2]]
     # those in flight were finished (each once, none cut), no new ones taken
@@ -441,12 +449,8 @@ def test_a_first_ctrl_c_lists_every_message_taken_with_its_outcome(
     tmp_path, monkeypatch, capsys, pipe_stdin
 ):
     out = CtrlC(2, real=True)
-    monkeypatch.setattr(sys, "stdout", out)
-    paths = [write(tmp_path, f"{i:02}.eml") for i in range(40)]
     before = signal.getsignal(signal.SIGINT)
-    with ScriptedServer() as server:
-        code = batch(server, "--connections", "2", *map(str, paths))
-        got = subjects(server)
+    code, paths, got, _ = interrupted(tmp_path, monkeypatch, out, 40, 2)
     assert code == 130
     assert signal.getsignal(signal.SIGINT) is before  # (given back)
     # Every message the server has is listed, with its own outcome: nothing
@@ -462,11 +466,7 @@ def test_a_first_ctrl_c_lists_every_message_taken_with_its_outcome(
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, capsys, pipe_stdin):
     out = CtrlC(2, 3, real=True)
-    monkeypatch.setattr(sys, "stdout", out)
-    paths = [write(tmp_path, f"{i:02}.eml") for i in range(40)]
-    with ScriptedServer() as server:
-        code = batch(server, "--connections", "2", *map(str, paths))
-        got = subjects(server)
+    code, paths, got, server = interrupted(tmp_path, monkeypatch, out, 40, 2)
     assert code == 130
     assert len(out.getvalue().splitlines()) == 3 and len(got) < len(paths)
     assert all(t.complete for s in server.sessions for t in s.transactions)
