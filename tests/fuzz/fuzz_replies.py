@@ -157,12 +157,13 @@ def _escape(text: str) -> str:
 
 
 def _enhanced(code: int, text: str) -> str | None:
-    """RFC 3463 ``class.subject.detail`` at the start of the text, class = code's."""
+    """RFC 3463 ``class.subject.detail`` at the start of the text, class = code's
+    (and a class is 2, 4 or 5: there is no other)."""
     head = text
     for stop in (" ", "\t"):
         head = head.split(stop, 1)[0]
     parts = head.split(".")
-    if len(parts) != 3 or parts[0] != str(code // 100):
+    if len(parts) != 3 or parts[0] != str(code // 100) or parts[0] not in ("2", "4", "5"):
         return None
     if not all(1 <= len(p) <= 3 and all(c in "0123456789" for c in p) for p in parts[1:]):
         return None

@@ -54,6 +54,16 @@ def test_reference_parser_on_known_replies() -> None:
     assert reference_parse(b"250 " + b"x" * 2044, limits).failed  # no LF yet, already too long
 
 
+def test_an_enhanced_code_has_class_2_4_or_5() -> None:
+    # (atheris found the reference taking "3.1.0" in a 350: RFC 3463 has no class 3.)
+    limits = ReplyLimits()
+    for code, text in ((350, "3.1.0 go on"), (354, "3.0.0 go on")):
+        reply = reference_parse(f"{code} {text}\r\n".encode(), limits).replies[0]
+        assert reply.enhanced is None
+    assert reference_parse(b"451 4.3.0 later\r\n", limits).replies[0].enhanced == "4.3.0"
+    check(b"5\x07\x07\xfb250\r\n350 3.1.0\r\n249 2x\r\n")  # the input atheris found
+
+
 def test_every_seed_input_passes() -> None:
     for seed in SEED_CORPUS:
         for head in (DEFAULTS, b"\x00\x00\x00\x00", b"\x03\x02\x04\x05"):
