@@ -112,6 +112,40 @@ async def until(predicate: Callable[[], bool], what: str, bound: float = 30.0) -
         await asyncio.sleep(0.002)
 
 
+class Replies:
+    """An observer plugin: the text of every reply the client has read."""
+
+    def __init__(self) -> None:
+        self.read: list[str] = []
+
+    @smtplug.hookimpl
+    def smtplug_on_reply(self, reply: Any) -> None:
+        self.read.append(reply.text)
+
+    def saw(self, text: str) -> bool:
+        return any(text in read for read in self.read)
+
+
+@contextlib.contextmanager
+def counting_connections() -> Iterator[list[int]]:
+    """Counts the connections this loop's ``create_connection`` has made (the
+    client's own view: connected, not merely accepted by the server)."""
+    made: list[int] = []
+    loop = asyncio.get_running_loop()
+    real = loop.create_connection
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        connection = await real(*args, **kwargs)
+        made.append(1)
+        return connection
+
+    loop.create_connection = counting  # type: ignore[method-assign]
+    try:
+        yield made
+    finally:
+        del loop.create_connection  # (the class's again)
+
+
 def only_first_session(rule: Any) -> Callable[[Any], Any]:
     """A script rule that applies on the server's first connection only."""
     return lambda command: rule if command.session.index == 0 else None
@@ -257,9 +291,14 @@ def test_interrupted_waiting_for_the_greeting(serve, how, caplog) -> None:
 
     async def main() -> None:
         async with smtplug.AsyncClient(**options(server)) as client:
-            await Interrupt(how).run(
-                client.sendmessage(message(0)), lambda: server.connections == 1
-            )
+            with counting_connections() as made:
+                # Connected on the client's side (the server's accept alone
+                # comes before the client's connect returns: the send could
+                # still be connecting), and the server has the session.
+                await Interrupt(how).run(
+                    client.sendmessage(message(0)),
+                    lambda: bool(made) and server.connections == 1,
+                )
             assert not client.connected
             await until(server.sessions[0].ended.is_set, "the first connection is closed")
             assert server.sessions[0].received == b""  # not even an EHLO
@@ -394,24 +433,17 @@ def test_asendmessage_cancelled_after_the_250_says_it_was_delivered(
         {".": Answer(b"250 2.0.0 queued as X\r\n", then=STALL)}, capabilities=capabilities
     )
 
-    read: list[str] = []
-
-    class Replies:
-        @smtplug.hookimpl
-        def smtplug_on_reply(self, reply: Any) -> None:
-            read.append(reply.text)
+    replies = Replies()
 
     def waiting_for_the_221() -> bool:
         # The client has read the 250 and the server has the QUIT. (With QUIT
         # pipelined the server has it with the end of the message, before the
         # client reads the 250. After STALL it records bytes, parses nothing.)
-        return any("queued as X" in text for text in read) and (
-            b"QUIT\r\n" in server.sessions[0].received
-        )
+        return replies.saw("queued as X") and b"QUIT\r\n" in server.sessions[0].received
 
     async def main() -> None:
         await Interrupt("cancel").run(
-            smtplug.asendmessage(message(0), **options(server), plugins=[Replies()]),
+            smtplug.asendmessage(message(0), **options(server), plugins=[replies]),
             waiting_for_the_221,
         )
         await until(server.sessions[0].ended.is_set, "the connection is closed")
@@ -431,12 +463,22 @@ def test_interrupted_during_the_starttls_handshake(serve, cafile, caplog) -> Non
         capabilities=["8BITMIME", "STARTTLS"],
     )
 
+    replies = Replies()
+
+    def in_the_handshake() -> bool:
+        # The client has read the 220 and its ClientHello reached the server
+        # (after STALL the server records bytes, parses nothing). That the
+        # server has sent the 220 does not say the client has read it.
+        if not (replies.saw("go ahead") and server.sessions):
+            return False
+        received = server.sessions[0].received
+        return len(received) > received.index(b"STARTTLS\r\n") + len(b"STARTTLS\r\n")
+
     async def main() -> None:
-        async with smtplug.AsyncClient(**tls_options(server, cafile, "stdlib")) as client:
-            await Interrupt("cancel").run(
-                client.sendmessage(message(0)),
-                lambda: bool(server.sessions) and b"go ahead" in server.sessions[0].sent,
-            )
+        async with smtplug.AsyncClient(
+            **tls_options(server, cafile, "stdlib"), plugins=[replies]
+        ) as client:
+            await Interrupt("cancel").run(client.sendmessage(message(0)), in_the_handshake)
             assert not client.connected
             await until(server.sessions[0].ended.is_set, "the connection is closed")
 
@@ -597,7 +639,10 @@ def test_a_task_cancelled_while_waiting_for_a_shared_client_sends_nothing(serve)
     gate = threading.Event()
 
     def held(command: Any) -> None:  # (runs in the server's thread)
-        gate.wait(10)  # the first MAIL's answer waits until the test lets it go
+        # The first MAIL's answer waits until the test lets it go: however
+        # long the test takes to see the MAIL (a bound here would answer it
+        # on its own, and the test would cancel a task that holds the client).
+        gate.wait()
 
     server = serve({("MAIL", 1): held})
 
@@ -617,7 +662,10 @@ def test_a_task_cancelled_while_waiting_for_a_shared_client_sends_nothing(serve)
                 await waiting
             assert client.connected  # the first task's session, kept for the third
 
-    run(main)
+    try:
+        run(main)
+    finally:
+        gate.set()  # (the server's thread is never left held)
     server.wait_idle()
     assert server.connections == 1
     assert [t.mail.args for t in server.sessions[0].transactions] == [
@@ -633,7 +681,7 @@ def test_a_task_cancelled_mid_transaction_leaves_the_others_whole(serve) -> None
 
     def hold_the_fourth(command: Any) -> None:  # (runs in the server's thread)
         if "<rcpt3@" in command.args:
-            gate.wait(10)
+            gate.wait()  # (no bound: answered, the RCPT is behind the cancel)
 
     server = serve({"RCPT": hold_the_fourth})
 
@@ -650,7 +698,10 @@ def test_a_task_cancelled_mid_transaction_leaves_the_others_whole(serve) -> None
         assert isinstance(outcomes[3], asyncio.CancelledError)
         assert all(r.accepted for i, r in enumerate(outcomes) if i != 3)
 
-    run(main)
+    try:
+        run(main)
+    finally:
+        gate.set()  # (the server's thread is never left held)
     server.wait_idle()
     assert server.connections == 2
     first, second = server.sessions
@@ -865,10 +916,12 @@ def test_debug_mode_finds_nothing_left_behind(
         elif scenario == "cancelled-at-the-greeting":
             # (The client's wait outlasts the watcher's: CI once saw the
             # server take 10 s to register the connection on a loaded machine.)
-            await Interrupt("cancel").run(
-                smtplug.asendmessage(message(0), **{**common, "timeout": 60}),
-                lambda: server.connections == 1,
-            )
+            with counting_connections() as made:
+                # (Connected on the client's side too: waiting for the greeting.)
+                await Interrupt("cancel").run(
+                    smtplug.asendmessage(message(0), **{**common, "timeout": 60}),
+                    lambda: bool(made) and server.connections == 1,
+                )
         elif scenario == "cancelled-mid-body":
             interrupt = Interrupt("cancel")
             await interrupt.run(

@@ -727,6 +727,7 @@ def test_closing_an_async_pool_during_its_batch_gives_outcomes() -> None:
 
     with ScriptedServer(capabilities=FAST) as server:
         outcomes = asyncio.run(main(server.port))
+        server.wait_idle()  # (what the closed pool sent is all read before it is counted)
     statuses = [o.status for o in outcomes]
     assert len(outcomes) == 20 and statuses[:3] == ["sent"] * 3
     first_unsent = statuses.index("not_sent")

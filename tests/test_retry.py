@@ -534,6 +534,14 @@ def test_a_kept_clients_deadline_is_per_send() -> None:
 def test_cancelling_an_async_send_during_the_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """The asyncio backoff is asyncio.sleep: cancelling the send ends it."""
     monkeypatch.undo()  # the real asyncio.sleep, a backoff of an hour
+    real_sleep = aiodriver._sleep
+    backoffs: list[float] = []
+
+    async def backing_off(seconds: float) -> None:
+        backoffs.append(seconds)  # (the client is in its backoff from here on)
+        await real_sleep(seconds)
+
+    monkeypatch.setattr(aiodriver, "_sleep", backing_off)
     with ScriptedServer({"MAIL": b"451 4.3.0 try later\r\n"}) as server:
         seen = threading.Event()
 
@@ -542,8 +550,14 @@ def test_cancelling_an_async_send_during_the_backoff(monkeypatch: pytest.MonkeyP
                 servers="127.0.0.1", ports=server.port, usetls=False, client="localhost"
             )
             task = asyncio.ensure_future(client.sendmessage(message(), retry=steady(backoff=3600)))
-            while mails(server) == 0:
-                await asyncio.sleep(0.01)
+            # Cancelled in the backoff: not merely once the server has the MAIL
+            # (the client may not have read the 451 yet: it would be cancelled
+            # waiting for the reply, and the backoff never tested).
+            loop = asyncio.get_running_loop()
+            bound = loop.time() + 30  # (only turns a hang into a failure)
+            while not backoffs and not task.done():
+                assert loop.time() < bound, "the send never started its backoff"
+                await asyncio.sleep(0.002)
             seen.set()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -553,6 +567,7 @@ def test_cancelling_an_async_send_during_the_backoff(monkeypatch: pytest.MonkeyP
 
         run(go())
     assert seen.is_set() and mails(server) == 1
+    assert len(backoffs) == 1  # one backoff (capped at its maximum), cut short
 
 
 # --- pools ----------------------------------------------------------------------------
