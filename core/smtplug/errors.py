@@ -11,6 +11,10 @@ Python's own ``TypeError`` for an unknown keyword argument is not wrapped.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from smtplug.protocol.replies import Reply
 
 __all__ = [
     "AuthenticationError",
@@ -105,6 +109,17 @@ class ProtocolError(SMTPError):
     unsolicited bytes."""
 
     default_code = 500
+
+
+class UnsolicitedReplyError(ProtocolError):
+    """(Internal.) A complete reply the server sent before a write that
+    expects none: a protocol violation, except before the octets of a
+    message, where it is the server refusing the message (the session reads
+    :attr:`reply` as its answer)."""
+
+    def __init__(self, diagnostic: str, reply: Reply) -> None:
+        super().__init__(diagnostic)
+        self.reply = reply
 
 
 class ConnectionLostError(SMTPError):

@@ -40,6 +40,7 @@ from smtplug.errors import (
     ProtocolError,
     ResponseError,
     SMTPError,
+    UnsolicitedReplyError,
 )
 from smtplug.interfaces import SMTP, Dialect
 from smtplug.protocol import Capabilities, Reply, commands
@@ -359,24 +360,32 @@ def _data_body(
     3.1: message content may be the first "command" of a group)."""
     encoder = DataEncoder()
     previous = b""
-    for piece in _pieces(message, check):
-        out = encoder.encode(piece)
-        if out and len(previous) >= source.CHUNK:
+    try:
+        for piece in _pieces(message, check):
+            out = encoder.encode(piece)
+            if out and len(previous) >= source.CHUNK:
+                _answered_early((yield POLL), outcome)
+                if not (yield from _send(Send(previous, "", timeouts.block))):
+                    return  # the server refused mid-message: the caller reads why
+                previous = b""
+                if progress is not None:
+                    progress(encoder.bytes_in - len(piece))
+            previous += out
+        tail = previous + encoder.finish()
+        display = f"<message: {encoder.bytes_in} octets>" + ("\nQUIT" if trailer else "")
+        if encoder.bytes_in > source.CHUNK:  # a message written in one piece needs no look
             _answered_early((yield POLL), outcome)
-            if not (yield from _send(Send(previous, "", timeouts.block))):
-                return  # the server refused mid-message: the caller reads why
-            previous = b""
-            if progress is not None:
-                progress(encoder.bytes_in - len(piece))
-        previous += out
-    tail = previous + encoder.finish()
-    display = f"<message: {encoder.bytes_in} octets>" + ("\nQUIT" if trailer else "")
-    if encoder.bytes_in > source.CHUNK:  # a message written in one piece needs no look
-        _answered_early((yield POLL), outcome)
-    if successor is not None and not trailer:
-        # (Its commands are told to observers when its transaction starts.)
-        trailer = successor()
-    written = yield from _send_end(Send(tail + trailer, display, timeouts.block), trailer, outcome)
+        if successor is not None and not trailer:
+            # (Its commands are told to observers when its transaction starts.)
+            trailer = successor()
+        end = Send(tail + trailer, display, timeouts.block)
+        written = yield from _send_end(end, trailer, outcome)
+    except UnsolicitedReplyError as exc:
+        # A reply already there when octets of the message were to be written
+        # (one that came with the 354, say): the server's early answer, as
+        # one a POLL finds (nothing of this write went).
+        _answered_early(exc.reply, outcome)
+        raise
     if written and progress is not None:
         progress(encoder.bytes_in)
 

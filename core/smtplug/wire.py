@@ -36,6 +36,7 @@ from smtplug.errors import (
     ProtocolError,
     ResponseError,
     TLSError,
+    UnsolicitedReplyError,
 )
 from smtplug.events import Event
 from smtplug.interfaces import ConnectionInfo, TLSInfo
@@ -174,7 +175,10 @@ class Wire:
             raise ResponseError(
                 reply.diagnostic, reply.code, command="(unsolicited)", enhanced=reply.enhanced
             )
-        raise ProtocolError(f"{self.info.server} sent data before the command {command!r}")
+        message = f"{self.info.server} sent data before the command {command!r}"
+        if reply is not None:
+            raise UnsolicitedReplyError(message, reply)
+        raise ProtocolError(message)
 
     def write_failed(self, exc: ConnectionLostError) -> None:
         """A write failed: no later write is tried; the driver feeds what the
