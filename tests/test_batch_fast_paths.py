@@ -81,7 +81,7 @@ def described(outcomes: list[smtplug.Outcome]) -> list[tuple[int, str, str | Non
 @pytest.fixture
 def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """How often the paths a shortcut skips are taken."""
-    counts = {"limits": 0, "guarded": 0, "acquire": 0, "release": 0, "prepare": 0}
+    counts = {"limits": 0, "guarded": 0, "acquire": 0, "release": 0, "prepare": 0, "paced": 0}
 
     def count(name: str, owner: Any, attribute: str) -> None:
         real = getattr(owner, attribute)
@@ -96,6 +96,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     count("guarded", pool, "_guarded")
     count("acquire", pool.AsyncPool, "_acquire")
     count("release", pool.AsyncPool, "_release")
+    count("paced", pool.AsyncPool, "_paced")
     count("prepare", pool, "prepare")
     return counts
 
@@ -205,13 +206,34 @@ def test_a_free_slot_is_taken_and_given_back_without_a_coroutine(counted):
 
 
 @pytest.mark.parametrize(
-    "pool_options",
-    [{"rate_limit": 10_000}, {"idle_timeout": 60}, {"rate_limit_per_connection": 1e4}],
+    "pool_options", [{"rate_limit": 10_000}, {"rate_limit_per_connection": 1e4}]
 )
-def test_with_a_rate_limit_or_an_idle_timeout_a_slot_is_still_acquired(counted, pool_options):
-    outcomes = send_many("asyncpool", MockServer(), [MESSAGE] * 3, pool_options)
+def test_with_a_rate_limit_every_message_is_paced(counted, pool_options):
+    # The first takes its slot through _acquire (which paces it); the next
+    # ones, on the slot the batch's sender kept, are booked when their first
+    # flight is chained (_may_follow), or paced there when not.
+    booked: list[object] = []
+    real = pool.AsyncPool._may_follow
+
+    def may_follow(self: Any, *args: Any) -> Any:
+        flight = real(self, *args)
+        booked.append(flight)
+        return flight
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pool.AsyncPool, "_may_follow", may_follow)
+        outcomes = send_many("asyncpool", MockServer(), [MESSAGE] * 3, pool_options)
     assert [o.status for o in outcomes] == ["sent"] * 3
-    assert counted["acquire"] == 3
+    assert counted["acquire"] == 1
+    chained = sum(flight is not None for flight in booked)
+    assert counted["paced"] + chained == 3
+
+
+def test_with_an_idle_timeout_a_slot_is_still_acquired(counted):
+    # (_take_at_once leaves the closing of idle connections to _acquire.)
+    outcomes = send_many("asyncpool", MockServer(), [MESSAGE] * 3, {"idle_timeout": 60})
+    assert [o.status for o in outcomes] == ["sent"] * 3
+    assert counted["acquire"] == 1
 
 
 def test_a_pool_closed_during_a_batch_still_ends_it_as_before():

@@ -365,14 +365,14 @@ def test_a_batch_to_smtp_sink_is_chained_and_counted(
     import sink as sinkmod
 
     flights: list[bool] = []
-    chain = poolmod.AsyncPool._chain
+    may_follow = poolmod.AsyncPool._may_follow  # (where every chained flight is decided)
 
-    def spy(self: Any, slot: Any, capabilities: Any) -> Any:
-        flight = chain(self, slot, capabilities)
+    def spy(self: Any, *args: Any) -> Any:
+        flight = may_follow(self, *args)
         flights.append(flight is not None)
         return flight
 
-    monkeypatch.setattr(poolmod.AsyncPool, "_chain", spy)
+    monkeypatch.setattr(poolmod.AsyncPool, "_may_follow", spy)
     count = 400
     with sinkmod.running_sink() as sink:
         target = {

@@ -475,11 +475,54 @@ class _Batch:
     extras: MailParameters | None = None  # (what it made of them)
 
 
-class _Flag:
-    __slots__ = ("set",)
+class _Run:
+    """An :class:`AsyncPool` batch in progress (no I/O): the messages read
+    and not taken by a sender yet, the outcomes not handed out yet, and who
+    waits for what."""
 
-    def __init__(self) -> None:
-        self.set = False
+    __slots__ = ("batch", "done", "ended", "handed", "idle", "stop", "taken", "todo", "waiting")
+
+    def __init__(self, batch: _Batch) -> None:
+        self.batch = batch
+        #: Read, not started: (index, message), in order.
+        self.todo: collections.deque[tuple[int, MessageInput]] = collections.deque()
+        #: Outcomes (or a send's error that is no SMTPError) by index, not handed out.
+        self.done: dict[int, Outcome | BaseException] = {}
+        self.taken = 0  # messages read
+        self.handed = 0  # outcomes handed out
+        self.ended = False  # the messages' iterable ended (or failed)
+        self.stop = False  # the batch ended: no message is started any more
+        self.idle: list[asyncio.Future[None]] = []  # senders waiting for a message
+        self.waiting: asyncio.Future[None] | None = None  # the batch, for the next outcome
+
+    def finish(self, index: int, outcome: Outcome | BaseException) -> None:
+        self.done[index] = outcome
+        waiting = self.waiting
+        if index == self.handed and waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+    async def next_outcome(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.waiting = loop.create_future()
+        try:
+            await self.waiting
+        finally:
+            self.waiting = None
+
+    async def more(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait for the batch to read more messages (or to end)."""
+        future: asyncio.Future[None] = loop.create_future()
+        self.idle.append(future)
+        try:
+            await future
+        finally:
+            if future in self.idle:
+                self.idle.remove(future)
+
+    def wake_workers(self) -> None:
+        idle, self.idle = self.idle, []
+        for future in idle:
+            if not future.done():
+                future.set_result(None)
 
 
 #: Whether :meth:`Pool.send_many` may run a batch on an event loop of its own
@@ -1183,23 +1226,44 @@ class AsyncPool:
         """(``follow`` of the message in progress on ``slot``, asked just
         before its end is written.) The first flight of the next waiting
         sender's message, to go behind that end, when the slot may carry it
-        now: the pool open, the connection within its message count and
-        lifetime, the rate limits allowing a start at once (booked here: the
-        message starts when its MAIL is written). The slot is then that
-        sender's when the message in progress is done (:meth:`_release`)."""
+        now (:meth:`_may_follow`). The slot is then that sender's when the
+        message in progress is done (:meth:`_release`)."""
         waiters = self._waiters
         while waiters and waiters[0].future.done():
             waiters.popleft()  # (a cancelled one)
-        if not waiters or self._slots.closed or slot.follower is not None:
+        if not waiters or slot.follower is not None:
             return None
         waiter = waiters[0]  # (the first only: the order of the senders is kept)
-        prepared, options, extras = waiter.prepared, waiter.options, waiter.extras
+        prepared, options = waiter.prepared, waiter.options
         if prepared is None or options is None:
+            return None
+        flight = self._may_follow(slot, capabilities, prepared, options, waiter.extras)
+        if flight is not None:
+            waiters.popleft()
+            slot.follower = waiter
+        return flight
+
+    def _may_follow(
+        self,
+        slot: _Slot[AsyncDriver],
+        capabilities: Capabilities,
+        prepared: PreparedMessage,
+        options: MessageOptions,
+        extras: MailParameters | None,
+    ) -> session.Flight | None:
+        """The first flight of ``prepared``, to go behind the end of the
+        message in progress on ``slot``, when it may start there and then: the
+        pool open, the connection within its message count and lifetime, the
+        rate limits allowing a start at once (booked here: the message starts
+        when its MAIL is written), one flight, no XQUE ``queue`` and no
+        ``requiretls`` (a command before MAIL; a check of the session first).
+        Else None."""
+        if self._slots.closed:
             return None
         if (options.queue and capabilities.has("XQUE")) or (
             extras is not None and extras.requiretls
         ):
-            return None  # (a command before MAIL; a check of the session first)
+            return None
         limits, now = self._limits, _clock()
         same = slot.conduct.wire is slot.wire  # (else the message in progress opened it)
         if limits.messages is not None and (slot.messages if same else 0) + 2 > limits.messages:
@@ -1218,9 +1282,7 @@ class AsyncPool:
             if start > now:
                 rate.cancel(start)
                 return None
-        waiters.popleft()
         slot.started = now
-        slot.follower = waiter
         return flight
 
     def _abandon(self, slot: _Slot[AsyncDriver]) -> None:
@@ -1301,47 +1363,18 @@ class AsyncPool:
         extras: MailParameters | None,
         limits: retry.Limits,
         started: float,
+        follow: Follow | None = None,
     ) -> Generator[Any, Any, SendResult]:
-        """The program of one send on ``slot`` (its ``follow`` may chain the
-        next message): :func:`_guarded`, or without limits what that is then,
-        the slot program itself (no wrapper to build)."""
+        """The program of one send on ``slot`` (``follow``, by default the
+        slot's, may chain the next message): :func:`_guarded`, or without
+        limits what that is then, the slot program itself (no wrapper to build)."""
+        if follow is None:
+            follow = slot.chain
         if not limits.active:
-            return _send_program(self._limits, slot, prepared, options, extras, slot.chain)
+            return _send_program(self._limits, slot, prepared, options, extras, follow)
         return _guarded(
-            self._limits, self._rate, slot, prepared, options, extras, limits, started, slot.chain
+            self._limits, self._rate, slot, prepared, options, extras, limits, started, follow
         )
-
-    async def _one(
-        self, index: int, message: MessageInput, batch: _Batch, stop: _Flag
-    ) -> Outcome | None:
-        options, limits = batch.options, batch.limits
-        started = retry.now()
-        with self._observers.recording() as transcript:
-            try:
-                if batch.checked:
-                    prepared, extras = prepare_message(message, options), batch.extras
-                else:
-                    prepared, extras = prepare(message, options)
-                # (Closed meanwhile: its error is the outcome.)
-                slot = self._take_at_once() or await self._acquire(prepared, extras, options)
-            except SMTPError as exc:
-                return Outcome(index, None, exc)
-            try:
-                if stop.set:
-                    return None  # the batch ended before this message was started
-                program = self._program(slot, prepared, options, extras, limits, started)
-                try:
-                    result = await slot.driver.run(program)
-                except SMTPError as exc:  # (retried inside, as the message's retry= says)
-                    return Outcome(index, None, exc)
-            finally:
-                if self._slots.closed:
-                    await self._release(slot)
-                else:
-                    self._put_back(slot)  # (what _release does then, without a coroutine)
-        if transcript is not None:
-            result.transcript = tuple(transcript)
-        return Outcome(index, result, None)
 
     def send_many(
         self,
@@ -1352,8 +1385,9 @@ class AsyncPool:
     ) -> AsyncIterator[Outcome]:
         """:meth:`Pool.send_many` for asyncio: ``async for outcome in
         pool.send_many(messages)``; ``messages`` may also be an async
-        iterable. The messages in flight are tasks (at most :data:`WINDOW`
-        times ``max_connections``). Close the iterator when leaving the loop early
+        iterable. The messages are read at most :data:`WINDOW` times
+        ``max_connections`` ahead and sent by a task per connection. Close the
+        iterator when leaving the loop early
         (``contextlib.aclosing``): the messages in flight are finished then."""
         checked = _check_batch(options, progress)
         total = len(messages) if isinstance(messages, Sized) else None
@@ -1390,7 +1424,11 @@ class AsyncPool:
         """The batch's outcomes in order, as lists: the next one (waited for),
         and those after it that are there already (a :class:`Pool` batch on a
         loop of its own runs the loop once per list, not once per message).
-        ``source``: the messages' iterator, or an async iterator's ``__anext__``."""
+        ``source``: the messages' iterator, or an async iterator's ``__anext__``.
+
+        The messages are read here, at most :data:`WINDOW` times
+        ``max_connections`` ahead of the outcomes handed out, and sent by one
+        sender per connection (:meth:`_work`)."""
         import asyncio
 
         # (An iterator is asked directly: no coroutine made for each message.)
@@ -1403,52 +1441,167 @@ class AsyncPool:
             batch = _Batch(options, limits, True, batch_extras(options))
         except SMTPError:
             batch = _Batch(options, limits)  # (each message meets that error, in its turn)
-        create_task = asyncio.get_running_loop().create_task
-        pending: collections.deque[asyncio.Task[Outcome | None]] = collections.deque()
-        stop = _Flag()
+        run = _Run(batch)
         failure: BaseException | None = None
-        index = 0
-        ended = False
 
         async def fill() -> None:
-            nonlocal index, failure, ended
-            while not ended and len(pending) < window:
+            nonlocal failure
+            added = False
+            while not run.ended and run.taken - run.handed < window:
                 try:
                     if take is None:
                         message = next(sync)  # type: ignore[arg-type]
                     else:
                         message = await take()
                 except (StopIteration, StopAsyncIteration):
-                    ended = True
-                    return
+                    run.ended = True
                 except Exception as exc:
                     failure = exc
-                    ended = True
-                    return
-                pending.append(create_task(self._one(index, message, batch, stop)))
-                index += 1
+                    run.ended = True
+                else:
+                    run.todo.append((run.taken, message))
+                    run.taken += 1
+                    added = True
+            # A sender per connection, none more than there are messages.
+            while len(workers) < min(connections, run.taken):
+                workers.append(loop.create_task(self._work(run)))
+            if added or run.ended:
+                run.wake_workers()
 
+        loop = asyncio.get_running_loop()
+        connections = self._limits.connections
+        workers: list[asyncio.Task[None]] = []
         try:
             await fill()
-            while pending:
-                await asyncio.shield(pending[0])
+            while run.handed < run.taken:
+                if run.handed not in run.done:
+                    await run.next_outcome(loop)
                 chunk = []
-                while pending and pending[0].done():
-                    outcome = pending.popleft().result()
-                    assert outcome is not None
+                done = run.done
+                while run.handed in done:
+                    outcome = done.pop(run.handed)
+                    run.handed += 1
+                    if not isinstance(outcome, Outcome):
+                        raise outcome  # (a send's error that is not an SMTPError)
                     chunk.append(outcome)
                 yield chunk
                 await fill()  # (once they are handed out: at most a window ahead)
         except asyncio.CancelledError:
-            for task in pending:  # cancelled: so are the sends in flight
-                task.cancel()
+            for worker in workers:  # cancelled: so are the sends in flight
+                worker.cancel()
             raise
         finally:
-            stop.set = True  # the messages not started yet stay unsent
-            if pending:
-                await asyncio.wait(pending)
-                for task in pending:
-                    if not task.cancelled():
-                        task.exception()  # (retrieved: not logged as never retrieved)
+            run.stop = True  # the messages not started yet stay unsent
+            run.wake_workers()
+            if workers:
+                await asyncio.wait(workers)
+            for worker in workers:
+                if not worker.cancelled():
+                    worker.exception()  # (retrieved: not logged as never retrieved)
         if failure is not None:
             raise failure
+
+    async def _work(self, run: _Run) -> None:
+        """One of a batch's senders: takes the batch's next message, sends it,
+        and so on. Between two messages it keeps its slot when nobody else
+        waits for one and another message is there, and then writes that
+        message's first flight behind the end of the one before
+        (:meth:`_may_follow`); a sender waiting for a slot goes first
+        (:meth:`_chain`)."""
+        batch = run.batch
+        options, limits = batch.options, batch.limits
+        paced = self._rate is not None or self._limits.spacing is not None
+        slot: _Slot[AsyncDriver] | None = None
+        #: The next message, taken from the batch by ``follow`` (its first
+        #: flight behind the one in progress when ``ahead``): sent next.
+        held: tuple[int, PreparedMessage, MailParameters | None, float] | None = None
+
+        def follow(capabilities: Capabilities) -> session.Flight | None:
+            nonlocal held
+            assert slot is not None
+            if self._waiters:
+                flight = self._chain(slot, capabilities)  # (a waiting sender first)
+                if flight is not None or self._waiters:
+                    return flight
+            if run.stop or held is not None or not run.todo:
+                return None
+            index, message = run.todo[0]
+            try:
+                prepared, extras = self._prepare(message, batch)
+            except SMTPError:
+                return None  # (its turn in the loop below makes it its outcome)
+            run.todo.popleft()
+            held = (index, prepared, extras, retry.now())  # (its send starts here)
+            return self._may_follow(slot, capabilities, prepared, options, extras)
+
+        try:
+            while True:
+                started = retry.now()
+                with self._observers.recording() as transcript:
+                    try:
+                        if held is not None:
+                            (index, prepared, extras, started), held = held, None
+                        else:
+                            if slot is not None and (self._waiters or not run.todo):
+                                self._put_back(slot)  # (someone waits; or nothing to send)
+                                slot = None
+                            if run.stop:
+                                return
+                            if not run.todo:
+                                if run.ended:
+                                    return
+                                await run.more(self._own_loop())
+                                continue
+                            index, message = run.todo.popleft()
+                            prepared, extras = self._prepare(message, batch)
+                        if slot is None:
+                            # (Closed meanwhile: its error is the outcome.)
+                            slot = self._take_at_once() or await self._acquire(
+                                prepared, extras, options
+                            )
+                        elif paced and slot.conduct.ahead is None:
+                            kept, slot = slot, None  # (given back if the wait fails)
+                            slot = await self._paced(kept)  # (as any message not chained)
+                    except SMTPError as exc:
+                        run.finish(index, Outcome(index, None, exc))
+                        continue
+                    if run.stop:
+                        return  # the batch ended before this message was started
+                    program = self._program(
+                        slot, prepared, options, extras, limits, started, follow
+                    )
+                    outcome: Outcome | None = None
+                    try:
+                        result = await slot.driver.run(program)
+                    except SMTPError as exc:  # (retried inside, as the message's retry= says)
+                        run.finish(index, Outcome(index, None, exc))
+                    except Exception as exc:
+                        run.finish(index, exc)
+                    else:
+                        outcome = Outcome(index, result, None)
+                    if self._slots.closed or slot.follower is not None:
+                        # (Handed to the sender that follows; or closed.)
+                        current, slot = slot, None
+                        if self._slots.closed:
+                            await self._release(current)
+                        else:
+                            self._put_back(current)
+                    else:
+                        slot.used = _clock()  # (kept: not idle)
+                if outcome is not None:
+                    if transcript is not None:
+                        result.transcript = tuple(transcript)
+                    run.finish(index, outcome)
+        finally:
+            if slot is not None:
+                if self._slots.closed:
+                    await self._release(slot)
+                else:
+                    self._put_back(slot)  # (a chained flight on it is dropped)
+
+    def _prepare(
+        self, message: MessageInput, batch: _Batch
+    ) -> tuple[PreparedMessage, MailParameters | None]:
+        if batch.checked:
+            return prepare_message(message, batch.options), batch.extras
+        return prepare(message, batch.options)
