@@ -101,3 +101,14 @@ def test_the_bound_follows_the_chunk_size(monkeypatch):
     monkeypatch.setattr(source, "CHUNK", 64)
     message = _message(b"A: b\r\n\r\n", b"x" * 30 + b"\r\n")
     assert len(list(session._pieces(message, None))) > 1
+
+
+def test_a_body_in_memory_is_whole_up_to_a_chunk_and_the_same_octets() -> None:
+    small = b"Subject: x\r\n\r\n" + b"line\r\n" * 100
+    header, body = source._from_memory(small)
+    assert body.whole is not None
+    assert small.startswith(header) and small.endswith(bytes(body.whole))
+    assert bytes(body.whole) == b"".join(bytes(c) for c in body.chunks())
+    big = b"Subject: x\r\n\r\n" + (b"x" * 70 + b"\r\n") * (source.CHUNK // 72 + 10)
+    _, body = source._from_memory(big)
+    assert body.whole is None and body.size is not None and body.size > source.CHUNK

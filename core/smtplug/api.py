@@ -315,8 +315,11 @@ def _check_message_text(prepared: envelope.PreparedMessage) -> None:
         return
     check = LineCheck()
     check.feed(prepared.header)
-    for chunk in body.chunks():
-        check.feed(bytes(chunk))
+    if body.whole is not None:
+        check.feed(bytes(body.whole))  # (one chunk: no generator to run)
+    else:
+        for chunk in body.chunks():
+            check.feed(bytes(chunk))
     body.checked = True
 
 

@@ -329,7 +329,8 @@ def _pieces(message: PreparedMessage, check: _StreamGuard | None) -> Iterable[by
         # with every line ending doubled): one piece, one pass of the encoder
         # (which gives the same octets for any split of its input). (A tuple:
         # no generator to run for the message that fits in one.)
-        return (message.header + b"".join(body.chunks()),)
+        whole = body.whole
+        return (message.header + (b"".join(body.chunks()) if whole is None else whole),)
     return _chunked(message, check)
 
 

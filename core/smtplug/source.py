@@ -55,7 +55,10 @@ class Body:
 
     ``size`` is its length in octets when known; ``restartable`` says whether
     :meth:`chunks` may be called again; ``ascii`` is True or False when known
-    (memory-backed bodies), None when not (streams).
+    (memory-backed bodies), None when not (streams). ``whole``: the body
+    itself when it is in memory and no longer than one chunk (what
+    :meth:`chunks` would give in one piece, without a generator to run), else
+    None.
     """
 
     def __init__(
@@ -65,8 +68,10 @@ class Body:
         size: int | None,
         restartable: bool,
         ascii: bool | None,
+        whole: memoryview | None = None,
     ) -> None:
         self._produce = produce
+        self.whole = whole
         self.size = size
         self.restartable = restartable
         self.ascii = ascii
@@ -176,7 +181,9 @@ def _from_memory(data: bytes | bytearray | memoryview) -> tuple[bytes, Body]:
         for offset in range(0, len(body), CHUNK):
             yield body[offset : offset + CHUNK]
 
-    return bytes(view[:header_end]), Body(produce, size=len(body), restartable=True, ascii=ascii)
+    whole = body if len(body) <= CHUNK else None
+    header = bytes(view[:header_end])
+    return header, Body(produce, size=len(body), restartable=True, ascii=ascii, whole=whole)
 
 
 def _chunk(piece: object, what: str) -> bytes:
